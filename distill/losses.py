@@ -1,0 +1,77 @@
+"""Losses. Each returns `{"<name>_loss": tensor}` already weighted; the loop sums the values.
+
+Model outputs are dicts `{"text_features", "video_features", "logit_scale"}` with L2-normalised features;
+the similarity matrix has text rows and video columns, and row i holds the true pair (i, i).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.recipe import LossConfig
+
+
+def similarity(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`logit_scale * text @ video.T`, `[N, N]`."""
+    return outputs["logit_scale"] * outputs["text_features"] @ outputs["video_features"].T
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """CLIP4Clip's symmetric cross entropy: the mean of the t2v (rows) and v2t (columns) terms."""
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def similarity_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """KL(teacher || student) over each t2v row and each v2t column, averaged over both directions.
+
+    Both models keep their own logit scale; `temperature` divides both. The `temperature**2` factor keeps
+    the gradient size independent of the temperature (Hinton et al.).
+    """
+    terms = []
+    for s, t in ((student_logits, teacher_logits), (student_logits.T, teacher_logits.T)):
+        terms.append(F.kl_div(F.log_softmax(s / temperature, dim=1), F.log_softmax(t / temperature, dim=1),
+                              log_target=True, reduction="batchmean"))
+    return (terms[0] + terms[1]) / 2 * temperature**2
+
+
+def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """Squared distance between unit vectors (`2 - 2 cos`), summed over dimensions, mean over the batch."""
+    return (F.normalize(student_features, dim=-1) - teacher_features).pow(2).sum(-1).mean()
+
+
+class DistillationLoss(nn.Module):
+    """Weighted sum of similarity KL, feature matching and ground-truth contrastive terms.
+
+    Holds the learned projections from the student's embedding width to the teacher's (identity when they
+    match); they train with the student and are not part of the exported model.
+    """
+
+    def __init__(self, config: LossConfig, *, student_dim: int, teacher_dim: int):
+        super().__init__()
+        self.config = config
+
+        def projection() -> nn.Module:
+            return nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+
+        self.text_projection, self.video_projection = projection(), projection()
+
+    def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor] | None
+                ) -> dict[str, torch.Tensor]:
+        c = self.config
+        logits = similarity(student)
+        losses = {}
+        if c.contrastive_weight:
+            losses["contrastive_loss"] = c.contrastive_weight * contrastive_loss(logits)
+        if teacher is None:
+            return losses
+        if c.kl_weight:
+            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, similarity(teacher).detach(),
+                                                                 c.kl_temperature)
+        if c.feature_weight:
+            losses["feature_loss"] = c.feature_weight * (
+                feature_loss(self.text_projection(student["text_features"]), teacher["text_features"])
+                + feature_loss(self.video_projection(student["video_features"]), teacher["video_features"])) / 2
+        return losses

@@ -1,0 +1,153 @@
+"""The Accelerate training loop shared by teacher fine-tuning (contrastive only) and distillation.
+
+The global batch is split across processes (`split_batches=True`), so `batch_size` and the order of the
+samples in each global batch do not depend on the process count. The sampler's order is drawn from the
+seed and the epoch only, which also makes the data position resumable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from distill.recipe import TrainConfig
+
+
+class EpochSampler(Sampler[int]):
+    """A random permutation per epoch, drawn from `(seed, epoch)` alone."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class Progress:
+    """Optimizer steps done; saved with every checkpoint so a resumed run knows where it was."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float):
+    """Linear warmup over `warmup_ratio` of the steps, then cosine decay to zero."""
+    warmup = max(1, round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return factor
+
+
+def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = sorted(checkpoint_dir.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int) -> None:
+    """Saves the full training state to `checkpoint_<step>`, written under a temporary name and renamed,
+    so a kill during a save never leaves a newest checkpoint that cannot be loaded."""
+    final = checkpoint_dir / f"checkpoint_{step}"
+    partial = checkpoint_dir / f"partial_{step}"
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    accelerator.wait_for_everyone()
+
+
+def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainConfig, *,
+          accelerator: Accelerator, view: str, seed: int, run_dir: Path, name: str,
+          teacher: nn.Module | None = None) -> nn.Module:
+    """Trains `model` (and the learnable parts of `loss_fn`) and returns the unwrapped model.
+
+    Args:
+        view: which clip view of the batch the model reads ("teacher" or "student").
+        name: names the stage in the progress bar, the log file and the checkpoint folder.
+        teacher: a frozen teacher run online on its own view; its outputs go to `loss_fn`.
+    """
+    sampler = EpochSampler(len(dataset), seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=0)
+    if len(loader) == 0:
+        raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
+    total = config.max_steps or config.epochs * len(loader)
+    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Not prepared: a prepared scheduler steps once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))
+    model, loss_fn, optimizer, loader = accelerator.prepare(model, loss_fn, optimizer, loader)
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+
+    checkpoint_dir = run_dir / "checkpoints" / name
+    if config.resume == "auto" and (latest := newest_checkpoint(checkpoint_dir)) is not None:
+        accelerator.load_state(str(latest))
+        accelerator.print(f"{name}: resumed from {latest} at step {progress.step}")
+
+    log_path = run_dir / f"{name}_log.jsonl"
+    bar = tqdm(total=total, initial=progress.step, desc=name, unit="step",
+               disable=not accelerator.is_local_main_process)
+    model.train()
+    while progress.step < total:
+        epoch, skip = divmod(progress.step, len(loader))
+        sampler.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            teacher_out = None
+            if teacher is not None:
+                with torch.no_grad(), accelerator.autocast():
+                    teacher_out = teacher(batch["input_ids"], batch["attention_mask"],
+                                          batch["teacher_video"], batch["teacher_mask"])
+            out = model(batch["input_ids"], batch["attention_mask"], batch[f"{view}_video"],
+                        batch[f"{view}_mask"])
+            losses = loss_fn(out, teacher_out)
+            for term, value in losses.items():
+                if not torch.isfinite(value):
+                    raise FloatingPointError(f"{name}: {term} is {value.item()} at step {progress.step + 1}")
+            loss = sum(losses.values())
+            accelerator.backward(loss)
+            if config.grad_clip:
+                accelerator.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+
+            record = {"step": progress.step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                      **{term: value.item() for term, value in losses.items()}}
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
+            if accelerator.is_main_process and (progress.step % config.log_every == 0 or progress.step == total):
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if progress.step == total or (config.checkpoint_every and progress.step % config.checkpoint_every == 0):
+                save_checkpoint(accelerator, checkpoint_dir, progress.step)
+            if progress.step == total:
+                break
+    bar.close()
+    model.eval()
+    return accelerator.unwrap_model(model)

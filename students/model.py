@@ -1,0 +1,74 @@
+"""The student: a timm backbone per frame, a temporal head, a projection, and a small text transformer.
+
+It has the same face as a teacher (`encode_text`, `encode_video`, `similarity_logits`, `forward` returning
+a dict), so the training loop, evaluation and export treat both alike.
+"""
+from __future__ import annotations
+
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from open_clip.transformer import TextTransformer, Transformer
+from torch import nn
+
+VOCAB_SIZE = 49408  # CLIP BPE: the student reads the same token ids as the teacher
+
+
+class Student(nn.Module):
+    """A compact two-tower retrieval model.
+
+    Args:
+        config: the fields of `distill.recipe.StudentConfig` as a dict, plus `max_words`; stored in the
+            export so `load_student` can rebuild the model.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = config
+        dim = config["embed_dim"]
+        self.backbone = timm.create_model(config["backbone"], pretrained=False, num_classes=0,
+                                          **config["backbone_kwargs"])
+        self.frame_proj = nn.Linear(self.backbone.num_features, dim)
+        if config["temporal"] == "transformer":
+            self.frame_position_embeddings = nn.Parameter(torch.randn(config["max_frames"], dim) * 0.01)
+            self.temporal_transformer = Transformer(dim, config["temporal_layers"], max(1, dim // 32))
+        self.text = TextTransformer(
+            context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=config["text_width"],
+            heads=config["text_heads"], layers=config["text_layers"], output_dim=dim)
+        self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings `[N, D]`, L2-normalised (EOT token of a causal transformer; padding never seen)."""
+        return F.normalize(self.text(input_ids).float(), dim=-1)
+
+    def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """Video embeddings `[B, D]`, L2-normalised, from `video [B, T, 3, H, W]` and `video_mask [B, T]`."""
+        b, t = video.shape[:2]
+        frames = self.backbone(rearrange(video, "b t c h w -> (b t) c h w"))
+        x = rearrange(self.frame_proj(frames), "(b t) d -> b t d", b=b)
+        if self.config["temporal"] == "transformer":
+            heads = self.temporal_transformer.resblocks[0].attn.num_heads
+            key_mask = (1.0 - video_mask.to(x.dtype)) * -1e6
+            attn_mask = repeat(key_mask, "b k -> (b heads) q k", heads=heads, q=t)
+            x = x + self.temporal_transformer(x + self.frame_position_embeddings[:t], attn_mask=attn_mask)
+        m = video_mask.to(x.dtype).unsqueeze(-1)
+        x = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return F.normalize(x.float(), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.logit_scale_log.clamp(max=math.log(100)).exp()
+
+    def similarity_logits(self, input_ids, attention_mask, video, video_mask) -> torch.Tensor:
+        """`logit_scale * text @ video.T`, `[N, B]` (text rows, video columns)."""
+        text = self.encode_text(input_ids, attention_mask)
+        return self.logit_scale() * text @ self.encode_video(video, video_mask).T
+
+    def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
+        return {
+            "text_features": self.encode_text(input_ids, attention_mask),
+            "video_features": self.encode_video(video, video_mask),
+            "logit_scale": self.logit_scale(),
+        }

@@ -1,0 +1,20 @@
+"""The CLIP4Clip tokenizer: CLIP BPE, start token, at most max_words-2 word pieces, end token, zero padding."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(max_words: int) -> SimpleTokenizer:
+    # open_clip ships the BPE vocabulary in its wheel and truncates like CLIP4Clip: [SOT] + pieces + [EOT].
+    return SimpleTokenizer(context_length=max_words)
+
+
+def tokenize(captions: Sequence[str], max_words: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns `(input_ids, attention_mask)`, both int64 `[N, max_words]`; the mask is 1 on SOT..EOT."""
+    input_ids = _tokenizer(max_words)(list(captions)).long()
+    return input_ids, (input_ids != 0).long()
