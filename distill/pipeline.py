@@ -113,6 +113,7 @@ class Run:
         loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=self.teacher.arch["embed_dim"])
         self.student = train(student, loss, self.dataset("train"), r.train, accelerator=self.accelerator,
                              view="student", seed=r.seed, run_dir=self.dir, name="distill", teacher=self.teacher)
+        self.accelerator.print("distill: student trained")
 
     def stage_evaluate(self) -> None:
         if self.teacher is None:

@@ -130,6 +130,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
                 raise RecipeError(f"data.{key}: required when data.format is jsonl")
             if not Path(value).exists():
                 raise RecipeError(f"data.{key}: no such file or folder: {value}")
+    if recipe.data.format == "synthetic" and "data" not in recipe.stages \
+            and not (Path(recipe.data.root) / "manifest.json").is_file():
+        raise RecipeError(f"data.root: no synthetic dataset in {recipe.data.root}; add the 'data' stage to make it")
     source = recipe.teacher.source
     if source is not None and not source.startswith("open_clip:") and not Path(source).is_file():
         raise RecipeError(f"teacher.source: no such file: {source}")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from students.model import Student
@@ -29,8 +29,11 @@ def export_student(student: Student, path: str | Path, metadata: dict[str, str] 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The header metadata of an export, without loading the weights."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a safetensors file ({error})") from error
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a clip4clip-distill student export (metadata format "
                          f"{metadata.get('format')!r}, expected {FORMAT!r})")

@@ -60,6 +60,10 @@ class CLIP4Clip(nn.Module):
 
         The attention mask has no effect, as in CLIP4Clip: the causal mask already hides the padding.
         """
+        if input_ids.shape[1] > self.context_length:  # cropping could drop the EOT token the feature is read at
+            raise ValueError(f"input_ids {tuple(input_ids.shape)}: {input_ids.shape[1]} tokens, more than the "
+                             f"teacher's context length {self.context_length}; tokenize with max_words <= "
+                             f"{self.context_length}")
         ids = F.pad(input_ids, (0, self.context_length - input_ids.shape[1]))  # CLIP adds every position
         return F.normalize(self.clip.encode_text(ids).float(), dim=-1)
 

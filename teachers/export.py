@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from teachers.clip4clip import CLIP4Clip
@@ -19,8 +19,11 @@ def save_teacher(teacher: CLIP4Clip, path: str | Path, **extra: str) -> None:
 
 
 def is_teacher_export(path: str | Path) -> bool:
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("format") == FORMAT
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except SafetensorError:  # not a safetensors file at all; the caller's error names the path
+        return False
 
 
 def load_teacher_export(path: str | Path) -> CLIP4Clip:

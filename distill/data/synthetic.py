@@ -1,0 +1,170 @@
+"""The embedded default dataset: captioned .mp4 clips of coloured shapes, generated from a seed.
+
+Every clip tells two events in order, and its caption says them in that order:
+"a small red circle moves left, then a blue square appears". The first event is always a motion, so its
+direction can only be read from the order of the frames: an orderless model (one frame, or a mean over
+frames) sees "moves left" and "moves right" alike, and "appears" and "disappears" alike.
+
+Layout under `root`: `videos/{split}_{i:05d}.mp4`, `train.jsonl` and `test.jsonl` (one
+`{"video", "caption"}` object a line, paths relative to root, the same layout as `data.format: jsonl`),
+and `manifest.json` with the settings, so a later run reuses the dataset or refuses one made otherwise.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from distill.recipe import SyntheticConfig
+
+COLOURS = {
+    "red": (225, 40, 40),
+    "green": (40, 200, 70),
+    "blue": (60, 90, 240),
+    "yellow": (235, 215, 40),
+    "purple": (170, 70, 215),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the frame size
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+SECOND_EVENTS = ("appears", "turns", "moves", "disappears")
+TRAVEL = 0.3  # distance of one motion, as a fraction of the frame size
+
+
+def draw(canvas: np.ndarray, shape: str, centre: tuple[float, float], radius: float, colour) -> None:
+    """Paints one filled shape into an `[H, W, 3]` uint8 canvas, in place."""
+    h, w, _ = canvas.shape
+    y, x = np.mgrid[0:h, 0:w] + 0.5
+    dx, dy = x - centre[0], y - centre[1]
+    if shape == "circle":
+        inside = dx**2 + dy**2 <= radius**2
+    elif shape == "square":
+        inside = (np.abs(dx) <= radius * 0.85) & (np.abs(dy) <= radius * 0.85)
+    else:  # an upward triangle: below the two slanted edges, above the base
+        inside = (dy <= radius * 0.8) & (dy >= -radius + 2 * np.abs(dx))
+    canvas[inside] = colour
+
+
+def sample_story(rng: np.random.Generator, size: int) -> tuple[dict, str]:
+    """Draws the objects and events of one clip and writes its caption."""
+    story = {
+        "size": rng.choice(list(SIZES)),
+        "colour": rng.choice(list(COLOURS)),
+        "shape": rng.choice(SHAPES),
+        "direction": rng.choice(list(DIRECTIONS)),
+        "event": rng.choice(SECOND_EVENTS),
+        "background": rng.integers(0, 90, size=3),
+    }
+    radius = SIZES[story["size"]] * size
+    caption = f"a {story['size']} {story['colour']} {story['shape']} moves {story['direction']}, then "
+    if story["event"] == "appears":
+        story["other_colour"] = rng.choice([c for c in COLOURS if c != story["colour"]])
+        story["other_shape"] = rng.choice(SHAPES)
+        caption += f"a {story['other_colour']} {story['other_shape']} appears"
+    elif story["event"] == "turns":
+        story["other_colour"] = rng.choice([c for c in COLOURS if c != story["colour"]])
+        caption += f"it turns {story['other_colour']}"
+    elif story["event"] == "moves":
+        story["direction2"] = rng.choice([d for d in DIRECTIONS if d != story["direction"]])
+        caption += f"it moves {story['direction2']}"
+    else:
+        caption += "it disappears"
+
+    # Start where both motions stay inside the frame.
+    travel = TRAVEL * size
+    steps = [np.array(DIRECTIONS[story["direction"]])]
+    if story["event"] == "moves":
+        steps.append(np.array(DIRECTIONS[story["direction2"]]))
+    path = np.cumsum([np.zeros(2)] + [s * travel for s in steps], axis=0)
+    low = radius + 1 - path.min(axis=0)
+    high = size - radius - 1 - path.max(axis=0)
+    story["start"] = rng.uniform(low, high)
+    story["travel"] = travel
+    story["radius"] = radius
+    other_radius = SIZES[rng.choice(list(SIZES))] * size
+    story["other_radius"] = other_radius
+    story["other_centre"] = rng.uniform(other_radius + 1, size - other_radius - 1, size=2)
+    return story, caption
+
+
+def render(story: dict, *, size: int, frames: int) -> np.ndarray:
+    """Renders a story as uint8 `[frames, size, size, 3]`: event one in the first half, event two after."""
+    half = frames // 2
+    video = np.empty((frames, size, size, 3), np.uint8)
+    first = np.array(DIRECTIONS[story["direction"]]) * story["travel"]
+    for t in range(frames):
+        canvas = video[t]
+        canvas[:] = story["background"]
+        progress1 = min(t / (half - 1), 1.0)
+        progress2 = max(0.0, (t - half) / (frames - half - 1))
+        centre = story["start"] + progress1 * first
+        colour = COLOURS[story["colour"]]
+        event = story["event"]
+        if event == "moves":
+            centre = centre + progress2 * np.array(DIRECTIONS[story["direction2"]]) * story["travel"]
+        if event == "turns" and t >= half:
+            colour = COLOURS[story["other_colour"]]
+        if not (event == "disappears" and t >= half):
+            draw(canvas, story["shape"], tuple(centre), story["radius"], colour)
+        if event == "appears" and t >= half:  # drawn last: the object the caption names is never hidden
+            draw(canvas, story["other_shape"], story["other_centre"], story["other_radius"],
+                 COLOURS[story["other_colour"]])
+    return video
+
+
+def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
+    """Encodes uint8 `[T, H, W, 3]` frames as H.264 (yuv420p) in an .mp4 container."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        # mbtree off: on frames of a few macroblocks (sizes 20-44 px) x264's macroblock tree makes the output
+        # depend on leftover memory, so the same seed gave different pixels from run to run.
+        stream.options = {"crf": "18", "preset": "veryfast", "x264-params": "mbtree=0"}
+        stream.thread_count = 1
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
+    """Writes the dataset under `root`, or reuses the one already there if it was made with `config`.
+
+    Generation goes to a sibling `.partial` folder that is renamed into place at the end, so a killed run
+    never leaves a half-written dataset that a later run would reuse.
+    """
+    root = Path(root)
+    settings = asdict(config)
+    manifest = root / "manifest.json"
+    if manifest.exists():
+        found = json.loads(manifest.read_text())["settings"]
+        if found != settings:
+            raise ValueError(
+                f"data.root {root} holds a synthetic dataset made with {found}, not {settings}; "
+                "delete it or point data.root elsewhere")
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"data.root {root} exists and is not a synthetic dataset (no manifest.json)")
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "videos").mkdir(parents=True)
+    frames = config.fps * config.seconds
+    for split, count, seed_offset in (("train", config.num_train, 0), ("test", config.num_test, 1)):
+        rng = np.random.default_rng([config.seed, seed_offset])
+        lines = []
+        for i in tqdm(range(count), desc=f"synthetic {split}", unit="video"):
+            story, caption = sample_story(rng, config.size)
+            name = f"videos/{split}_{i:05d}.mp4"
+            write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
+            lines.append(json.dumps({"video": name, "caption": caption}))
+        (partial / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (partial / "manifest.json").write_text(json.dumps({"settings": settings}, indent=1))
+    if root.exists():
+        root.rmdir()
+    partial.rename(root)
+    return root

@@ -1,0 +1,195 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.losses import DistillationLoss, contrastive_loss, feature_loss, similarity, similarity_kl_loss
+from distill.recipe import LossConfig
+
+LOGITS = [[2.0, 0.0, 1.0],
+          [0.5, 3.0, 0.0],
+          [1.0, -1.0, 1.5]]
+
+
+def log_softmax(values: list[float], i: int) -> float:
+    return values[i] - math.log(sum(math.exp(v) for v in values))
+
+
+def outputs(n: int, dim: int, *, scale: float = 10.0, seed: int = 0, grad: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(n, dim, generator=g), dim=-1).requires_grad_(grad)
+    video = F.normalize(torch.randn(n, dim, generator=g), dim=-1).requires_grad_(grad)
+    return {"text_features": text, "video_features": video, "logit_scale": torch.tensor(scale)}
+
+
+# contrastive
+
+
+def test_contrastive_matches_hand_computation():
+    rows = [-log_softmax(LOGITS[i], i) for i in range(3)]  # t2v: caption i picks video i
+    columns = [-log_softmax([LOGITS[j][i] for j in range(3)], i) for i in range(3)]  # v2t
+    expected = (sum(rows) / 3 + sum(columns) / 3) / 2
+    loss = contrastive_loss(torch.tensor(LOGITS))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx(0.3649619, rel=1e-6)  # golden value
+
+
+def test_contrastive_is_symmetric_in_rows_and_columns():
+    logits = torch.tensor(LOGITS)
+    assert contrastive_loss(logits).item() == pytest.approx(contrastive_loss(logits.T).item(), rel=1e-6)
+
+
+def test_contrastive_near_zero_for_diagonal_logits():
+    assert contrastive_loss(50 * torch.eye(4)).item() < 1e-6
+    assert contrastive_loss(torch.zeros(4, 4)).item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+# similarity KL
+
+
+def explicit_kl(student: list[list[float]], teacher: list[list[float]], temperature: float) -> float:
+    """KL(teacher || student) summed per row, averaged over rows, both directions averaged, times T^2."""
+    def softmax(values):
+        exps = [math.exp(v / temperature) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    def direction(s, t):
+        total = 0.0
+        for s_row, t_row in zip(s, t):
+            p, q = softmax(t_row), softmax(s_row)
+            total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        return total / len(s)
+
+    def transpose(m):
+        return [list(col) for col in zip(*m)]
+
+    return (direction(student, teacher) + direction(transpose(student), transpose(teacher))) / 2 * temperature**2
+
+
+TEACHER = [[3.0, 0.5, -1.0],
+           [0.0, 2.0, 1.0],
+           [1.0, 0.0, 0.5]]
+
+
+def test_kl_zero_for_equal_logits():
+    logits = torch.tensor(LOGITS)
+    assert similarity_kl_loss(logits, logits.clone(), 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert similarity_kl_loss(logits, logits.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
+def test_kl_matches_explicit_sum(temperature):
+    loss = similarity_kl_loss(torch.tensor(LOGITS), torch.tensor(TEACHER), temperature)
+    assert loss.item() > 0
+    assert loss.item() == pytest.approx(explicit_kl(LOGITS, TEACHER, temperature), rel=1e-5)
+
+
+def test_kl_temperature_divides_logits_and_multiplies_by_its_square():
+    s, t = torch.tensor(LOGITS), torch.tensor(TEACHER)
+    for temperature in (2.0, 3.0):
+        scaled = similarity_kl_loss(s * temperature, t * temperature, temperature)
+        assert scaled.item() == pytest.approx(temperature**2 * similarity_kl_loss(s, t, 1.0).item(), rel=1e-5)
+        divided = similarity_kl_loss(s, t, temperature)
+        assert divided.item() == pytest.approx(
+            temperature**2 * similarity_kl_loss(s / temperature, t / temperature, 1.0).item(), rel=1e-5)
+
+
+def test_kl_gradient_reaches_student_logits_only():
+    config = LossConfig(kl_weight=1.0, feature_weight=0.0, contrastive_weight=0.0)
+    student, teacher = outputs(4, 8, grad=True), outputs(4, 8, seed=1, grad=True)
+    losses = DistillationLoss(config, student_dim=8, teacher_dim=8)(student, teacher)
+    assert set(losses) == {"kl_loss"}
+    losses["kl_loss"].backward()
+    assert student["text_features"].grad.abs().sum() > 0
+    assert student["video_features"].grad.abs().sum() > 0
+    assert teacher["text_features"].grad is None
+    assert teacher["video_features"].grad is None
+
+
+def test_kl_gradient_direction_moves_student_towards_teacher():
+    s = torch.tensor(LOGITS, requires_grad=True)
+    t = torch.tensor(TEACHER)
+    loss = similarity_kl_loss(s, t, 1.0)
+    loss.backward()
+    stepped = similarity_kl_loss(s.detach() - 0.1 * s.grad, t, 1.0)
+    assert stepped.item() < loss.item()
+
+
+# feature matching
+
+
+def test_feature_loss_is_two_minus_two_cos_for_unit_vectors():
+    a = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=-1)
+    b = F.normalize(torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, -1.0]]), dim=-1)
+    cos = (a * b).sum(-1)  # [0, 1, -1]
+    expected = (2 - 2 * cos).mean()
+    assert feature_loss(a, b).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert feature_loss(a, b).item() == pytest.approx((2 + 0 + 4) / 3, abs=1e-6)
+
+
+def test_feature_loss_normalises_the_student():
+    s, t = outputs(5, 6)["text_features"], outputs(5, 6, seed=3)["text_features"]
+    assert feature_loss(3.0 * s, t).item() == pytest.approx(feature_loss(s, t).item(), rel=1e-6)
+    assert feature_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# DistillationLoss
+
+
+def test_without_teacher_only_contrastive():
+    student = outputs(4, 8)
+    losses = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=16)(student, None)
+    assert set(losses) == {"contrastive_loss"}
+    assert losses["contrastive_loss"].item() == pytest.approx(contrastive_loss(similarity(student)).item(), rel=1e-6)
+
+
+def test_with_teacher_three_weighted_terms():
+    student, teacher = outputs(4, 8), outputs(4, 8, scale=20.0, seed=1)
+    losses = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)(student, teacher)
+    assert set(losses) == {"contrastive_loss", "kl_loss", "feature_loss"}
+    assert all(key.endswith("_loss") for key in losses)
+    assert all(value.ndim == 0 and value.item() > 0 for value in losses.values())
+    kl = similarity_kl_loss(similarity(student), similarity(teacher), 1.0)
+    assert losses["kl_loss"].item() == pytest.approx(kl.item(), rel=1e-6)
+    features = (feature_loss(student["text_features"], teacher["text_features"])
+                + feature_loss(student["video_features"], teacher["video_features"])) / 2
+    assert losses["feature_loss"].item() == pytest.approx(features.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dropped", ["kl", "feature", "contrastive"])
+def test_zero_weight_drops_the_term(dropped):
+    config = LossConfig(**{f"{dropped}_weight": 0.0})
+    losses = DistillationLoss(config, student_dim=8, teacher_dim=8)(outputs(4, 8), outputs(4, 8, seed=1))
+    assert set(losses) == {"contrastive_loss", "kl_loss", "feature_loss"} - {f"{dropped}_loss"}
+
+
+def test_projection_only_when_widths_differ():
+    same = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
+    assert isinstance(same.text_projection, nn.Identity) and isinstance(same.video_projection, nn.Identity)
+    assert not list(same.parameters())
+
+    other = DistillationLoss(LossConfig(), student_dim=6, teacher_dim=8)
+    for projection in (other.text_projection, other.video_projection):
+        assert isinstance(projection, nn.Linear)
+        assert (projection.in_features, projection.out_features) == (6, 8)
+    assert other.text_projection is not other.video_projection
+    student, teacher = outputs(4, 6), outputs(4, 8, seed=1)
+    losses = other(student, teacher)
+    losses["feature_loss"].backward()
+    assert other.text_projection.weight.grad.abs().sum() > 0
+    assert other.video_projection.weight.grad.abs().sum() > 0
+
+
+def test_terms_are_multiplied_by_their_weights():
+    student, teacher = outputs(4, 6), outputs(4, 8, seed=1)
+    torch.manual_seed(0)
+    ones = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=6, teacher_dim=8)
+    twos = DistillationLoss(LossConfig(kl_weight=2.0, feature_weight=2.0, contrastive_weight=2.0,
+                                       kl_temperature=2.0), student_dim=6, teacher_dim=8)
+    twos.load_state_dict(ones.state_dict())
+    single, double = ones(student, teacher), twos(student, teacher)
+    assert set(single) == set(double) == {"contrastive_loss", "kl_loss", "feature_loss"}
+    for key in single:
+        assert double[key].item() == pytest.approx(2 * single[key].item(), rel=1e-6)

@@ -1,0 +1,159 @@
+"""The whole pipeline through the real command line, at tiny sizes: data, teacher, distill, evaluate,
+export; reuse of the data and the teacher; resume; reload of the exported student in a new process."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.synthetic.num_train=48", "data.synthetic.num_test=16", "data.synthetic.size=32",
+    "data.synthetic.seconds=4",
+    "teacher.max_frames=4", "teacher.image_size=16", "teacher.vision_width=64", "teacher.vision_layers=1",
+    "teacher.text_width=64", "teacher.text_layers=1", "teacher.cross_layers=1",
+    "teacher.train.batch_size=16", "teacher.train.max_steps=6",
+    "student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
+    "student.text_layers=1", "student.text_heads=2",
+    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
+    "train.batch_size=16", "train.max_steps=6", "eval.batch_size=8",
+]
+
+
+def run_cli(*args: str, launcher: list[str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf_home")}
+    command = [*(launcher or [sys.executable]), str(REPO / "distill" / "run.py"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def accelerate_launch() -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """One tiny run of recipes/demo.yaml through `accelerate launch`, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("demo")
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={tmp / 'data'}", f"output_dir={tmp / 'run'}",
+                   "train.checkpoint_every=3", *TINY, launcher=accelerate_launch(), cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"report.md: {tmp / 'run' / 'report.md'}" in done.stdout
+    return tmp
+
+
+def test_demo_writes_run_folder_and_report(demo):
+    run = demo / "run"
+    for name in ("recipe.yaml", "teacher.safetensors", "student.safetensors", "report.json", "report.md",
+                 "teacher_log.jsonl", "distill_log.jsonl"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    assert report["test_pairs"] == 16
+    for model in ("teacher", "student"):
+        for direction in ("t2v", "v2t"):
+            m = report[model][direction]
+            assert set(m) == {"R1", "R5", "R10", "MdR", "MnR"}
+            assert 0 <= m["R1"] <= m["R5"] <= m["R10"] <= 100
+            assert 1 <= m["MdR"] <= 16 and 1 <= m["MnR"] <= 16
+    cost = report["efficiency"]
+    assert cost["student"]["frames"] == 3 and cost["teacher"]["frames"] == 4
+    assert 0 < cost["student"]["gflops_per_video"] and 0 < cost["teacher"]["gflops_per_video"]
+    assert "| teacher |" in (run / "report.md").read_text()
+
+
+def test_training_logs_every_loss_term_and_checkpoints(demo):
+    records = [json.loads(line) for line in (demo / "run" / "distill_log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6
+    assert {"kl_loss", "feature_loss", "contrastive_loss", "loss", "lr"} <= set(records[-1])
+    last = records[-1]
+    assert last["loss"] == pytest.approx(last["kl_loss"] + last["feature_loss"] + last["contrastive_loss"], rel=1e-5)
+    teacher_records = [json.loads(line) for line in (demo / "run" / "teacher_log.jsonl").read_text().splitlines()]
+    assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss"}
+    assert sorted(p.name for p in (demo / "run" / "checkpoints" / "distill").iterdir()) == \
+        ["checkpoint_3", "checkpoint_6"]
+
+
+def test_exported_student_reproduces_report_in_new_process(demo):
+    run = demo / "run"
+    script = f"""
+import json
+from distill.data.dataset import VideoTextDataset, View
+from distill.metrics import retrieval_metrics_from_embeddings
+from students import load_student, read_metadata
+import torch
+path = {str(run / 'student.safetensors')!r}
+student = load_student(path)
+pre = json.loads(read_metadata(path)["preprocessing"])
+data = VideoTextDataset({str(demo / 'data' / 'test.jsonl')!r}, {str(demo / 'data')!r},
+                        {{"student": View(pre["max_frames"], pre["image_size"])}}, max_words=pre["max_words"])
+batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
+with torch.no_grad():
+    t = student.encode_text(batch["input_ids"], batch["attention_mask"])
+    v = student.encode_video(batch["student_video"], batch["student_mask"])
+print(json.dumps(retrieval_metrics_from_embeddings(t, v)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=demo, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reloaded = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads((run / "report.json").read_text())
+    for direction in ("t2v", "v2t"):
+        assert reloaded[direction] == pytest.approx(report["student"][direction], abs=1e-6)
+    metadata_metrics = json.loads(load_metadata(run / "student.safetensors")["metrics"])
+    assert metadata_metrics["t2v"] == report["student"]["t2v"]
+
+
+def load_metadata(path: Path) -> dict:
+    from students import read_metadata
+    return read_metadata(path)
+
+
+def test_reuses_teacher_and_data_and_is_deterministic(demo):
+    """stages=[distill,evaluate,export] with teacher.source: same data, same teacher numbers, and with the
+    same seed the very same student."""
+    first = demo / "run"
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'again'}",
+                   "stages=[distill,evaluate,export]", f"teacher.source={first / 'teacher.safetensors'}",
+                   "train.checkpoint_every=3", *TINY, cwd=demo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (demo / "again" / "teacher.safetensors").exists()
+    before = json.loads((first / "report.json").read_text())
+    after = json.loads((demo / "again" / "report.json").read_text())
+    assert after["teacher"] == before["teacher"]
+    a, b = load_file(first / "student.safetensors"), load_file(demo / "again" / "student.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_checkpoint_ends_with_same_student(demo):
+    """A run folder holding only the step-3 checkpoint of the first run (as after a kill at step 4):
+    resume=auto continues there and must end with the same weights as the uninterrupted run."""
+    first = demo / "run"
+    resumed = demo / "resumed"
+    shutil.copytree(first / "checkpoints" / "distill" / "checkpoint_3", resumed / "checkpoints" / "distill" / "checkpoint_3")
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={resumed}",
+                   "stages=[distill,evaluate,export]", f"teacher.source={first / 'teacher.safetensors'}",
+                   "train.checkpoint_every=3", "train.resume=auto", *TINY, cwd=demo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout + done.stderr
+    records = [json.loads(line) for line in (resumed / "distill_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [6]  # steps 4-6 ran here; only the last is logged at this size
+    a, b = load_file(first / "student.safetensors"), load_file(resumed / "student.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bach_size=4", "unknown key 'train.bach_size'; did you mean 'train.batch_size'?"),
+    ("teacher.source=missing.safetensors", "teacher.source: no such file: missing.safetensors"),
+    ("stages=[evaluate,distill]", "stages:"),
+])
+def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"output_dir={tmp_path / 'run'}", override, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,179 @@
+"""The student: tiny real timm backbones, the temporal heads, and the export reloaded in a fresh process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from students import Student, export_student, load_student, read_metadata
+from teachers import tokenize
+
+T = 4
+MAX_WORDS = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy CPU the extra threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+BACKBONES = {
+    "vit": ("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 8, "depth": 1}, 16),
+    "cnn": ("test_efficientnet", {}, 32),  # timm's tiny registered test architecture (has BatchNorm)
+}
+
+
+def student_config(backbone: str, temporal: str) -> dict:
+    """A `StudentConfig` as a dict plus `max_words`, at test size (64 wide: 2 temporal heads)."""
+    name, kwargs, size = BACKBONES[backbone]
+    return {"backbone": name, "backbone_kwargs": kwargs, "max_frames": T, "image_size": size,
+            "temporal": temporal, "temporal_layers": 1, "embed_dim": 64, "text_width": 32,
+            "text_layers": 1, "text_heads": 2, "max_words": MAX_WORDS}
+
+
+def make_student(backbone: str, temporal: str, seed: int = 0) -> Student:
+    torch.manual_seed(seed)
+    return Student(student_config(backbone, temporal)).eval()
+
+
+def make_batch(size: int, seed: int = 1):
+    """Three videos with 4, 2 and 1 valid frames (a prefix), zero pixels in the padding, three captions."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    video = torch.randn(3, T, 3, size, size, generator=g) * mask[:, :, None, None, None]
+    input_ids, attention_mask = tokenize(["a dog runs on the beach", "Cooking pasta!", "a man sings"], MAX_WORDS)
+    return input_ids, attention_mask, video, mask
+
+
+def close(a, b, atol=1e-6):
+    torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+CASES = [(b, t) for b in BACKBONES for t in ("mean", "transformer")]
+
+
+@pytest.mark.parametrize("backbone, temporal", CASES)
+@torch.no_grad()
+def test_embeddings_are_unit_norm(backbone, temporal):
+    student = make_student(backbone, temporal)
+    input_ids, attention_mask, video, mask = make_batch(BACKBONES[backbone][2])
+    text = student.encode_text(input_ids, attention_mask)
+    vid = student.encode_video(video, mask)
+    assert text.shape == (3, 64) and vid.shape == (3, 64)
+    assert text.dtype == vid.dtype == torch.float32
+    close(text.norm(dim=-1), torch.ones(3), atol=1e-5)
+    close(vid.norm(dim=-1), torch.ones(3), atol=1e-5)
+    logits = student.similarity_logits(input_ids, attention_mask, video, mask)
+    close(logits, student.logit_scale() * text @ vid.T, atol=1e-5)
+    out = student(input_ids, attention_mask, video, mask)
+    assert set(out) == {"text_features", "video_features", "logit_scale"}
+
+
+@pytest.mark.parametrize("backbone, temporal", CASES)
+@torch.no_grad()
+def test_padded_frames_do_not_matter(backbone, temporal):
+    student = make_student(backbone, temporal)
+    _, _, video, mask = make_batch(BACKBONES[backbone][2])
+    out = student.encode_video(video, mask)
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(2)) * 5
+    noisy = torch.where(mask[:, :, None, None, None].bool(), video, noise)
+    close(student.encode_video(noisy, mask), out)
+    # each padded video equals the same video cut to its valid frames, encoded on its own
+    for b, n in enumerate(mask.sum(1).tolist()):
+        close(student.encode_video(video[b:b + 1, :n], mask[b:b + 1, :n]), out[b:b + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("temporal, order_matters", [("mean", False), ("transformer", True)])
+@torch.no_grad()
+def test_frame_order(temporal, order_matters):
+    student = make_student("vit", temporal)
+    _, _, video, _ = make_batch(16)
+    full = torch.ones(3, T, dtype=torch.long)
+    forward, backward = student.encode_video(video, full), student.encode_video(video.flip(1), full)
+    if order_matters:
+        assert (forward - backward).abs().max() > 1e-4
+    else:
+        close(forward, backward, atol=1e-6)
+
+
+@torch.no_grad()
+def test_text_padding_after_eot_is_invisible():
+    student = make_student("vit", "mean")
+    input_ids, attention_mask, _, _ = make_batch(16)
+    out = student.encode_text(input_ids, attention_mask)
+    after_eot = torch.arange(MAX_WORDS) > input_ids.argmax(1, keepdim=True)
+    junk = torch.randint(1, 49406, input_ids.shape, generator=torch.Generator().manual_seed(3))
+    close(student.encode_text(torch.where(after_eot, junk, input_ids), torch.ones_like(attention_mask)), out)
+
+
+RELOAD = textwrap.dedent("""
+    import sys, torch
+    from students import load_student
+    out = {}
+    for name in sys.argv[2:]:
+        student = load_student(f"{sys.argv[1]}/{name}.safetensors")
+        ids, mask, video, vmask = torch.load(f"{sys.argv[1]}/{name}_inputs.pt")
+        with torch.no_grad():
+            out[name] = (student.encode_text(ids, mask), student.encode_video(video, vmask),
+                         student.similarity_logits(ids, mask, video, vmask), student.training)
+    torch.save(out, f"{sys.argv[1]}/outputs.pt")
+""")
+
+
+def test_export_reloads_in_a_new_process(tmp_path):
+    expected = {}
+    for backbone, temporal in [("vit", "transformer"), ("cnn", "mean")]:
+        name = f"{backbone}_{temporal}"
+        student = make_student(backbone, temporal)
+        batch = make_batch(BACKBONES[backbone][2])
+        with torch.no_grad():
+            student.train()(*batch)  # moves BatchNorm running statistics off their initial values
+            student.logit_scale_log.fill_(2.0)
+        student.eval()
+        torch.save(batch, tmp_path / f"{name}_inputs.pt")
+        metadata = {"recipe": json.dumps({"name": "tiny", "seed": 0}), "preprocess": json.dumps({"size": 16})}
+        path = export_student(student, tmp_path / f"{name}.safetensors", metadata)
+        assert path == tmp_path / f"{name}.safetensors" and path.is_file()
+        assert not list(tmp_path.glob("*.partial"))
+        read = read_metadata(path)
+        assert read["format"] == "clip4clip-distill/student"
+        assert json.loads(read["config"]) == student.config
+        assert {k: read[k] for k in metadata} == metadata
+        with torch.no_grad():
+            expected[name] = (student.encode_text(*batch[:2]), student.encode_video(*batch[2:]),
+                              student.similarity_logits(*batch))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only cost start-up time
+    subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path), *expected], check=True,
+                   cwd=Path(__file__).resolve().parents[1], env=env, timeout=120)
+    outputs = torch.load(tmp_path / "outputs.pt")
+    for name, (text, video, logits) in expected.items():
+        got_text, got_video, got_logits, training = outputs[name]
+        assert training is False
+        close(got_text, text)
+        close(got_video, video)
+        close(got_logits, logits, atol=1e-5)
+
+
+def test_load_student_rejects_other_safetensors(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"format": "clip4clip-distill/teacher"})
+    with pytest.raises(ValueError, match="other.safetensors"):
+        load_student(path)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))  # no metadata at all
+    with pytest.raises(ValueError, match="plain.safetensors"):
+        read_metadata(plain)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        load_student(broken)
