@@ -37,19 +37,6 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
-class Progress:
-    """Optimizer steps done; saved with every checkpoint so a resumed run knows where it was."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-
-
 def warmup_cosine(total_steps: int, warmup_ratio: float):
     """Linear warmup over `warmup_ratio` of the steps, then cosine decay to zero."""
     warmup = max(1, round(total_steps * warmup_ratio))
@@ -67,13 +54,17 @@ def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int) -> None:
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, scheduler) -> None:
     """Saves the full training state to `checkpoint_<step>`, written under a temporary name and renamed,
-    so a kill during a save never leaves a newest checkpoint that cannot be loaded."""
+    so a kill during a save never leaves a newest checkpoint that cannot be loaded.
+
+    Accelerate saves models, optimizer and RNG states; `progress.json` adds the step and the scheduler.
+    """
     final = checkpoint_dir / f"checkpoint_{step}"
     partial = checkpoint_dir / f"partial_{step}"
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
+        (partial / "progress.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     accelerator.wait_for_everyone()
@@ -89,9 +80,8 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
         name: names the stage in the progress bar, the log file and the checkpoint folder.
         teacher: a frozen teacher run online on its own view; its outputs go to `loss_fn`.
     """
-    sampler = EpochSampler(len(dataset), seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=0)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=EpochSampler(len(dataset), seed),
+                        drop_last=True)
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
     total = config.max_steps or config.epochs * len(loader)
@@ -100,22 +90,24 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     # Not prepared: a prepared scheduler steps once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))
     model, loss_fn, optimizer, loader = accelerator.prepare(model, loss_fn, optimizer, loader)
-    progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, progress)
 
+    step = 0
     checkpoint_dir = run_dir / "checkpoints" / name
     if config.resume == "auto" and (latest := newest_checkpoint(checkpoint_dir)) is not None:
         accelerator.load_state(str(latest))
-        accelerator.print(f"{name}: resumed from {latest} at step {progress.step}")
+        progress = json.loads((latest / "progress.json").read_text())
+        step = progress["step"]
+        scheduler.load_state_dict(progress["scheduler"])
+        accelerator.print(f"{name}: resumed from {latest} at step {step}")
 
     log_path = run_dir / f"{name}_log.jsonl"
-    bar = tqdm(total=total, initial=progress.step, desc=name, unit="step",
+    bar = tqdm(total=total, initial=step, desc=name, unit="step",
                disable=not accelerator.is_local_main_process)
     model.train()
-    while progress.step < total:
-        epoch, skip = divmod(progress.step, len(loader))
-        sampler.set_epoch(epoch)
+    while step < total:
+        epoch, skip = divmod(step, len(loader))
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        batches.set_epoch(epoch)  # a prepared loader would otherwise set the sampler to its own epoch count
         for batch in batches:
             teacher_out = None
             if teacher is not None:
@@ -127,7 +119,7 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
             losses = loss_fn(out, teacher_out)
             for term, value in losses.items():
                 if not torch.isfinite(value):
-                    raise FloatingPointError(f"{name}: {term} is {value.item()} at step {progress.step + 1}")
+                    raise FloatingPointError(f"{name}: {term} is {value.item()} at step {step + 1}")
             loss = sum(losses.values())
             accelerator.backward(loss)
             if config.grad_clip:
@@ -135,19 +127,20 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
+            step += 1
 
-            record = {"step": progress.step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+            record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                       **{term: value.item() for term, value in losses.items()}}
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
-            if accelerator.is_main_process and (progress.step % config.log_every == 0 or progress.step == total):
+            if accelerator.is_main_process and (step % config.log_every == 0 or step == total):
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-            if progress.step == total or (config.checkpoint_every and progress.step % config.checkpoint_every == 0):
-                save_checkpoint(accelerator, checkpoint_dir, progress.step)
-            if progress.step == total:
+            if step == total or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                save_checkpoint(accelerator, checkpoint_dir, step, scheduler)
+            if step == total:
                 break
     bar.close()
-    model.eval()
-    return accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model).eval()
+    accelerator.free_memory()  # the next stage's checkpoints hold only its own models
+    return model

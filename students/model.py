@@ -14,6 +14,8 @@ from einops import rearrange, repeat
 from open_clip.transformer import TextTransformer, Transformer
 from torch import nn
 
+from teachers.tokenizer import pad_ids
+
 VOCAB_SIZE = 49408  # CLIP BPE: the student reads the same token ids as the teacher
 
 
@@ -42,7 +44,8 @@ class Student(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings `[N, D]`, L2-normalised (EOT token of a causal transformer; padding never seen)."""
-        return F.normalize(self.text(input_ids).float(), dim=-1)
+        ids = pad_ids(input_ids, self.config["max_words"])
+        return F.normalize(self.text(ids).float(), dim=-1)
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         """Video embeddings `[B, D]`, L2-normalised, from `video [B, T, 3, H, W]` and `video_mask [B, T]`."""

@@ -15,6 +15,8 @@ from einops import rearrange, repeat
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
+from teachers.tokenizer import pad_ids
+
 SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf")
 
 
@@ -60,11 +62,7 @@ class CLIP4Clip(nn.Module):
 
         The attention mask has no effect, as in CLIP4Clip: the causal mask already hides the padding.
         """
-        if input_ids.shape[1] > self.context_length:  # cropping could drop the EOT token the feature is read at
-            raise ValueError(f"input_ids {tuple(input_ids.shape)}: {input_ids.shape[1]} tokens, more than the "
-                             f"teacher's context length {self.context_length}; tokenize with max_words <= "
-                             f"{self.context_length}")
-        ids = F.pad(input_ids, (0, self.context_length - input_ids.shape[1]))  # CLIP adds every position
+        ids = pad_ids(input_ids, self.context_length)
         return F.normalize(self.clip.encode_text(ids).float(), dim=-1)
 
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:

@@ -18,3 +18,14 @@ def tokenize(captions: Sequence[str], max_words: int = 32) -> tuple[torch.Tensor
     """Returns `(input_ids, attention_mask)`, both int64 `[N, max_words]`; the mask is 1 on SOT..EOT."""
     input_ids = _tokenizer(max_words)(list(captions)).long()
     return input_ids, (input_ids != 0).long()
+
+
+def pad_ids(input_ids: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pads `[N, L]` ids to `length` columns (CLIP text towers add every position embedding).
+
+    Longer ids are an error rather than a crop: cropping could drop the EOT token the feature is read at.
+    """
+    if input_ids.shape[1] > length:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)}: {input_ids.shape[1]} tokens, more than the "
+                         f"model's context length {length}; tokenize with max_words <= {length}")
+    return torch.nn.functional.pad(input_ids, (0, length - input_ids.shape[1]))

@@ -126,11 +126,11 @@ def test_bool_field_takes_only_yaml_bools(tmp_path):
 
 
 def test_literal_choices(tmp_path):
-    assert load_dataclass(Recipe, write(tmp_path, "train:\n  mixed_precision: bf16\n")).train.mixed_precision == "bf16"
-    message = error(Recipe, write(tmp_path, "train:\n  mixed_precision: bf61\n"))
-    assert message == "train.mixed_precision: 'bf61' is not one of 'no', 'fp16', 'bf16'; did you mean 'bf16'?"
+    assert load_dataclass(Recipe, write(tmp_path, "mixed_precision: bf16\n")).mixed_precision == "bf16"
+    message = error(Recipe, write(tmp_path, "mixed_precision: bf61\n"))
+    assert message == "mixed_precision: 'bf61' is not one of 'no', 'fp16', 'bf16'; did you mean 'bf16'?"
     message = error(Recipe, write(tmp_path, ""), ["stages=[data,distil]"])
-    assert message.startswith("stages[1]: 'distil' is not one of 'data', 'teacher', 'cache'")
+    assert message.startswith("stages[1]: 'distil' is not one of 'data', 'teacher', 'distill'")
     assert message.endswith("; did you mean 'distill'?")
     assert error(Outer, write(tmp_path, "inner: {mode: zzzz}\n")) == "inner.mode: 'zzzz' is not one of 'fast', 'slow'"
 
@@ -187,7 +187,7 @@ def test_override_with_malformed_value(tmp_path):
 def test_save_load_round_trip(tmp_path):
     overrides = [
         "train.lr=1e-5",
-        "stages=[data,teacher,cache,distill]",
+        "stages=[data,teacher,distill]",
         "student.backbone_kwargs={depth: 2}",
         "train.resume=auto",
         "data.slice_framepos=0",
@@ -206,5 +206,5 @@ def test_load_recipe_uses_the_strict_loader(tmp_path):
     assert load_recipe(path, ["stages=[data,teacher]"]).stages == ["data", "teacher"]
     with pytest.raises(RecipeError, match=r"^unknown key 'train.bach_size'; did you mean 'train.batch_size'\?$"):
         load_recipe(path, ["train.bach_size=1"])
-    with pytest.raises(RecipeError, match=r"^stages: \['distill', 'data'\] must be distinct and in the order"):
+    with pytest.raises(RecipeError, match=r"^stages: \['distill', 'data'\] must be a non-empty list of distinct stages in the order"):
         load_recipe(path, ["stages=[distill,data]"])

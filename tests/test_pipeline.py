@@ -43,7 +43,7 @@ def demo(tmp_path_factory) -> Path:
     """One tiny run of recipes/demo.yaml through `accelerate launch`, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("demo")
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={tmp / 'data'}", f"output_dir={tmp / 'run'}",
-                   "train.checkpoint_every=3", *TINY, launcher=accelerate_launch(), cwd=tmp)
+                   "train.checkpoint_every=2", *TINY, launcher=accelerate_launch(), cwd=tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"report.md: {tmp / 'run' / 'report.md'}" in done.stdout
     return tmp
@@ -77,7 +77,7 @@ def test_training_logs_every_loss_term_and_checkpoints(demo):
     teacher_records = [json.loads(line) for line in (demo / "run" / "teacher_log.jsonl").read_text().splitlines()]
     assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss"}
     assert sorted(p.name for p in (demo / "run" / "checkpoints" / "distill").iterdir()) == \
-        ["checkpoint_3", "checkpoint_6"]
+        ["checkpoint_2", "checkpoint_4", "checkpoint_6"]
 
 
 def test_exported_student_reproduces_report_in_new_process(demo):
@@ -120,7 +120,7 @@ def test_reuses_teacher_and_data_and_is_deterministic(demo):
     first = demo / "run"
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'again'}",
                    "stages=[distill,evaluate,export]", f"teacher.source={first / 'teacher.safetensors'}",
-                   "train.checkpoint_every=3", *TINY, cwd=demo)
+                   "train.checkpoint_every=2", *TINY, cwd=demo)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (demo / "again" / "teacher.safetensors").exists()
     before = json.loads((first / "report.json").read_text())
@@ -131,18 +131,20 @@ def test_reuses_teacher_and_data_and_is_deterministic(demo):
 
 
 def test_resume_from_checkpoint_ends_with_same_student(demo):
-    """A run folder holding only the step-3 checkpoint of the first run (as after a kill at step 4):
-    resume=auto continues there and must end with the same weights as the uninterrupted run."""
+    """A run folder holding only the step-4 checkpoint of the first run (as after a kill at step 5, in
+    the middle of the second epoch of 3 batches): resume=auto continues there and must end with the same
+    weights as the uninterrupted run."""
     first = demo / "run"
     resumed = demo / "resumed"
-    shutil.copytree(first / "checkpoints" / "distill" / "checkpoint_3", resumed / "checkpoints" / "distill" / "checkpoint_3")
+    shutil.copytree(first / "checkpoints" / "distill" / "checkpoint_4",
+                    resumed / "checkpoints" / "distill" / "checkpoint_4")
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={resumed}",
                    "stages=[distill,evaluate,export]", f"teacher.source={first / 'teacher.safetensors'}",
-                   "train.checkpoint_every=3", "train.resume=auto", *TINY, cwd=demo)
+                   "train.checkpoint_every=2", "train.resume=auto", *TINY, cwd=demo)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
     records = [json.loads(line) for line in (resumed / "distill_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [6]  # steps 4-6 ran here; only the last is logged at this size
+    assert [r["step"] for r in records] == [6]  # steps 5-6 ran here; only the last is logged at this size
     a, b = load_file(first / "student.safetensors"), load_file(resumed / "student.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -138,6 +138,11 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
     Generation goes to a sibling `.partial` folder that is renamed into place at the end, so a killed run
     never leaves a half-written dataset that a later run would reuse.
     """
+    if config.size % 32:
+        # decord 0.6 returns corrupt frames for some small widths (8, 16, 24, 48, ...; dmlc/decord#336).
+        raise ValueError(f"data.synthetic.size: {config.size} must be a multiple of 32")
+    if config.fps * config.seconds < 4:
+        raise ValueError("data.synthetic: fps * seconds must be at least 4 frames (two per event)")
     root = Path(root)
     settings = asdict(config)
     manifest = root / "manifest.json"
