@@ -40,6 +40,7 @@ def main() -> None:
         total = time.perf_counter() - start
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
         report = json.loads((Path(tmp) / "run" / "report.json").read_text())
+        report_md = (Path(tmp) / "run" / "report.md").read_text()
 
     print(f"| stage | ends at (s) | takes (s) |\n|---|---:|---:|")
     previous = 0.0
@@ -49,7 +50,8 @@ def main() -> None:
     print(f"| total | {total:.0f} | |\n")
     print(f"peak resident memory: {peak_gb:.2f} GB")
     t, s = report["teacher"]["t2v"]["R1"], report["student"]["t2v"]["R1"]
-    print(f"t2v R@1: teacher {t:.1f}, student {s:.1f} ({100 * s / t:.1f}% of the teacher)")
+    print(f"t2v R@1: teacher {t:.1f}, student {s:.1f} ({100 * s / t:.1f}% of the teacher)\n")
+    print(report_md)
 
 
 if __name__ == "__main__":
