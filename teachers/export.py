@@ -7,6 +7,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from teachers.checkpoint import load_strict
 from teachers.clip4clip import CLIP4Clip
 
 FORMAT = "clip4clip-distill/teacher"
@@ -31,13 +32,5 @@ def load_teacher_export(path: str | Path) -> CLIP4Clip:
     with safe_open(str(path), framework="pt") as f:
         arch = json.loads(f.metadata()["arch"])
     teacher = CLIP4Clip(arch)
-    state = load_file(str(path))
-    expected = teacher.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    mis_shaped = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    if missing or unexpected or mis_shaped:
-        raise ValueError(f"{path}: does not match its architecture: missing {missing}, "
-                         f"unexpected {unexpected}, mis-shaped {mis_shaped}")
-    teacher.load_state_dict(state)
+    load_strict(teacher, load_file(str(path)), path)
     return teacher

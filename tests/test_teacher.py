@@ -293,8 +293,8 @@ def test_state_dict_keys_follow_original_layout(teachers):
 
 
 def test_unknown_sim_header_is_an_error():
-    with pytest.raises(ValueError, match="tightTransf"):
-        CLIP4Clip(tiny_arch("tightTransf"))
+    with pytest.raises(ValueError, match="'seqGRU' is not one of .*tightTransf"):
+        CLIP4Clip(tiny_arch("seqGRU"))
 
 
 # ---------------------------------------------------------------- export and loading
@@ -334,11 +334,14 @@ def test_load_teacher_rejects_corrupt_safetensors(tmp_path):
         load_teacher(path)
 
 
-def test_load_teacher_rejects_bin(tmp_path, teachers):
+@torch.no_grad()
+def test_load_teacher_reads_our_state_dict_as_an_original_checkpoint(tmp_path, teachers, batch):
     path = tmp_path / "pytorch_model.bin.0"
-    torch.save(teachers["meanP"].state_dict(), path)
-    with pytest.raises(ValueError, match=r"pytorch_model\.bin\.0"):
-        load_teacher(path)
+    torch.save(teachers["seqTransf"].state_dict(), path)  # our keys are the original layout
+    loaded = load_teacher(path)
+    assert loaded.sim_header == "seqTransf"
+    teachers["seqTransf"].requires_grad_(False)
+    close(loaded.similarity_logits(*batch), teachers["seqTransf"].similarity_logits(*batch))
 
 
 def test_load_teacher_reports_mis_shaped_tensor(tmp_path, teachers):
