@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence, get_args
 
 from distill.config import RecipeError, load_dataclass
+from distill.data.formats import DEFAULT_FILES, annotation_file
 
 # The teacher cache stage (between teacher and distill) is not built yet: the teacher runs online.
 Stage = Literal["data", "teacher", "distill", "evaluate", "export"]
@@ -28,11 +29,14 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["synthetic", "jsonl"] = "synthetic"
+    # Annotation layout (README "Datasets"): synthetic, the generic jsonl and csv, or CLIP4Clip's datasets.
+    format: Literal["synthetic", "jsonl", "csv", "msrvtt", "msvd", "lsmdc", "activitynet", "didemo"] = "synthetic"
     root: str = "data/demo"  # synthetic: where the dataset is generated (and reused by later runs)
-    train: Optional[str] = None  # jsonl: training annotations, one {"video", "caption"} object a line
-    test: Optional[str] = None  # jsonl: test annotations
-    video_root: Optional[str] = None  # jsonl: folder the "video" paths are relative to
+    annotations: Optional[str] = None  # msrvtt, msvd, lsmdc, activitynet, didemo: folder of the annotation files
+    train: Optional[str] = None  # training annotation file (relative to `annotations` when set); jsonl, csv: required
+    test: Optional[str] = None  # test annotation file; the CLIP4Clip formats default both to CLIP4Clip's files
+    video_root: Optional[str] = None  # every format but synthetic: folder of the videos
+    backend: Literal["decord", "pyav"] = "decord"  # decoder; pyav where decord has no wheel (aarch64, macOS arm64)
     max_words: int = 32  # caption length in tokens, start and end tokens included (CLIP4Clip: 32)
     framerate: int = 1  # frames per second kept before slicing to max_frames (CLIP4Clip's feature_framerate)
     slice_framepos: Literal[0, 1, 2] = 2  # 0 head, 1 tail, 2 uniform (CLIP4Clip's slice_framepos)
@@ -59,14 +63,14 @@ class TeacherConfig:
     source: Optional[str] = None  # anything load_teacher takes; unset: the teacher stage trains one
     max_frames: int = 8  # frames the teacher sees per video
     # The architecture of a teacher trained here (a loaded teacher brings its own):
-    sim_header: Literal["meanP", "seqLSTM", "seqTransf"] = "seqTransf"
+    sim_header: Literal["meanP", "seqLSTM", "seqTransf", "tightTransf"] = "seqTransf"
     image_size: int = 32  # input resolution
     patch_size: int = 8
     vision_width: int = 192
     vision_layers: int = 4
     text_width: int = 128  # also the embedding width, as CLIP4Clip's heads require
     text_layers: int = 3
-    cross_layers: int = 2  # layers of the seqTransf temporal transformer
+    cross_layers: int = 2  # layers of the seqTransf temporal transformer or the tightTransf cross encoder
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -123,18 +127,30 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if not order or order != sorted(set(order)):
         raise RecipeError(
             f"stages: {recipe.stages} must be a non-empty list of distinct stages in the order {list(STAGE_ORDER)}")
-    if recipe.data.format == "jsonl":
-        for key in ("train", "test", "video_root"):
-            value = getattr(recipe.data, key)
-            if value is None:
-                raise RecipeError(f"data.{key}: required when data.format is jsonl")
-            if not Path(value).exists():
-                raise RecipeError(f"data.{key}: no such file or folder: {value}")
+    data = recipe.data
+    if data.format != "synthetic":
+        for key in ["video_root"] + (["annotations"] if data.format in DEFAULT_FILES else ["train", "test"]):
+            if getattr(data, key) is None:
+                raise RecipeError(f"data.{key}: required when data.format is {data.format}")
+        for key in ("video_root", "annotations"):
+            if getattr(data, key) is not None and not Path(getattr(data, key)).is_dir():
+                raise RecipeError(f"data.{key}: no such folder: {getattr(data, key)}")
+        for split in ("train", "test"):
+            if not annotation_file(data, split).is_file():
+                raise RecipeError(f"data.{split}: no such file: {annotation_file(data, split)}")
     if recipe.data.format == "synthetic" and "data" not in recipe.stages \
             and not (Path(recipe.data.root) / "manifest.json").is_file():
         raise RecipeError(f"data.root: no synthetic dataset in {recipe.data.root}; add the 'data' stage to make it")
     source = recipe.teacher.source
-    if source is not None and not source.startswith("open_clip:") and not Path(source).is_file():
+    if source is not None and source.startswith("open_clip:"):
+        from teachers import parse_open_clip_source  # torch and open_clip, only for recipes that need them
+        try:
+            _, weights = parse_open_clip_source(source)
+        except ValueError as error:
+            raise RecipeError(f"teacher.source: {error}") from None
+        if not weights.is_file():
+            raise RecipeError(f"teacher.source: no such weights file: {weights} (the pretrained= file of {source})")
+    elif source is not None and not Path(source).is_file():
         raise RecipeError(f"teacher.source: no such file: {source}")
     if source is None and "teacher" not in recipe.stages and {"distill", "evaluate"} & set(recipe.stages):
         raise RecipeError("teacher.source: required when the stages do not include 'teacher'")

@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from distill.data.dataset import VideoTextDataset, View, read_annotations
+from distill.data.dataset import VideoTextDataset, View
+from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import VideoError, load_frames, preprocess
 from distill.recipe import SyntheticConfig
@@ -21,9 +22,15 @@ def root(tmp_path_factory):
     return generate_synthetic(tmp_path_factory.mktemp("dataset") / "demo", CONFIG)
 
 
+def pairs(path, root):
+    found = read_jsonl(path, path.parent, root)
+    assert not found.problems
+    return found.pairs
+
+
 @pytest.fixture(scope="module")
 def train(root):
-    return VideoTextDataset(root / "train.jsonl", root, VIEWS, max_words=MAX_WORDS)
+    return VideoTextDataset(pairs(root / "train.jsonl", root), VIEWS, max_words=MAX_WORDS)
 
 
 def test_item_keys_and_shapes(train):
@@ -40,7 +47,7 @@ def test_item_keys_and_shapes(train):
 
 
 def test_views_take_their_frames_from_one_decode(train):
-    frames = load_frames(train.videos[1], max_frames=8)
+    frames = load_frames(train.video_ids[1], max_frames=8)
     assert len(frames) == 8
     item = train[1]
     assert torch.equal(item["teacher_video"], preprocess(frames, 32))
@@ -51,17 +58,17 @@ def test_views_take_their_frames_from_one_decode(train):
 def test_student_view_is_a_subset_of_the_teacher_decode(root):
     # Two frames a second: 16 candidates. The teacher decode keeps frames 0 4 8 12 16 20 24 30 and the
     # student takes 0 8 16 30 of those, where a decode of its own would have kept 0 10 20 30.
-    dataset = VideoTextDataset(root / "train.jsonl", root, VIEWS, max_words=MAX_WORDS, framerate=2)
-    teacher_decode = load_frames(dataset.videos[4], max_frames=8, framerate=2)
+    dataset = VideoTextDataset(pairs(root / "train.jsonl", root), VIEWS, max_words=MAX_WORDS, framerate=2)
+    teacher_decode = load_frames(dataset.video_ids[4], max_frames=8, framerate=2)
     item = dataset[4]
     assert torch.equal(item["teacher_video"], preprocess(teacher_decode, 32))
     assert torch.equal(item["student_video"], preprocess(teacher_decode[[0, 2, 4, 7]], 16))
-    own_decode = load_frames(dataset.videos[4], max_frames=4, framerate=2)
+    own_decode = load_frames(dataset.video_ids[4], max_frames=4, framerate=2)
     assert not torch.equal(item["student_video"], preprocess(own_decode, 16))
 
 
 def test_short_clip_is_padded_and_masked(root):
-    dataset = VideoTextDataset(root / "test.jsonl", root, {"teacher": View(12, 32), "student": View(4, 16)},
+    dataset = VideoTextDataset(pairs(root / "test.jsonl", root), {"teacher": View(12, 32), "student": View(4, 16)},
                                max_words=MAX_WORDS)
     assert len(dataset) == 4
     item = dataset[0]
@@ -81,62 +88,34 @@ def test_input_ids_are_the_tokenized_captions(root, train):
         assert torch.equal(item["attention_mask"], attention_mask[i])
 
 
-def test_keep_decoded_reads_each_clip_once(root, tmp_path):
-    (tmp_path / "videos").mkdir()
-    shutil.copy(root / "videos/train_00003.mp4", tmp_path / "videos/clip.mp4")
-    (tmp_path / "pairs.jsonl").write_text(json.dumps({"video": "videos/clip.mp4", "caption": "a clip"}) + "\n")
+def test_keep_decoded_reads_each_video_once(root, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(root / "videos/train_00003.mp4", clip)
+    two_captions = [(str(clip), "a clip"), (str(clip), "the same clip")]
 
-    plain = VideoTextDataset(tmp_path / "pairs.jsonl", tmp_path, VIEWS, max_words=MAX_WORDS)
+    plain = VideoTextDataset(two_captions, VIEWS, max_words=MAX_WORDS)
     assert plain.decoded is None
-    kept = VideoTextDataset(tmp_path / "pairs.jsonl", tmp_path, VIEWS, max_words=MAX_WORDS, keep_decoded=True)
+    kept = VideoTextDataset(two_captions, VIEWS, max_words=MAX_WORDS, keep_decoded=True)
     assert kept.decoded == {}
     first = kept[0]
-    assert list(kept.decoded) == [0]
-    assert kept.decoded[0].dtype == torch.uint8 and kept.decoded[0].shape == (8, 32, 32, 3)
+    assert list(kept.decoded) == [str(clip)]
+    assert kept.decoded[str(clip)].dtype == torch.uint8 and kept.decoded[str(clip)].shape == (8, 32, 32, 3)
 
-    (tmp_path / "videos/clip.mp4").unlink()  # a second read can only come from memory now
-    second = kept[0]
+    clip.unlink()  # a second read can only come from memory now
+    again, other_caption = kept[0], kept[1]
     for key in first:
-        assert torch.equal(first[key], second[key]), key
-    assert kept.frames(0) is kept.decoded[0]
+        assert torch.equal(first[key], again[key]), key
+    assert torch.equal(first["teacher_video"], other_caption["teacher_video"])
+    assert not torch.equal(first["input_ids"], other_caption["input_ids"])
+    assert kept.frames(1) is kept.decoded[str(clip)]
     with pytest.raises(VideoError, match="not found"):
         plain[0]
 
 
-# read_annotations
-
-
-def test_read_annotations_skips_blank_lines(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text('{"video": "a.mp4", "caption": "one"}\n\n{"video": "b.mp4", "caption": "two"}\n')
-    assert read_annotations(path) == [{"video": "a.mp4", "caption": "one"}, {"video": "b.mp4", "caption": "two"}]
-
-
-@pytest.mark.parametrize("second_line, problem", [
-    ('{"video": "b.mp4", "caption": ', "not JSON"),
-    ('{"video": "b.mp4"}', "'video' and 'caption'"),
-    ('{"video": "b.mp4", "caption": 3}', "'video' and 'caption'"),
-    ('["b.mp4", "two"]', "'video' and 'caption'"),
-])
-def test_read_annotations_names_the_bad_line(tmp_path, second_line, problem):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text('{"video": "a.mp4", "caption": "one"}\n' + second_line + "\n")
-    with pytest.raises(ValueError, match="line 2") as error:
-        read_annotations(path)
-    assert str(path) in str(error.value) and problem in str(error.value)
-
-
-def test_read_annotations_empty_file(tmp_path):
-    path = tmp_path / "empty.jsonl"
-    path.write_text("\n")
-    with pytest.raises(ValueError, match="no annotations") as error:
-        read_annotations(path)
-    assert str(path) in str(error.value)
-
-
-def test_dataset_reports_bad_annotations(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text('{"video": "a.mp4", "caption": "one"}\n{"video": "b.mp4", "caption": "two"}\nnot json\n')
-    with pytest.raises(ValueError, match="line 3"):
-        VideoTextDataset(path, tmp_path, VIEWS, max_words=MAX_WORDS)
-
+def test_video_ids_name_the_video_of_each_pair(tmp_path):
+    pairs = [("a.mp4", "one"), ("a.mp4", "two"), ("b.mp4", "three")]
+    dataset = VideoTextDataset(pairs, VIEWS, max_words=MAX_WORDS)
+    assert dataset.video_ids == ["a.mp4", "a.mp4", "b.mp4"]
+    assert dataset.captions == ["one", "two", "three"]
+    with pytest.raises(ValueError, match="no pairs"):
+        VideoTextDataset([], VIEWS, max_words=MAX_WORDS)

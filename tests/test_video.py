@@ -12,6 +12,7 @@ from distill.data.video import (
     load_frames,
     pad_clip,
     preprocess,
+    probe_video,
     read_clip,
 )
 
@@ -153,3 +154,65 @@ def test_read_clip_errors_name_the_file(tmp_path):
         with pytest.raises(VideoError) as e:
             read_clip(path, max_frames=4, size=32)
         assert str(path) in str(e.value)
+
+
+# The PyAV backend and decord's edit-list trap
+
+
+def test_pyav_backend_reads_the_same_frames(video_8s):
+    decord_frames = load_frames(video_8s, max_frames=5)
+    pyav_frames = load_frames(video_8s, max_frames=5, backend="pyav")
+    assert pyav_frames.dtype == torch.uint8 and pyav_frames.shape == decord_frames.shape == (5, 48, 64, 3)
+    assert encoded_indices(pyav_frames) == encoded_indices(decord_frames) == [0, 4, 12, 20, 28]
+    assert (pyav_frames.int() - decord_frames.int()).abs().max() <= 2  # two FFmpeg builds convert yuv -> rgb
+    assert probe_video(video_8s, "pyav") == probe_video(video_8s) == (32, 4.0)
+
+
+def trim_by_stream_copy(source, target, start_frame, keyframe, fps=4):
+    """What `ffmpeg -ss <t> -c copy` does: keep the packets from the keyframe before the cut, shifted so the
+    cut is at time 0; the muxer hides the leading (negative-time) frames behind an MP4 edit list."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        shift = round(start_frame / fps / stream.time_base)
+        for packet in src.demux(stream):
+            if packet.dts is None or packet.pts < round(keyframe / fps / stream.time_base):
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out
+            dst.mux(packet)
+    return target
+
+
+@pytest.fixture(scope="module")
+def edit_list_video(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("edit_list")
+    source = folder / "full.mp4"
+    with av.open(str(source), "w") as container:  # frame i has red = 8*i; a keyframe every 8 frames
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "0", "g": "8", "keyint_min": "8", "sc_threshold": "0", "bf": "0"}
+        for i in range(32):
+            img = np.empty((48, 64, 3), np.uint8)
+            img[...] = (8 * i, 255 - 8 * i, 128)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    return trim_by_stream_copy(source, folder / "trimmed.mp4", start_frame=11, keyframe=8)
+
+
+def test_edit_list_trap_is_real(edit_list_video):
+    """decord counts the 3 hidden frames (negative timestamps) and returns repeated frames for its 24 indices."""
+    decord = pytest.importorskip("decord")
+    vr = decord.VideoReader(str(edit_list_video), num_threads=1)
+    assert len(vr) == 24 and vr.get_frame_timestamp(0)[0] < 0
+    read = encoded_indices(torch.from_numpy(vr.get_batch(list(range(24))).asnumpy()))
+    assert len(set(read)) < 24
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_edit_list_video_reads_the_presented_frames(edit_list_video, backend):
+    """21 presented frames (source frames 11..31) at 4 fps: CLIP4Clip keeps 0, 4, ..., 20 of them."""
+    assert probe_video(edit_list_video, backend) == (21, 4.0)
+    frames = load_frames(edit_list_video, max_frames=12, backend=backend)
+    assert encoded_indices(frames) == [11, 15, 19, 23, 27, 31]

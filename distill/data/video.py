@@ -1,4 +1,5 @@
-"""Video clips the way CLIP4Clip sees them: which frames, decoded with decord, resized, cropped, normalised.
+"""Video clips the way CLIP4Clip sees them: which frames, decoded with decord (or PyAV), resized, cropped,
+normalised.
 
 The frame choice copies CLIP4Clip's OpenCV extractor (spec section 3): `framerate` frames per second of video,
 counted with the truncated integer fps and an inclusive last second, then thinned to `max_frames`.
@@ -6,16 +7,25 @@ counted with the truncated integer fps and an inclusive last second, then thinne
 
 import math
 import os
+from typing import Literal
 
-import decord
+import av
 import numpy as np
 import torch
 from einops import rearrange
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+try:
+    import decord
+except ImportError:  # no wheel for this platform: data.backend=pyav still works
+    decord = None
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# decord is the fast default; PyAV runs where decord has no wheel (Linux aarch64, macOS arm64).
+Backend = Literal["decord", "pyav"]
 
 
 class VideoError(Exception):
@@ -54,8 +64,32 @@ def clip4clip_frame_indices(
     return [indices[p] for p in positions]
 
 
-def load_frames(path, *, max_frames: int, framerate: int = 1, slice_framepos: int = 2) -> torch.Tensor:
+def probe_video(path, backend: Backend = "decord") -> tuple[int, float]:
+    """Frame count and average frame rate of a video, without decoding a frame.
+
+    This is the check every video gets before training: it opens the file the way `load_frames` will, so a
+    missing, empty, truncated or undecodable video fails here (decord indexes every packet when it opens a
+    file; PyAV reads every packet here) instead of in the middle of an epoch.
+
+    Raises:
+        VideoError: The file is missing, cannot be opened, or holds no frames.
+    """
+    if backend == "decord":
+        vr = _open_decord(path)
+        try:
+            if not _misread_by_decord(vr):
+                return _checked(path, len(vr), vr.get_avg_fps())
+        finally:
+            del vr  # decord readers hold decoder buffers until collected (tens of MB each)
+    return _probe_pyav(path)
+
+
+def load_frames(path, *, max_frames: int, framerate: int = 1, slice_framepos: int = 2,
+                backend: Backend = "decord") -> torch.Tensor:
     """Decode the frames CLIP4Clip would sample from a video file.
+
+    With the decord backend, a file decord would misread (an MP4 edit list that hides leading frames) is
+    read with PyAV instead.
 
     Returns:
         uint8 `[k, H, W, 3]` RGB frames, 1 <= k <= max_frames.
@@ -63,29 +97,104 @@ def load_frames(path, *, max_frames: int, framerate: int = 1, slice_framepos: in
     Raises:
         VideoError: The file is missing, cannot be decoded, or holds no frames.
     """
+    sampling = {"max_frames": max_frames, "framerate": framerate, "slice_framepos": slice_framepos}
+    if backend == "decord":
+        vr = _open_decord(path)
+        try:
+            if not _misread_by_decord(vr):
+                frame_count, fps = _checked(path, len(vr), vr.get_avg_fps())
+                indices = clip4clip_frame_indices(frame_count, fps, **sampling)
+                try:
+                    return torch.from_numpy(vr.get_batch(indices).asnumpy())  # t h w c
+                except (RuntimeError, decord.DECORDError) as e:
+                    raise VideoError(f"cannot decode frames {indices} of video {path}: {e}") from None
+        finally:
+            del vr
+    frame_count, fps = _probe_pyav(path)
+    return _decode_pyav(path, clip4clip_frame_indices(frame_count, fps, **sampling))
+
+
+def _checked(path, frame_count: int, fps: float) -> tuple[int, float]:
+    if frame_count == 0:
+        raise VideoError(f"video {path} has no frames")
+    if not (math.isfinite(fps) and fps > 0):
+        raise VideoError(f"video {path} reports an unusable frame rate {fps}; expected a positive number")
+    return frame_count, fps
+
+
+def _open_decord(path) -> "decord.VideoReader":
+    if decord is None:
+        raise ImportError("decord is not installed (it has no wheel for this platform); set data.backend=pyav")
     if not os.path.isfile(path):
         raise VideoError(f"video file not found: {path}")
     try:
-        vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=1)
+        return decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), num_threads=1)
     except (RuntimeError, decord.DECORDError) as e:
         raise VideoError(f"cannot open video {path}: {e}") from None
+
+
+def _misread_by_decord(vr: "decord.VideoReader") -> bool:
+    """Whether decord counts frames the file does not present.
+
+    An MP4 trimmed by stream copy keeps the packets from the keyframe before the cut and hides them with an
+    edit list. decord ignores the edit list: it counts the hidden frames, gives them negative timestamps,
+    and returns shifted and repeated frames for the indices near the end.
+    """
+    if len(vr) == 0:
+        return False
+    starts = vr.get_frame_timestamp(range(len(vr)))[:, 0]
+    return bool(starts[0] < 0 or np.any(np.diff(starts) <= 0))
+
+
+def _open_pyav(path) -> av.container.InputContainer:
+    if not os.path.isfile(path):
+        raise VideoError(f"video file not found: {path}")
     try:
-        frame_count, fps = len(vr), vr.get_avg_fps()
-        if frame_count == 0:
-            raise VideoError(f"video {path} has no frames")
-        if not (math.isfinite(fps) and fps > 0):
-            raise VideoError(f"video {path} reports an unusable frame rate {fps}; expected a positive number")
-        indices = clip4clip_frame_indices(
-            frame_count, fps, max_frames, framerate=framerate, slice_framepos=slice_framepos
-        )
+        container = av.open(os.fspath(path))
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot open video {path}: {e}") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"video {path} has no video stream")
+    return container
+
+
+def _probe_pyav(path) -> tuple[int, float]:
+    """Presented frames (packets an edit list hides are not counted) and frame rate, from the packets alone."""
+    with _open_pyav(path) as container:
+        stream = container.streams.video[0]
+        frame_count = 0
         try:
-            frames = vr.get_batch(indices).asnumpy()  # t h w c
-        except (RuntimeError, decord.DECORDError) as e:
-            raise VideoError(f"cannot decode frames {indices} of video {path}: {e}") from None
-    finally:
-        # decord readers hold decoder buffers until collected (tens of MB each); release this one now.
-        del vr
-    return torch.from_numpy(frames)
+            for packet in container.demux(stream):
+                if packet.is_corrupt:
+                    raise VideoError(f"video {path} is truncated or corrupt (packet after frame {frame_count})")
+                if packet.size and not packet.is_discard:
+                    frame_count += 1
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot read video {path}: {e}") from None
+        rate = stream.average_rate or stream.guessed_rate
+        return _checked(path, frame_count, float(rate) if rate else math.nan)
+
+
+def _decode_pyav(path, indices: list[int]) -> torch.Tensor:
+    """Decodes the video from the start up to the last wanted frame and keeps the wanted ones.
+
+    PyAV leaves frames an edit list hides out of its output, so index i is the i-th presented frame.
+    """
+    wanted, frames = set(indices), []
+    with _open_pyav(path) as container:
+        stream = container.streams.video[0]
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                if i == indices[-1]:
+                    break
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot decode video {path}: {e}") from None
+    if len(frames) < len(indices):
+        raise VideoError(f"video {path} ended before frame {indices[-1]}: decoded {len(frames)} of frames {indices}")
+    return torch.from_numpy(np.stack(frames))
 
 
 def preprocess(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -127,7 +236,7 @@ def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch
 
 
 def read_clip(
-    path, *, max_frames: int, size: int, framerate: int = 1, slice_framepos: int = 2
+    path, *, max_frames: int, size: int, framerate: int = 1, slice_framepos: int = 2, backend: Backend = "decord"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a video file into CLIP4Clip's model input.
 
@@ -137,5 +246,6 @@ def read_clip(
     Raises:
         VideoError: The file is missing, cannot be decoded, or holds no frames.
     """
-    frames = load_frames(path, max_frames=max_frames, framerate=framerate, slice_framepos=slice_framepos)
+    frames = load_frames(path, max_frames=max_frames, framerate=framerate, slice_framepos=slice_framepos,
+                         backend=backend)
     return pad_clip(preprocess(frames, size), max_frames)
