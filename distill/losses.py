@@ -13,7 +13,9 @@ from distill.recipe import LossConfig
 
 
 def similarity(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`logit_scale * text @ video.T`, `[N, N]`."""
+    """`logit_scale * text @ video.T`, `[N, N]`; a cross encoder (tightTransf) gives its `logits` directly."""
+    if "logits" in outputs:
+        return outputs["logits"]
     return outputs["logit_scale"] * outputs["text_features"] @ outputs["video_features"].T
 
 
@@ -46,7 +48,10 @@ class DistillationLoss(nn.Module):
     """Weighted sum of similarity KL, feature matching and ground-truth contrastive terms.
 
     Holds the learned projections from the student's embedding width to the teacher's (identity when they
-    match); they train with the student and are not part of the exported model.
+    match or feature matching is off: DDP refuses parameters that get no gradient); they train with the
+    student and are not part of the exported model.
+
+    The loop passes the outputs of the whole global batch, gathered from every process (`distill.gather`).
     """
 
     def __init__(self, config: LossConfig, *, student_dim: int, teacher_dim: int):
@@ -54,7 +59,9 @@ class DistillationLoss(nn.Module):
         self.config = config
 
         def projection() -> nn.Module:
-            return nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+            if student_dim == teacher_dim or not config.feature_weight:
+                return nn.Identity()
+            return nn.Linear(student_dim, teacher_dim)
 
         self.text_projection, self.video_projection = projection(), projection()
 

@@ -2,7 +2,9 @@
 
 The global batch is split across processes (`split_batches=True`), so `batch_size` and the order of the
 samples in each global batch do not depend on the process count. The sampler's order is drawn from the
-seed and the epoch only, which also makes the data position resumable.
+seed and the epoch only, which also makes the data position resumable. Every process gathers the
+embeddings of the whole global batch (`distill.gather`) and computes the same losses over it, so losses
+and gradients equal those of one process holding the whole batch.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from distill.gather import gather_with_grad
 from distill.recipe import TrainConfig
 
 
@@ -54,7 +57,7 @@ def newest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, scheduler) -> None:
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, scheduler) -> Path:
     """Saves the full training state to `checkpoint_<step>`, written under a temporary name and renamed,
     so a kill during a save never leaves a newest checkpoint that cannot be loaded.
 
@@ -68,6 +71,28 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, s
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     accelerator.wait_for_everyone()
+    return final
+
+
+def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model outputs of the global batch: features gathered from every process; the logit scale is
+    a shared parameter and stays as it is."""
+    return {key: gather_with_grad(value) if key.endswith("_features") else value for key, value in outputs.items()}
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The frozen teacher's outputs for the global batch.
+
+    A cross encoder (tightTransf) has no embeddings: its text and frame features are gathered and it scores
+    every pair of the global batch itself.
+    """
+    ids, video, mask = batch["input_ids"], batch["teacher_video"], batch["teacher_mask"]
+    if getattr(teacher, "is_tight", False):
+        text = gather_with_grad(teacher.text_features(ids))
+        frames = gather_with_grad(teacher.frame_features(video))
+        return {"logits": teacher.cross_scores(text, frames, gather_with_grad(mask))}
+    return gather_outputs(teacher(ids, batch["attention_mask"], video, mask))
 
 
 def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainConfig, *,
@@ -82,6 +107,9 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     """
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=EpochSampler(len(dataset), seed),
                         drop_last=True)
+    if config.batch_size % accelerator.num_processes:
+        raise ValueError(f"{name}: batch_size {config.batch_size} is the global batch and must split evenly "
+                         f"over the {accelerator.num_processes} processes")
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
     total = config.max_steps or config.epochs * len(loader)
@@ -89,17 +117,22 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # Not prepared: a prepared scheduler steps once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))
-    model, loss_fn, optimizer, loader = accelerator.prepare(model, loss_fn, optimizer, loader)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if any(p.requires_grad for p in loss_fn.parameters()):
+        # Only then: on CPU accelerate wraps every module in DDP, which refuses one without parameters.
+        loss_fn = accelerator.prepare(loss_fn)
 
-    step = 0
+    step, saved, latest = 0, None, None  # saved: the step of the newest checkpoint `latest`
     checkpoint_dir = run_dir / "checkpoints" / name
     if config.resume == "auto" and (latest := newest_checkpoint(checkpoint_dir)) is not None:
         accelerator.load_state(str(latest))
         progress = json.loads((latest / "progress.json").read_text())
-        step = progress["step"]
+        step = saved = progress["step"]
         scheduler.load_state_dict(progress["scheduler"])
         accelerator.print(f"{name}: resumed from {latest} at step {step}")
 
+    accelerator.print(f"{name}: {total} steps of {config.batch_size} pairs split over "
+                      f"{accelerator.num_processes} process(es)")
     log_path = run_dir / f"{name}_log.jsonl"
     bar = tqdm(total=total, initial=step, desc=name, unit="step",
                disable=not accelerator.is_local_main_process)
@@ -111,15 +144,19 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
         for batch in batches:
             teacher_out = None
             if teacher is not None:
-                with torch.no_grad(), accelerator.autocast():
-                    teacher_out = teacher(batch["input_ids"], batch["attention_mask"],
-                                          batch["teacher_video"], batch["teacher_mask"])
-            out = model(batch["input_ids"], batch["attention_mask"], batch[f"{view}_video"],
-                        batch[f"{view}_mask"])
+                with accelerator.autocast():
+                    teacher_out = teacher_outputs(teacher, batch)
+            out = gather_outputs(model(batch["input_ids"], batch["attention_mask"], batch[f"{view}_video"],
+                                       batch[f"{view}_mask"]))
             losses = loss_fn(out, teacher_out)
-            for term, value in losses.items():
-                if not torch.isfinite(value):
-                    raise FloatingPointError(f"{name}: {term} is {value.item()} at step {step + 1}")
+            # Every process holds the same global losses, so all of them stop here together.
+            bad = {term: value.item() for term, value in losses.items() if not torch.isfinite(value)}
+            if bad:
+                if saved != step:
+                    latest = save_checkpoint(accelerator, checkpoint_dir, step, scheduler)
+                terms = ", ".join(f"{term} is {value}" for term, value in bad.items())
+                raise FloatingPointError(f"{name}: {terms} at step {step + 1}; the training state before that "
+                                         f"step is saved in {latest}")
             loss = sum(losses.values())
             accelerator.backward(loss)
             if config.grad_clip:
@@ -137,7 +174,7 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
             if step == total or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                save_checkpoint(accelerator, checkpoint_dir, step, scheduler)
+                latest, saved = save_checkpoint(accelerator, checkpoint_dir, step, scheduler), step
             if step == total:
                 break
     bar.close()

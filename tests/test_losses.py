@@ -182,6 +182,11 @@ def test_projection_only_when_widths_differ():
     assert other.video_projection.weight.grad.abs().sum() > 0
 
 
+def test_no_projection_without_feature_matching():
+    loss = DistillationLoss(LossConfig(feature_weight=0.0), student_dim=6, teacher_dim=8)
+    assert not list(loss.parameters())
+
+
 def test_terms_are_multiplied_by_their_weights():
     student, teacher = outputs(4, 6), outputs(4, 8, seed=1)
     torch.manual_seed(0)

@@ -1,0 +1,184 @@
+"""Two CPU processes give what one process gives with the same global batch: the same gradients for one
+step of a tiny model, and the same losses, student and report after a tiny run through the real CLI.
+
+Run as a script (`accelerate launch ... tests/test_distributed.py OUT`), this file is the worker of the
+gradient test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch import nn
+
+from distill.losses import DistillationLoss
+from distill.recipe import LossConfig
+from distill.train import gather_outputs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.synthetic.num_train=48", "data.synthetic.num_test=13", "data.synthetic.size=32",
+    "data.synthetic.seconds=4",
+    "teacher.max_frames=4", "teacher.image_size=16", "teacher.vision_width=64", "teacher.vision_layers=1",
+    "teacher.text_width=64", "teacher.text_layers=1", "teacher.cross_layers=1",
+    "teacher.train.batch_size=16", "teacher.train.max_steps=6",
+    "student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
+    "student.text_layers=1", "student.text_heads=2",
+    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
+    # 13 test pairs in batches of 8: the last batch (5) does not split evenly over 2 processes.
+    "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "eval.batch_size=8",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: Path, *args: str, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    """`script` with 1 plain process, or with `processes` CPU processes through `accelerate launch`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf_home")}
+    launcher = [sys.executable]
+    if processes > 1:
+        env.update(ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo")
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                    "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    return subprocess.run([*launcher, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+# One step of a tiny model
+
+
+class TwoTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.text, self.video = nn.Linear(6, 4), nn.Linear(5, 4)
+        self.logit_scale_log = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, text: torch.Tensor, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"text_features": F.normalize(self.text(text), dim=-1),
+                "video_features": F.normalize(self.video(video), dim=-1),
+                "logit_scale": self.logit_scale_log.exp()}
+
+
+def one_step(accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Losses and gradients of one step on a global batch of 8, of which this process holds its share.
+
+    The loss has learned projections (student width 4, teacher width 3): parameters after the gather.
+    """
+    torch.manual_seed(0)
+    model = TwoTower()
+    loss_fn = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=4, teacher_dim=3)
+    g = torch.Generator().manual_seed(1)
+    text, video = torch.randn(8, 6, generator=g), torch.randn(8, 5, generator=g)
+    teacher = {"text_features": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
+               "video_features": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
+               "logit_scale": torch.tensor(20.0)}
+    model, loss_fn = accelerator.prepare(model, loss_fn)
+    n = 8 // accelerator.num_processes
+    rows = slice(accelerator.process_index * n, (accelerator.process_index + 1) * n)
+    out = gather_outputs(model(text[rows], video[rows]))
+    teacher_out = gather_outputs({k: v[rows] if v.ndim else v for k, v in teacher.items()})
+    losses = loss_fn(out, teacher_out)
+    accelerator.backward(sum(losses.values()))
+    result = {f"loss/{k}": v.detach() for k, v in losses.items()}
+    for prefix, module in (("model", model), ("loss", loss_fn)):
+        for name, p in accelerator.unwrap_model(module).named_parameters():
+            result[f"grad/{prefix}.{name}"] = p.grad
+    result["processes"] = torch.tensor(accelerator.num_processes)
+    return result
+
+
+def test_two_processes_give_the_one_process_gradients(tmp_path):
+    """Including the logit scale and the projections, which see the gathered batch on every process."""
+    done = launch(Path(__file__), str(tmp_path / "two.pt"), processes=2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = torch.load(tmp_path / "two.pt")
+    one = one_step(Accelerator(cpu=True))
+    assert two.pop("processes").item() == 2 and one.pop("processes").item() == 1
+    assert two.keys() == one.keys()
+    assert {"loss/contrastive_loss", "loss/kl_loss", "loss/feature_loss", "grad/model.logit_scale_log",
+            "grad/loss.text_projection.weight"} <= set(one)
+    for key in one:
+        assert one[key].abs().max() > 0, key
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6, msg=key)
+
+
+# The CLI
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A tiny teacher exported once, then distill, evaluate and export with 1 and with 2 processes."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    run_py, recipe = REPO / "distill" / "run.py", str(REPO / "recipes" / "demo.yaml")
+    data = f"data.root={tmp / 'data'}"
+    done = launch(run_py, recipe, data, f"output_dir={tmp / 'teacher'}", "stages=[data,teacher]", *TINY,
+                  processes=1, cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for processes in (1, 2):
+        done = launch(run_py, recipe, data, f"output_dir={tmp / str(processes)}", "stages=[distill,evaluate,export]",
+                      f"teacher.source={tmp / 'teacher' / 'teacher.safetensors'}", *TINY,
+                      processes=processes, cwd=tmp)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"distill: 6 steps of 16 pairs split over {processes} process(es)" in done.stdout
+    return tmp
+
+
+def test_same_logged_losses(runs):
+    one, two = ([json.loads(line) for line in (runs / p / "distill_log.jsonl").read_text().splitlines()]
+                for p in ("1", "2"))
+    assert [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
+    assert one[0].keys() == {"step", "loss", "lr", "contrastive_loss", "kl_loss", "feature_loss"}
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        assert all(b[key] == pytest.approx(a[key], abs=1e-4) for key in a), (a, b)
+
+
+def key_bias_slices(state: dict[str, torch.Tensor]) -> dict[str, slice]:
+    """The key part of every packed q, k, v bias. Softmax ignores what it adds to a query's scores, so its
+    true gradient is zero and Adam turns rounding noise into steps of about the learning rate."""
+    slices = {}
+    for name, value in state.items():
+        if name.endswith(("in_proj_bias", "qkv.bias")):
+            width = len(value) // 3
+            slices[name] = slice(width, 2 * width)
+    return slices
+
+
+def test_same_exported_student(runs):
+    one, two = load_file(runs / "1" / "student.safetensors"), load_file(runs / "2" / "student.safetensors")
+    assert one.keys() == two.keys()
+    noise = key_bias_slices(one)
+    assert "text.transformer.resblocks.0.attn.in_proj_bias" in noise
+    for name in one:
+        a, b = one[name].clone(), two[name].clone()
+        if name in noise:
+            a[noise[name]] = b[noise[name]] = 0
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
+
+
+def test_same_report(runs):
+    one, two = (json.loads((runs / p / "report.json").read_text()) for p in ("1", "2"))
+    assert one["test_pairs"] == 13
+    assert two == one
+
+
+if __name__ == "__main__":
+    accelerator = Accelerator()
+    result = one_step(accelerator)
+    if accelerator.is_main_process:
+        torch.save(result, sys.argv[1])
+    accelerator.end_training()

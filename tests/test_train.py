@@ -1,0 +1,111 @@
+"""The training loop called directly on a tiny in-memory dataset: a NaN or inf loss stops the run after
+saving the state, and the run resumes from that state."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.losses import DistillationLoss
+from distill.recipe import LossConfig, TrainConfig
+from distill.train import train
+
+
+class Pairs(Dataset):
+    """12 random caption-clip pairs in the batch layout of `VideoTextDataset` (student view only)."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 50, (12, 5), generator=g)
+        self.video = torch.randn(12, 2, 3, 4, 4, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"index": torch.tensor(i), "input_ids": self.ids[i], "attention_mask": torch.ones(5, dtype=torch.long),
+                "student_video": self.video[i], "student_mask": torch.ones(2, dtype=torch.long)}
+
+
+class TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(50, 8)
+        self.video = nn.Linear(3 * 4 * 4, 8)
+        self.logit_scale_log = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
+        return {"text_features": F.normalize(self.embedding(input_ids), dim=-1),
+                "video_features": F.normalize(self.video(video.flatten(2)).mean(1), dim=-1),
+                "logit_scale": self.logit_scale_log.exp()}
+
+
+class FailingLoss(nn.Module):
+    """The contrastive loss, with `value` added to it at call `at`."""
+
+    def __init__(self, at: int, value: float):
+        super().__init__()
+        self.loss = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
+        self.at, self.value, self.calls = at, value, 0
+
+    def forward(self, student, teacher):
+        self.calls += 1
+        losses = self.loss(student, teacher)
+        if self.calls == self.at:
+            losses["contrastive_loss"] = losses["contrastive_loss"] + self.value
+        return losses
+
+
+def run(run_dir, loss: nn.Module, model: TinyModel | None = None, **config) -> TinyModel:
+    """Six steps of 4 pairs from a model seeded with 0, checkpoints every 2 steps; returns the model."""
+    torch.manual_seed(0)
+    model = model or TinyModel()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    train(model, loss, Pairs(), TrainConfig(batch_size=4, max_steps=6, checkpoint_every=2, log_every=1, **config),
+          accelerator=accelerator, view="student", seed=0, run_dir=run_dir, name="distill")
+    return model
+
+
+@pytest.mark.parametrize("value, text", [(float("nan"), "nan"), (float("inf"), "inf")])
+def test_non_finite_loss_saves_state_then_stops_naming_step_and_term(tmp_path, value, text):
+    model = TinyModel()
+    with pytest.raises(FloatingPointError) as error:
+        run(tmp_path, FailingLoss(at=4, value=value), model)
+    saved = tmp_path / "checkpoints" / "distill" / "checkpoint_3"
+    assert str(error.value) == f"distill: contrastive_loss is {text} at step 4; the training state before that " \
+                               f"step is saved in {saved}"
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["checkpoint_2", "checkpoint_3"]
+    assert json.loads((saved / "progress.json").read_text())["step"] == 3
+    weights = load_file(saved / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # no update at step 4
+    log = [json.loads(line) for line in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+
+
+def test_non_finite_loss_right_after_a_checkpoint_does_not_save_it_again(tmp_path):
+    with pytest.raises(FloatingPointError, match=re.escape("contrastive_loss is nan at step 3")) as error:
+        run(tmp_path, FailingLoss(at=3, value=float("nan")))
+    assert str(error.value).endswith(str(tmp_path / "checkpoints" / "distill" / "checkpoint_2"))
+    assert [p.name for p in (tmp_path / "checkpoints" / "distill").iterdir()] == ["checkpoint_2"]
+
+
+def test_resumes_from_the_state_saved_at_the_failure(tmp_path):
+    """After the failure, resume=auto continues from step 3 and ends where an unbroken run ends."""
+    with pytest.raises(FloatingPointError):
+        run(tmp_path / "broken", FailingLoss(at=4, value=float("nan")))
+    resumed = run(tmp_path / "broken", FailingLoss(at=0, value=0.0), resume="auto")
+    log = [json.loads(line) for line in (tmp_path / "broken" / "distill_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    unbroken = run(tmp_path / "unbroken", FailingLoss(at=0, value=0.0))
+    for name, value in unbroken.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
