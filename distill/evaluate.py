@@ -1,4 +1,9 @@
-"""Evaluation: Recall@K and ranks for teacher and student side by side, their cost, and the reports."""
+"""Evaluation: Recall@K and ranks for teacher and student side by side, their cost, and the reports.
+
+Every caption is a query over the test videos, and every video is encoded once even when several captions
+share it (multi-sentence metrics then, as CLIP4Clip's MSVD evaluation). A tightTransf teacher has no
+embeddings: its text and frame features are encoded once and the cross encoder scores every pair.
+"""
 from __future__ import annotations
 
 import json
@@ -8,37 +13,77 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from distill.metrics import retrieval_metrics_from_embeddings
+from distill.data.dataset import VideoTextDataset
+from distill.metrics import multi_sentence_metrics, retrieval_metrics
 
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 
 
-@torch.no_grad()
-def encode(model: nn.Module, dataset: Dataset, *, view: str, batch_size: int, accelerator: Accelerator,
-           reverse_time: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text and video embeddings `[N, D]` for every pair, in dataset order, on every process.
+def reverse_time(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Plays each clip `[B, T, ...]` backwards over its real frames (a prefix of `mask [B, T]`)."""
+    t = torch.arange(video.shape[1], device=video.device)
+    length = mask.sum(1, keepdim=True)
+    order = torch.where(t < length, length - 1 - t, t)  # [B, T]
+    return video[torch.arange(len(video), device=video.device)[:, None], order]
 
-    `reverse_time` plays each clip backwards (real frames only), to measure how much the model relies
-    on the order of frames.
+
+def tight(model: nn.Module) -> bool:
+    return getattr(model, "is_tight", False)
+
+
+@torch.no_grad()
+def encode_texts(model: nn.Module, dataset: VideoTextDataset, *, batch_size: int, device) -> torch.Tensor:
+    """One row per caption: embeddings `[N, D]`, or a tight teacher's text features."""
+    rows = []
+    for start in range(0, len(dataset), batch_size):
+        ids = dataset.input_ids[start:start + batch_size].to(device)
+        mask = dataset.attention_mask[start:start + batch_size].to(device)
+        rows.append((model.text_features(ids) if tight(model) else model.encode_text(ids, mask)).float())
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def encode_videos(model: nn.Module, dataset: VideoTextDataset, first_pairs: list[int], *, view: str,
+                  batch_size: int, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """One row per video, in the order of `first_pairs` (the first pair of each video), on every process.
+
+    Returns `video` and `reversed` (the clips played backwards): embeddings `[V, D]`, or for a tight teacher
+    frame features `[V, T, D]` together with `mask [V, T]`.
     """
-    loader = accelerator.prepare_data_loader(DataLoader(dataset, batch_size=batch_size))
-    texts, videos, indices = [], [], []
+    loader = accelerator.prepare_data_loader(DataLoader(Subset(dataset, first_pairs), batch_size=batch_size))
+    parts: dict[str, list[torch.Tensor]] = {"video": [], "reversed": [], "mask": [], "index": []}
     for batch in tqdm(loader, desc=f"encode {view}", unit="batch", disable=not accelerator.is_local_main_process):
         video, mask = batch[f"{view}_video"], batch[f"{view}_mask"]
-        if reverse_time:
-            video = torch.stack([v[torch.cat([m.nonzero()[:, 0].flip(0), (m == 0).nonzero()[:, 0]])]
-                                 for v, m in zip(video, mask)])
+        out = {"mask": mask, "index": batch["index"]}
         with accelerator.autocast():
-            text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-            vid = model.encode_video(video, mask)
-        t, v, i = accelerator.gather_for_metrics((text.float(), vid.float(), batch["index"]))
-        texts.append(t.cpu()), videos.append(v.cpu()), indices.append(i.cpu())
-    order = torch.cat(indices).argsort()
-    return torch.cat(texts)[order], torch.cat(videos)[order]
+            for key, clip in (("video", video), ("reversed", reverse_time(video, mask))):
+                out[key] = (model.frame_features(clip) if tight(model) else model.encode_video(clip, mask)).float()
+        # Per batch: gather_for_metrics drops the padding of the last, uneven batch only as it happens.
+        for key, value in accelerator.gather_for_metrics(out).items():
+            parts[key].append(value.cpu())
+    gathered = {k: torch.cat(v) for k, v in parts.items()}
+    order = gathered.pop("index").argsort()  # dataset order, whatever the sharding
+    return {k: v[order] for k, v in gathered.items()}
+
+
+def scores(model: nn.Module, text: torch.Tensor, videos: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """Text × video score matrix `[N, V]` (ranks only: the logit scale does not matter)."""
+    if tight(model):
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            return model.cross_scores(text.to(device), videos[key].to(device), videos["mask"].to(device)).cpu()
+    return text @ videos[key].T
+
+
+def retrieval(sim: torch.Tensor, video_of_text: torch.Tensor) -> dict:
+    """t2v and v2t metrics; the multi-sentence form when captions share videos."""
+    if len(video_of_text) == sim.shape[1] and torch.equal(video_of_text, torch.arange(sim.shape[1])):
+        return {"t2v": retrieval_metrics(sim), "v2t": retrieval_metrics(sim.T)}
+    return multi_sentence_metrics(sim, video_of_text)
 
 
 def count_gflops(fn, *args) -> float:
@@ -52,36 +97,44 @@ def count_gflops(fn, *args) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def efficiency(model: nn.Module, dataset: Dataset, view: str) -> dict[str, float]:
-    """Parameter counts (millions) and GFLOPs for one video and one caption."""
+def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict[str, float]:
+    """Parameter counts (millions) and GFLOPs for one video and one caption (a tight teacher: features only;
+    its cross encoder then runs once per caption-video pair)."""
     item = dataset[0]
     device = next(model.parameters()).device
-    video = item[f"{view}_video"][None].to(device)
-    mask = item[f"{view}_mask"][None].to(device)
-    ids = item["input_ids"][None].to(device)
-    return {
-        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "gflops_per_video": count_gflops(model.encode_video, video, mask),
-        "gflops_per_caption": count_gflops(model.encode_text, ids, item["attention_mask"][None].to(device)),
-        "frames": int(video.shape[1]),
-        "resolution": int(video.shape[-1]),
-    }
+    video, mask = item[f"{view}_video"][None].to(device), item[f"{view}_mask"][None].to(device)
+    ids, ids_mask = item["input_ids"][None].to(device), item["attention_mask"][None].to(device)
+    if tight(model):
+        video_cost = count_gflops(model.frame_features, video)
+        text_cost = count_gflops(model.text_features, ids)
+    else:
+        video_cost = count_gflops(model.encode_video, video, mask)
+        text_cost = count_gflops(model.encode_text, ids, ids_mask)
+    return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "gflops_per_video": video_cost,
+            "gflops_per_caption": text_cost, "frames": int(video.shape[1]), "resolution": int(video.shape[-1])}
 
 
-def evaluate(models: dict[str, nn.Module], dataset: Dataset, *, batch_size: int,
+def evaluate(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_size: int,
              accelerator: Accelerator) -> dict:
     """`{"<model>": {"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}, "efficiency": {...}}`.
 
-    `t2v_reversed_R1` is the text-to-video R@1 when every test clip plays backwards: a model that reads the
-    order of frames loses most of its score there.
+    `models` maps a view name of the dataset ("teacher", "student") to its model. `t2v_reversed_R1` is the
+    text-to-video R@1 when every test clip plays backwards: a model that reads the order of frames loses
+    most of its score there.
     """
-    report: dict = {"efficiency": {}}
+    first: dict[str, int] = {}  # video -> its first pair; videos are numbered in that order
+    for i, video in enumerate(dataset.video_ids):
+        first.setdefault(video, i)
+    column = {video: c for c, video in enumerate(first)}
+    video_of_text = torch.tensor([column[v] for v in dataset.video_ids])
+    report: dict = {"test_pairs": len(dataset), "test_videos": len(first), "efficiency": {}}
     for name, model in models.items():
-        text, video = encode(model, dataset, view=name, batch_size=batch_size, accelerator=accelerator)
-        report[name] = retrieval_metrics_from_embeddings(text, video)
-        _, reversed_video = encode(model, dataset, view=name, batch_size=batch_size, accelerator=accelerator,
-                                   reverse_time=True)
-        report[name]["t2v_reversed_R1"] = retrieval_metrics_from_embeddings(text, reversed_video)["t2v"]["R1"]
+        text = encode_texts(model, dataset, batch_size=batch_size, device=accelerator.device).cpu()
+        encoded = encode_videos(model, dataset, list(first.values()), view=name, batch_size=batch_size,
+                                accelerator=accelerator)
+        report[name] = retrieval(scores(model, text, encoded, "video"), video_of_text)
+        backwards = retrieval(scores(model, text, encoded, "reversed"), video_of_text)
+        report[name]["t2v_reversed_R1"] = backwards["t2v"]["R1"]
         report["efficiency"][name] = efficiency(model, dataset, name)
     return report
 
@@ -91,8 +144,8 @@ def write_reports(report: dict, run_dir: Path) -> None:
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     models = [m for m in ("teacher", "student") if m in report]
     lines = [f"# Evaluation: {report.get('name', run_dir.name)}", "",
-             f"Test split: {report.get('test_pairs', '?')} caption-video pairs. R@K in percent; MdR and MnR "
-             "are ranks (1 is best).", ""]
+             f"Test split: {report['test_pairs']} captions of {report['test_videos']} videos. R@K in percent; "
+             "MdR and MnR are ranks (1 is best).", ""]
     for direction, title in (("t2v", "Text to video"), ("v2t", "Video to text")):
         lines += [f"## {title}", "", "| model | " + " | ".join(METRICS) + " |",
                   "|---|" + "---:|" * len(METRICS)]

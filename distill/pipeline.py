@@ -6,32 +6,24 @@ root, and writes its own results there.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from distill.config import recipe_to_dict, save_recipe
+from distill.data.checks import check_videos, describe, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View
+from distill.data.formats import read_split
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import CLIP_MEAN, CLIP_STD
 from distill.evaluate import evaluate, write_reports
 from distill.losses import DistillationLoss
-from distill.recipe import DataConfig, LossConfig, Recipe, TeacherConfig
+from distill.recipe import LossConfig, Recipe, TeacherConfig
 from distill.train import train
 from students import Student, export_student, load_student
 from teachers import CLIP4Clip, load_teacher, save_teacher
-
-
-def split_paths(data: DataConfig) -> tuple[Path, Path, Path]:
-    """`(train annotations, test annotations, video root)` of the recipe's dataset."""
-    if data.format == "jsonl":
-        return Path(data.train), Path(data.test), Path(data.video_root)
-    root = Path(data.root)
-    if not (root / "manifest.json").exists():
-        raise FileNotFoundError(f"data.root {root}: no synthetic dataset there; run the 'data' stage first")
-    return root / "train.jsonl", root / "test.jsonl", root
 
 
 def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
@@ -66,18 +58,35 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def dataset(self, split: str) -> VideoTextDataset:
-        """The train or test pairs with a teacher view and a student view of every clip."""
+        """The train or test pairs with a teacher view and a student view of every clip.
+
+        Built once: malformed annotations stop the run; every video is opened once, and the pairs of a video
+        that fails (or of an empty caption) are skipped, logged, and the video listed in `bad_videos.txt`.
+        """
         if split not in self._datasets:
             r = self.recipe
-            train_path, test_path, video_root = split_paths(r.data)
+            found = read_split(r.data, split)
+            if fatal := [p for p in found.problems if p.fatal]:
+                raise ValueError("\n".join([f"data: malformed {split} annotations:", *describe(fatal, limit=20),
+                                            "python -m distill.prepare --check RECIPE lists every problem"]))
+            pairs, bad = check_videos(found.pairs, backend=r.data.backend,
+                                      progress=self.accelerator.is_local_main_process)
+            bad_list = self.dir / "bad_videos.txt"
+            if self.accelerator.is_main_process:
+                write_bad_videos(bad_list, bad, append=bool(self._datasets))  # the run's first dataset starts it
+            if problems := found.problems + bad:
+                skipped = len(found.problems) + len(found.pairs) - len(pairs)
+                self.accelerator.print(
+                    "\n".join([f"data: {split}: {skipped} pairs skipped, {len(bad)} bad videos (listed in {bad_list}):",
+                               *describe(problems, limit=20)]), file=sys.stderr)
             teacher_size = (self.teacher.arch["vision_cfg"]["image_size"] if self.teacher is not None
                             else r.teacher.image_size)
             views = {"teacher": View(r.teacher.max_frames, teacher_size),
                      "student": View(r.student.max_frames, r.student.image_size)}
             self._datasets[split] = VideoTextDataset(
-                train_path if split == "train" else test_path, video_root, views, max_words=r.data.max_words,
-                framerate=r.data.framerate, slice_framepos=r.data.slice_framepos,
-                keep_decoded=r.data.keep_decoded)
+                pairs, views, max_words=r.data.max_words, framerate=r.data.framerate,
+                slice_framepos=r.data.slice_framepos, backend=r.data.backend, keep_decoded=r.data.keep_decoded,
+                bad_videos=bad_list if split == "train" else None)
         return self._datasets[split]
 
     def stage_data(self) -> None:
@@ -108,8 +117,13 @@ class Run:
         r = self.recipe
         if self.teacher is None:
             self.stage_teacher()  # stages without 'teacher' load teacher.source
+        if self.teacher.is_tight and r.loss.feature_weight:
+            raise ValueError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")
         set_seed(r.seed)
         student = Student({**asdict(r.student), "max_words": r.data.max_words})
+        if not (r.loss.kl_weight or r.loss.contrastive_weight):
+            # No term reads the logit scale, and DDP refuses a parameter that gets no gradient.
+            student.logit_scale_log.requires_grad_(False)
         loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=self.teacher.arch["embed_dim"])
         self.student = train(student, loss, self.dataset("train"), r.train, accelerator=self.accelerator,
                              view="student", seed=r.seed, run_dir=self.dir, name="distill", teacher=self.teacher)

@@ -84,14 +84,17 @@ def test_exported_student_reproduces_report_in_new_process(demo):
     run = demo / "run"
     script = f"""
 import json
+from pathlib import Path
 from distill.data.dataset import VideoTextDataset, View
+from distill.data.formats import read_jsonl
 from distill.metrics import retrieval_metrics_from_embeddings
 from students import load_student, read_metadata
 import torch
 path = {str(run / 'student.safetensors')!r}
 student = load_student(path)
 pre = json.loads(read_metadata(path)["preprocessing"])
-data = VideoTextDataset({str(demo / 'data' / 'test.jsonl')!r}, {str(demo / 'data')!r},
+root = Path({str(demo / 'data')!r})
+data = VideoTextDataset(read_jsonl(root / "test.jsonl", root, root).pairs,
                         {{"student": View(pre["max_frames"], pre["image_size"])}}, max_words=pre["max_words"])
 batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
 with torch.no_grad():
