@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MARKERS = {"data:": "data (generate + index)", "teacher:": "teacher (train)", "distill:": "distill",
-           "evaluate:": "evaluate", "export:": "export"}
+# The line each stage prints when it ends.
+MARKERS = {r"data: \d+ test pairs": "data (generate, check, index)", "teacher: trained": "teacher (train)",
+           "distill: student trained": "distill", "evaluate: text-to-video": "evaluate",
+           "export: student saved": "export"}
 
 
 def main() -> None:
@@ -33,7 +36,7 @@ def main() -> None:
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as p:
             for line in p.stdout:
                 for marker, label in MARKERS.items():
-                    if line.startswith(marker) and label not in [m[0] for m in marks]:
+                    if re.match(marker, line) and label not in [m[0] for m in marks]:
                         marks.append((label, time.perf_counter() - start))
         if p.returncode:
             sys.exit(f"demo failed with exit code {p.returncode}")
