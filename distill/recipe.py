@@ -154,4 +154,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         raise RecipeError(f"teacher.source: no such file: {source}")
     if source is None and "teacher" not in recipe.stages and {"distill", "evaluate"} & set(recipe.stages):
         raise RecipeError("teacher.source: required when the stages do not include 'teacher'")
+    if source is None and recipe.teacher.sim_header == "tightTransf" and recipe.loss.feature_weight \
+            and "distill" in recipe.stages:
+        raise RecipeError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe

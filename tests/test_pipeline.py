@@ -13,6 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from students import read_metadata
+from teachers import load_teacher
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "data.synthetic.num_train=48", "data.synthetic.num_test=16", "data.synthetic.size=32",
@@ -108,13 +111,8 @@ print(json.dumps(retrieval_metrics_from_embeddings(t, v)))
     report = json.loads((run / "report.json").read_text())
     for direction in ("t2v", "v2t"):
         assert reloaded[direction] == pytest.approx(report["student"][direction], abs=1e-6)
-    metadata_metrics = json.loads(load_metadata(run / "student.safetensors")["metrics"])
+    metadata_metrics = json.loads(read_metadata(run / "student.safetensors")["metrics"])
     assert metadata_metrics["t2v"] == report["student"]["t2v"]
-
-
-def load_metadata(path: Path) -> dict:
-    from students import read_metadata
-    return read_metadata(path)
 
 
 def test_reuses_teacher_and_data_and_is_deterministic(demo):
@@ -162,3 +160,32 @@ def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_tight_teacher_trains_distils_and_evaluates(demo):
+    """A tightTransf teacher has no embeddings: it is trained on its cross scores, the student learns from
+    those scores (KL and contrastive; feature matching must be off), and evaluation scores every pair."""
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight'}",
+                   "stages=[teacher,distill,evaluate,export]", "teacher.sim_header=tightTransf",
+                   "loss.feature_weight=0", *TINY, cwd=demo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((demo / "tight" / "report.json").read_text())
+    for model in ("teacher", "student"):
+        assert 0 <= report[model]["t2v"]["R1"] <= report[model]["t2v"]["R10"] <= 100
+    records = [json.loads(line) for line in (demo / "tight" / "distill_log.jsonl").read_text().splitlines()]
+    assert set(records[-1]) == {"step", "loss", "lr", "kl_loss", "contrastive_loss"}
+    assert load_teacher(demo / "tight" / "teacher.safetensors").sim_header == "tightTransf"
+    # A tight teacher given as teacher.source is only known after loading: the run stops there.
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight2'}",
+                   "stages=[distill]", f"teacher.source={demo / 'tight' / 'teacher.safetensors'}", *TINY, cwd=demo)
+    assert done.returncode != 0
+    assert "loss.feature_weight: a tightTransf teacher has no embeddings to match" in done.stderr
+
+
+def test_tight_teacher_refuses_feature_matching(demo):
+    """Before any work for a tight teacher trained here (a loaded one: see the test above)."""
+    message = "loss.feature_weight: a tightTransf teacher has no embeddings to match"
+    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight3'}",
+                   "stages=[teacher,distill]", "teacher.sim_header=tightTransf", *TINY, cwd=demo)
+    assert done.returncode == 2 and message in done.stderr
+

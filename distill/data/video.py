@@ -198,7 +198,7 @@ def _decode_pyav(path, indices: list[int]) -> torch.Tensor:
 
 
 def preprocess(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """CLIP's image transform on a stack of frames, all at once.
+    """CLIP's image transform on a stack of frames, all at once: `normalize(resize_crop(frames, size))`.
 
     Short side resized to `size` (antialiased bicubic on uint8, within a couple of levels of PIL's),
     centre crop `size` x `size`, scale to [0, 1], CLIP mean/std normalisation.
@@ -210,13 +210,22 @@ def preprocess(frames: torch.Tensor, size: int) -> torch.Tensor:
     Returns:
         float32 `[T, 3, size, size]`.
     """
+    return normalize(resize_crop(frames, size))
+
+
+def resize_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """The uint8 half of `preprocess`: uint8 `[T, H, W, 3]` -> uint8 `[T, 3, size, size]`, short side resized
+    to `size` and centre-cropped. Frame shards store this, so a clip read from them equals a decoded one."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     x = rearrange(frames, "t h w c -> t c h w")
     x = TF.resize(x, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-    x = TF.center_crop(x, [size, size])
-    x = x.float() / 255.0
-    return TF.normalize(x, mean=list(CLIP_MEAN), std=list(CLIP_STD))
+    return TF.center_crop(x, [size, size])
+
+
+def normalize(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 `[T, 3, s, s]` -> float32 scaled to [0, 1] and normalised with the CLIP mean/std."""
+    return TF.normalize(frames.float() / 255.0, mean=list(CLIP_MEAN), std=list(CLIP_STD))
 
 
 def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
