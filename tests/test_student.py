@@ -19,13 +19,8 @@ T = 4
 MAX_WORDS = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy CPU the extra threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 BACKBONES = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 8, "depth": 1}, 16),

@@ -24,13 +24,7 @@ CONTEXT = 16  # the tiny teacher's text context length (max_words)
 T = 4  # frames per video
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy CPU the extra threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_arch(sim_header: str) -> dict:
