@@ -99,7 +99,9 @@ def test_keep_decoded_reads_each_video_once(root, tmp_path):
     assert kept.decoded == {}
     first = kept[0]
     assert list(kept.decoded) == [str(clip)]
-    assert kept.decoded[str(clip)].dtype == torch.uint8 and kept.decoded[str(clip)].shape == (8, 32, 32, 3)
+    kept_frames = kept.decoded[str(clip)]  # resized once per view size
+    assert {size: (f.dtype, f.shape) for size, f in kept_frames.items()} == {
+        16: (torch.uint8, (8, 3, 16, 16)), 32: (torch.uint8, (8, 3, 32, 32))}
 
     clip.unlink()  # a second read can only come from memory now
     again, other_caption = kept[0], kept[1]

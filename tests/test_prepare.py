@@ -1,4 +1,5 @@
-"""`python -m distill.prepare --check RECIPE`: lists every problem of a dataset before training."""
+"""`python -m distill.prepare --check RECIPE`: lists every problem of a dataset before training (preparing frame
+shards: tests/test_shards.py)."""
 import json
 import subprocess
 import sys
@@ -58,11 +59,6 @@ def test_check_overrides_and_recipe_errors(dataset, capsys):
     assert "data.video_root: no such folder: nowhere" in capsys.readouterr().err
     assert main(["--check", str(dataset), "data.formt=csv"]) == 2
     assert "did you mean 'data.format'?" in capsys.readouterr().err
-
-
-def test_without_check_says_shards_are_not_available(dataset, capsys):
-    assert main([str(dataset)]) == 2
-    assert "not available yet" in capsys.readouterr().err
 
 
 def test_module_entry_point(dataset):

@@ -12,12 +12,14 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from distill.data.formats import Pair, Problem
+from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, probe_video
 
 
-def check_videos(pairs: Sequence[Pair], *, backend: Backend = "decord",
+def check_videos(pairs: Sequence[Pair], *, backend: Backend = "decord", shards: FrameShards | None = None,
                  progress: bool = False) -> tuple[list[Pair], list[Problem]]:
-    """Opens every video of `pairs` once.
+    """Opens every video of `pairs` once; a video the frame `shards` hold is not opened: their prepare
+    decoded it (or recorded why it failed).
 
     Returns:
         (the pairs whose video opens, one problem per video that does not: where it was first named, why it
@@ -28,6 +30,10 @@ def check_videos(pairs: Sequence[Pair], *, backend: Backend = "decord",
         named.setdefault(pair.video, []).append(pair)
     failed: dict[str, str] = {}
     for video in tqdm(named, desc="check videos", unit="video", disable=not progress):
+        if shards is not None and video in shards:
+            if video in shards.failed:
+                failed[video] = shards.failed[video]
+            continue
         try:
             probe_video(video, backend)
         except VideoError as error:

@@ -1,11 +1,13 @@
 """Caption-video pairs, each video decoded once into one view per model.
 
 The teacher and the student may see different frame counts and resolutions: a clip is decoded once with
-the larger frame count, and each view takes its frames from that decode (evenly spaced when it needs
-fewer) before its own resize and crop.
+the larger frame count and resized and cropped once per view size, and each view takes its frames from
+that (evenly spaced when it needs fewer) before the CLIP normalisation. Frame shards (`distill.data.shards`)
+store exactly those resized frames, so a clip read from them is the clip decoded here.
 """
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distill.data.video import Backend, VideoError, load_frames, pad_clip, preprocess
+from distill.data.shards import FrameShards
+from distill.data.video import Backend, VideoError, load_frames, normalize, pad_clip, resize_crop
 from teachers.tokenizer import tokenize
 
 
@@ -35,7 +38,10 @@ class VideoTextDataset(Dataset):
             after `distill.data.checks.check_videos`; several captions may share a video.
         views: name -> View, e.g. `{"teacher": View(8, 32), "student": View(4, 32)}`.
         backend: video decoder, "decord" or "pyav".
-        keep_decoded: hold decoded uint8 frames in memory after the first read (small datasets only).
+        keep_decoded: hold the resized uint8 frames in memory after the first read (small datasets only; each
+            DataLoader worker holds its own).
+        shards: frame shards prepared with the same sampling and view sizes; the clips they hold are read
+            from them instead of decoded.
         bad_videos: file a video that fails to decode here is added to. Given, such a failure yields the
             item of the next pair whose video reads (its own "index"), so an epoch goes on with full batches,
             which the global-batch losses across processes need; not given, the `VideoError` propagates.
@@ -43,7 +49,7 @@ class VideoTextDataset(Dataset):
 
     def __init__(self, pairs: Sequence[tuple], views: dict[str, View], *, max_words: int, framerate: int = 1,
                  slice_framepos: int = 2, backend: Backend = "decord", keep_decoded: bool = False,
-                 bad_videos: Path | None = None):
+                 bad_videos: Path | None = None, shards: FrameShards | None = None):
         if not pairs:
             raise ValueError("VideoTextDataset: no pairs")
         self.video_ids = [str(pair[0]) for pair in pairs]  # the video path of each pair; equal ones share a video
@@ -51,21 +57,41 @@ class VideoTextDataset(Dataset):
         self.input_ids, self.attention_mask = tokenize(self.captions, max_words)
         self.views = views
         self.decode_frames = max(view.max_frames for view in views.values())
+        self.sizes = sorted({view.size for view in views.values()})
+        if shards is not None and not set(self.sizes) <= set(shards.sizes):
+            raise ValueError(f"frame shards in {shards.folder} hold sizes {shards.sizes}, the views need {self.sizes}")
         self.framerate, self.slice_framepos, self.backend = framerate, slice_framepos, backend
-        self.decoded: dict[str, torch.Tensor] | None = {} if keep_decoded else None  # video -> frames
+        self.shards = shards
+        self.decoded: dict[str, dict[int, torch.Tensor]] | None = {} if keep_decoded else None  # video -> frames
         self.bad_videos = bad_videos
         self.failed: dict[str, str] = {}  # video -> why it failed, in this process
 
     def __len__(self) -> int:
         return len(self.video_ids)
 
-    def frames(self, index: int) -> torch.Tensor:
-        """Decoded uint8 frames `[k, H, W, 3]` of the clip of pair `index`."""
+    def select_views(self, names: Sequence[str]) -> VideoTextDataset:
+        """The same pairs yielding only the views `names` (e.g. no teacher view when the teacher's outputs
+        are cached). Clips are still decoded with this dataset's frame count, so each kept view has the
+        frames it has here; only the kept views' sizes are resized. Kept frames are shared with this dataset
+        when the sizes are the same."""
+        selected = copy.copy(self)
+        selected.views = {name: self.views[name] for name in names}
+        selected.sizes = sorted({view.size for view in selected.views.values()})
+        if selected.decoded is not None and selected.sizes != self.sizes:
+            selected.decoded = {}
+        return selected
+
+    def frames(self, index: int) -> dict[int, torch.Tensor]:
+        """The clip of pair `index` at every view size: size -> uint8 `[k, 3, size, size]` resized, cropped frames."""
         video = self.video_ids[index]
         if self.decoded is not None and video in self.decoded:
             return self.decoded[video]
-        frames = load_frames(video, max_frames=self.decode_frames, framerate=self.framerate,
-                             slice_framepos=self.slice_framepos, backend=self.backend)
+        if self.shards is not None and video in self.shards:
+            frames = self.shards.read(video, self.sizes)
+        else:
+            decoded = load_frames(video, max_frames=self.decode_frames, framerate=self.framerate,
+                                  slice_framepos=self.slice_framepos, backend=self.backend)
+            frames = {size: resize_crop(decoded, size) for size in self.sizes}
         if self.decoded is not None:
             self.decoded[video] = frames
         return frames
@@ -85,14 +111,17 @@ class VideoTextDataset(Dataset):
             return self.item(i, frames)
         raise VideoError(f"none of the {len(self)} pairs has a video that decodes; see {self.bad_videos}")
 
-    def item(self, index: int, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def item(self, index: int, frames: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         item = {"index": torch.tensor(index), "input_ids": self.input_ids[index],
                 "attention_mask": self.attention_mask[index]}
+        clips = {}  # view -> (video, mask): views that are equal share one tensor
         for name, view in self.views.items():
-            keep = frames
-            if len(frames) > view.max_frames:
-                keep = frames[np.linspace(0, len(frames) - 1, view.max_frames).astype(int)]
-            item[f"{name}_video"], item[f"{name}_mask"] = pad_clip(preprocess(keep, view.size), view.max_frames)
+            if view not in clips:
+                keep = frames[view.size]
+                if len(keep) > view.max_frames:
+                    keep = keep[np.linspace(0, len(keep) - 1, view.max_frames).astype(int)]
+                clips[view] = pad_clip(normalize(keep), view.max_frames)
+            item[f"{name}_video"], item[f"{name}_mask"] = clips[view]
         return item
 
     def record_failure(self, video: str, error: VideoError) -> None:

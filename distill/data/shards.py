@@ -1,0 +1,253 @@
+"""Frame shards: every video of a dataset decoded once, stored at the sizes the recipe's views need.
+
+Decoding a 12-frame clip from H.264 costs 50-400 ms; reading the same frames back from 224 px JPEGs costs
+about 2 ms. `prepare_frames` decodes each video once with CLIP4Clip's sampling, resizes and crops the frames
+once per view size (`resize_crop`, the uint8 half of `preprocess`), and appends them to shard files;
+`FrameShards` reads them back. A clip read from shards equals a decoded one exactly with `encoding="raw"`,
+and within JPEG error with `encoding="jpeg"` (the default: 8x smaller).
+
+A frames folder holds
+    shard_00000.bin    the frames of up to VIDEOS_PER_SHARD videos, one after another: per video, for each
+                       size (ascending), its k frames as JPEG files or raw uint8 `[3, s, s]` arrays
+    shard_00000.json   the index of a finished shard: settings, its videos, per video the offset in the
+                       .bin and the byte length of every frame; written after the .bin is complete
+    manifest.json      all shard indexes together, written last: what the dataset reads
+Every file is written under a temporary name and renamed, so a killed prepare leaves only finished shards,
+and the next one starts at the first unfinished shard.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from itertools import accumulate
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+
+import torch
+from torchvision.io import decode_jpeg, encode_jpeg
+from tqdm.auto import tqdm
+
+from distill.data.formats import annotation_file
+from distill.data.video import VideoError, load_frames, resize_crop
+
+if TYPE_CHECKING:
+    from distill.data.dataset import View
+    from distill.recipe import DataConfig
+
+Encoding = Literal["jpeg", "raw"]
+VIDEOS_PER_SHARD = 256  # 12 frames at 224 px: about 30 MB of JPEG a shard, the work a kill can lose
+JPEG_QUALITY = 90  # 12 frames at 224 px: about 100-200 KB a clip, mean error about 1-2 levels of 255
+
+
+def frame_settings(data: DataConfig, views: dict[str, View]) -> dict:
+    """Everything that determines the stored frames: the dataset, the sampling, the decoder and the sizes.
+
+    Shards are used only by a recipe whose settings are equal to those they were prepared with.
+    """
+    root = data.root if data.format == "synthetic" else data.video_root
+    return {
+        "format": data.format,
+        "train": str(annotation_file(data, "train").resolve()),
+        "test": str(annotation_file(data, "test").resolve()),
+        "video_root": str(Path(root).resolve()),
+        "framerate": data.framerate,
+        "slice_framepos": data.slice_framepos,
+        "backend": data.backend,
+        "max_frames": max(view.max_frames for view in views.values()),
+        "sizes": sorted({view.size for view in views.values()}),
+    }
+
+
+def frames_folder(data: DataConfig, run_dir: Path) -> Path:
+    """Where the recipe's frame shards live: `data.prepared`, by default `<output_dir>/frames`."""
+    return Path(data.prepared) if data.prepared else Path(run_dir) / "frames"
+
+
+class FrameShards:
+    """The clips of a finished frames folder (see the module docstring), by video path.
+
+    Attributes:
+        failed: video -> why it could not be decoded when the shards were prepared.
+    """
+
+    def __init__(self, folder: Path, manifest: dict):
+        self.folder = Path(folder)
+        self.sizes: list[int] = manifest["settings"]["sizes"]
+        self.encoding: Encoding = manifest["encoding"]
+        self.shards: list[str] = manifest["shards"]
+        self.videos: dict[str, list] = manifest["videos"]  # video -> [shard index, offset, frame byte lengths]
+        self.failed: dict[str, str] = manifest["failed"]
+
+    def __contains__(self, video: str) -> bool:
+        return video in self.videos or video in self.failed
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def read(self, video: str, sizes: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """The stored frames of `video` at `sizes` (default: all): size -> uint8 `[k, 3, size, size]`.
+
+        Raises:
+            VideoError: the video failed to decode when the shards were prepared, or its shard is damaged.
+        """
+        if video in self.failed:
+            raise VideoError(self.failed[video])
+        shard, offset, lengths = self.videos[video]
+        path = self.folder / self.shards[shard]
+        buffer = bytearray(sum(lengths))
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                complete = f.readinto(buffer) == len(buffer)
+        except OSError as error:
+            raise VideoError(f"cannot read the frames of video {video} from {path}: {error}") from None
+        if not complete:
+            raise VideoError(f"frame shard {path} is truncated: it ends inside the frames of video {video}")
+        data = torch.frombuffer(buffer, dtype=torch.uint8)
+        starts = [0, *accumulate(lengths)]
+        k = len(lengths) // len(self.sizes)
+        clips = {}
+        for j, size in enumerate(self.sizes):
+            if sizes is not None and size not in sizes:
+                continue
+            first, last = j * k, (j + 1) * k  # this size's frames
+            if self.encoding == "raw":
+                clips[size] = data[starts[first]:starts[last]].view(k, 3, size, size)
+                continue
+            try:
+                clips[size] = torch.stack(decode_jpeg([data[starts[i]:starts[i + 1]] for i in range(first, last)]))
+            except RuntimeError as error:
+                raise VideoError(f"damaged frames of video {video} in {path}: {error}") from None
+        return clips
+
+
+def open_shards(folder: Path, settings: dict) -> tuple[FrameShards | None, str]:
+    """The frame shards in `folder` if they were prepared with `settings`.
+
+    Returns:
+        (the shards or None, a log line saying which and why).
+    """
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None, f"no frame shards in {folder} (python -m distill.prepare RECIPE writes them); decoding videos"
+    manifest = json.loads(path.read_text())
+    differ = _differences(manifest["settings"], settings)
+    if differ:
+        return None, f"the frame shards in {folder} were prepared with other settings ({differ}); decoding videos"
+    shards = FrameShards(folder, manifest)
+    return shards, f"reading clips from the frame shards ({shards.encoding}, {len(shards)} videos) in {folder}"
+
+
+def encode_clip(video: str, settings: dict, encoding: Encoding) -> tuple[bytes, list[int]] | str:
+    """Decodes one video and encodes its frames at every size; the error message where it fails."""
+    try:
+        frames = load_frames(video, max_frames=settings["max_frames"], framerate=settings["framerate"],
+                             slice_framepos=settings["slice_framepos"], backend=settings["backend"])
+    except VideoError as error:
+        return str(error)
+    stored = []
+    for size in settings["sizes"]:
+        clip = resize_crop(frames, size)  # t 3 s s
+        if encoding == "raw":
+            stored += [frame.numpy().tobytes() for frame in clip]
+        else:
+            stored += [bytes(jpeg.numpy()) for jpeg in encode_jpeg(list(clip), quality=JPEG_QUALITY)]
+    return b"".join(stored), [len(frame) for frame in stored]
+
+
+def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *, encoding: Encoding = "jpeg",
+                   workers: int = 0, progress: bool = False) -> FrameShards:
+    """Decodes every video of `videos` once into frame shards in `folder`, keeping the finished shards of an
+    earlier, interrupted call with the same settings.
+
+    Args:
+        workers: processes decoding videos in parallel; 0 decodes in this process.
+
+    Raises:
+        ValueError: `folder` holds shards prepared with other settings or another encoding.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = list(dict.fromkeys(videos))
+    chunks = [videos[i:i + VIDEOS_PER_SHARD] for i in range(0, len(videos), VIDEOS_PER_SHARD)]
+    indexes = [_finished_shard(folder, n, chunk, settings, encoding) for n, chunk in enumerate(chunks)]
+    todo = [n for n, index in enumerate(indexes) if index is None]
+    bar = tqdm(total=len(videos), initial=len(videos) - sum(len(chunks[n]) for n in todo), desc="prepare frames",
+               unit="video", disable=not progress)
+    if todo:  # shards are about to change under an older manifest
+        (folder / "manifest.json").unlink(missing_ok=True)
+    for stale in folder.glob("shard_*"):  # left by an earlier prepare of more videos
+        if int(stale.name[6:11]) >= len(chunks):
+            stale.unlink()
+    work = ((video, settings, encoding) for n in todo for video in chunks[n])
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 and todo else None
+    try:
+        encoded = pool.imap(_encode_star, work, chunksize=4) if pool else (encode_clip(*w) for w in work)
+        for n in todo:
+            indexes[n] = _write_shard(folder, n, chunks[n], encoded, settings, encoding, bar)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    bar.close()
+    manifest = {"settings": settings, "encoding": encoding, "shards": [_name(n, ".bin") for n in range(len(chunks))],
+                "videos": {}, "failed": {}}
+    for n, index in enumerate(indexes):
+        manifest["videos"].update({video: [n, *entry] for video, entry in index["videos"].items()})
+        manifest["failed"].update(index["failed"])
+    _write_atomic(folder / "manifest.json", json.dumps(manifest))
+    return FrameShards(folder, manifest)
+
+
+def _write_shard(folder: Path, n: int, chunk: list[str], encoded: Iterable, settings: dict, encoding: Encoding,
+                 bar) -> dict:
+    index = {"settings": settings, "encoding": encoding, "chunk": chunk, "videos": {}, "failed": {}}
+    partial = folder / _name(n, ".bin.partial")
+    with open(partial, "wb") as f:
+        for video, result in zip(chunk, encoded):
+            if isinstance(result, str):
+                index["failed"][video] = result
+            else:
+                data, lengths = result
+                index["videos"][video] = [f.tell(), lengths]
+                f.write(data)
+            bar.update(1)
+        f.flush()
+        os.fsync(f.fileno())
+    partial.rename(folder / _name(n, ".bin"))
+    _write_atomic(folder / _name(n, ".json"), json.dumps(index))
+    return index
+
+
+def _finished_shard(folder: Path, n: int, chunk: list[str], settings: dict, encoding: Encoding) -> dict | None:
+    """The index of shard `n` if a finished one holds exactly `chunk`; refuses a folder made otherwise."""
+    path = folder / _name(n, ".json")
+    if not path.is_file() or not (folder / _name(n, ".bin")).is_file():
+        return None
+    index = json.loads(path.read_text())
+    differ = _differences(index["settings"], settings)
+    if differ or index["encoding"] != encoding:
+        differ = differ or f"encoding {index['encoding']} there, {encoding} here"
+        raise ValueError(f"{folder} holds frame shards prepared with other settings ({differ}); delete it or set "
+                         "data.prepared to another folder")
+    return index if index["chunk"] == chunk else None
+
+
+def _differences(found: dict, wanted: dict) -> str:
+    keys = sorted(set(found) | set(wanted))
+    return "; ".join(f"{key} {found.get(key)} there, {wanted.get(key)} here"
+                     for key in keys if found.get(key) != wanted.get(key))
+
+
+def _name(n: int, suffix: str) -> str:
+    return f"shard_{n:05d}{suffix}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.rename(path)
+
+
+def _encode_star(args: tuple) -> tuple[bytes, list[int]] | str:
+    return encode_clip(*args)
