@@ -1,4 +1,4 @@
-"""The stages of a run, in order: data, teacher, distill, evaluate, export.
+"""The stages of a run, in order: data, teacher, cache, distill, evaluate, export.
 
 Each stage reads what earlier stages (of this run or an earlier one) left in the run folder or the data
 root, and writes its own results there.
@@ -8,22 +8,28 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import (DataLoaderConfiguration, ProjectConfiguration, is_tensorboard_available,
+                              is_wandb_available, set_seed)
 
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key
 from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_split
+from distill.data.shards import frame_settings, frames_folder, open_shards
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import CLIP_MEAN, CLIP_STD
 from distill.evaluate import evaluate, write_reports
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, Recipe, TeacherConfig
-from distill.train import train
+from distill.train import OnlineTeacher, train
 from students import Student, export_student, load_student
 from teachers import CLIP4Clip, load_teacher, save_teacher
+
+TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
 
 
 def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
@@ -40,14 +46,29 @@ def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
     }
 
 
+def flat_config(config: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """`{"train.lr": 0.001, "stages": '["data", ...]', ...}`: the scalars trackers take as hyperparameters."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+    return flat
+
+
 class Run:
     """One run of a recipe: the Accelerator, the datasets and the models the stages pass along."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.dir = recipe.run_dir
+        log_with = [name for name in recipe.log_with if TRACKERS[name]()]
         self.accelerator = Accelerator(mixed_precision=recipe.mixed_precision,
-                                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+                                       dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                       log_with=log_with or None,
+                                       project_config=ProjectConfiguration(project_dir=str(self.dir),
+                                                                           logging_dir=str(self.dir / "logs")))
         self.teacher: CLIP4Clip | None = None
         self.student: Student | None = None
         self.report: dict | None = None
@@ -56,9 +77,14 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_recipe(recipe, self.dir / "recipe.yaml")
         self.accelerator.wait_for_everyone()
+        if missing := [name for name in recipe.log_with if name not in log_with]:
+            self.accelerator.print(f"log: {', '.join(missing)} not installed (pip install {' '.join(missing)}); "
+                                   "training curves go to the <stage>_log.jsonl files only")
+        if log_with:
+            self.accelerator.init_trackers(recipe.name, config=flat_config(recipe_to_dict(recipe)))
 
-    def dataset(self, split: str) -> VideoTextDataset:
-        """The train or test pairs with a teacher view and a student view of every clip.
+    def dataset(self, split: str, views: tuple[str, ...] = ("teacher", "student")) -> VideoTextDataset:
+        """The train or test pairs with a teacher view and a student view of every clip (or only `views`).
 
         Built once: malformed annotations stop the run; every video is opened once, and the pairs of a video
         that fails (or of an empty caption) are skipped, logged, and the video listed in `bad_videos.txt`.
@@ -69,7 +95,16 @@ class Run:
             if fatal := [p for p in found.problems if p.fatal]:
                 raise ValueError("\n".join([f"data: malformed {split} annotations:", *describe(fatal, limit=20),
                                             "python -m distill.prepare --check RECIPE lists every problem"]))
-            pairs, bad = check_videos(found.pairs, backend=r.data.backend,
+            if self.teacher is None and r.teacher.source is not None:
+                # A given teacher brings its own input size, which the teacher view must use.
+                self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device)
+            teacher_size = (self.teacher.arch["vision_cfg"]["image_size"] if self.teacher is not None
+                            else r.teacher.image_size)
+            all_views = {"teacher": View(r.teacher.max_frames, teacher_size),
+                         "student": View(r.student.max_frames, r.student.image_size)}
+            shards, why = open_shards(frames_folder(r.data, self.dir), frame_settings(r.data, all_views))
+            self.accelerator.print(f"data: {split}: {why}")
+            pairs, bad = check_videos(found.pairs, backend=r.data.backend, shards=shards,
                                       progress=self.accelerator.is_local_main_process)
             bad_list = self.dir / "bad_videos.txt"
             if self.accelerator.is_main_process:
@@ -79,15 +114,27 @@ class Run:
                 self.accelerator.print(
                     "\n".join([f"data: {split}: {skipped} pairs skipped, {len(bad)} bad videos (listed in {bad_list}):",
                                *describe(problems, limit=20)]), file=sys.stderr)
-            teacher_size = (self.teacher.arch["vision_cfg"]["image_size"] if self.teacher is not None
-                            else r.teacher.image_size)
-            views = {"teacher": View(r.teacher.max_frames, teacher_size),
-                     "student": View(r.student.max_frames, r.student.image_size)}
             self._datasets[split] = VideoTextDataset(
-                pairs, views, max_words=r.data.max_words, framerate=r.data.framerate,
+                pairs, all_views, max_words=r.data.max_words, framerate=r.data.framerate,
                 slice_framepos=r.data.slice_framepos, backend=r.data.backend, keep_decoded=r.data.keep_decoded,
-                bad_videos=bad_list if split == "train" else None)
-        return self._datasets[split]
+                bad_videos=bad_list if split == "train" else None, shards=shards)
+        dataset = self._datasets[split]
+        return dataset if tuple(dataset.views) == views else dataset.select_views(views)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.dir / "teacher_cache"
+
+    def cache_key(self) -> dict:
+        """What the teacher cache of this run must have been made from: the train pairs, the sampling of the
+        teacher's view (which the dataset takes from one decode of max(teacher, student) frames) and the teacher."""
+        r, train = self.recipe, self.dataset("train")
+        sampling = {"max_frames": train.views["teacher"].max_frames, "image_size": train.views["teacher"].size,
+                    "decode_frames": train.decode_frames, "framerate": r.data.framerate,
+                    "slice_framepos": r.data.slice_framepos, "max_words": r.data.max_words, "backend": r.data.backend,
+                    # raw frame shards hold the decoded frames exactly, JPEG ones within JPEG error
+                    "frames": "raw" if train.shards is None else train.shards.encoding}
+        return cache_key(train, self.teacher, sampling)
 
     def stage_data(self) -> None:
         if self.recipe.data.format == "synthetic" and self.accelerator.is_main_process:
@@ -103,15 +150,37 @@ class Run:
             model = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words))
             loss = DistillationLoss(LossConfig(contrastive_weight=1.0), student_dim=0, teacher_dim=0)
             model = train(model, loss, self.dataset("train"), r.teacher.train, accelerator=self.accelerator,
-                          view="teacher", seed=r.seed, run_dir=self.dir, name="teacher")
+                          view="teacher", seed=r.seed, run_dir=self.dir, name="teacher",
+                          num_workers=r.data.num_workers)
             path = self.dir / "teacher.safetensors"
             if self.accelerator.is_main_process:
                 save_teacher(model, path, recipe=json.dumps(recipe_to_dict(r)))
             self.accelerator.wait_for_everyone()
             self.accelerator.print(f"teacher: trained and saved to {path}")
             self.teacher = load_teacher(path, device=self.accelerator.device)
-        else:
+        elif self.teacher is None:  # dataset() may have loaded it already
             self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device)
+
+    def stage_cache(self) -> None:
+        if self.teacher is None:
+            self.stage_teacher()
+        written = build_cache(self.cache_dir, self.teacher, self.dataset("train", ("teacher",)), self.cache_key(),
+                              accelerator=self.accelerator, batch_size=self.recipe.eval.batch_size,
+                              num_workers=self.recipe.data.num_workers)
+        self.accelerator.print(f"cache: teacher outputs for {len(self.dataset('train'))} train pairs in "
+                               f"{self.cache_dir} (shards computed now: {written})")
+
+    def teacher_outputs(self) -> tuple[OnlineTeacher | TeacherCache, tuple[str, ...]]:
+        """Where distillation gets the teacher's outputs (the cache when `teacher.cache` is true and it is
+        there, else the teacher online) and which views of the clips it then needs."""
+        if self.recipe.teacher.cache and (self.cache_dir / "manifest.json").is_file():
+            try:
+                cache = TeacherCache(self.cache_dir, self.cache_key(), self.teacher, device=self.accelerator.device)
+            except CacheError as error:
+                raise CacheError(f"distill: {error}") from None
+            self.accelerator.print(f"distill: teacher outputs from {self.cache_dir}")
+            return cache, ("student",)
+        return OnlineTeacher(self.teacher), ("teacher", "student")
 
     def stage_distill(self) -> None:
         r = self.recipe
@@ -119,14 +188,16 @@ class Run:
             self.stage_teacher()  # stages without 'teacher' load teacher.source
         if self.teacher.is_tight and r.loss.feature_weight:
             raise ValueError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")
+        teacher, views = self.teacher_outputs()
         set_seed(r.seed)
         student = Student({**asdict(r.student), "max_words": r.data.max_words})
         if not (r.loss.kl_weight or r.loss.contrastive_weight):
             # No term reads the logit scale, and DDP refuses a parameter that gets no gradient.
             student.logit_scale_log.requires_grad_(False)
         loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=self.teacher.arch["embed_dim"])
-        self.student = train(student, loss, self.dataset("train"), r.train, accelerator=self.accelerator,
-                             view="student", seed=r.seed, run_dir=self.dir, name="distill", teacher=self.teacher)
+        self.student = train(student, loss, self.dataset("train", views), r.train, accelerator=self.accelerator,
+                             view="student", seed=r.seed, run_dir=self.dir, name="distill", teacher=teacher,
+                             num_workers=r.data.num_workers)
         self.accelerator.print("distill: student trained")
 
     def stage_evaluate(self) -> None:
@@ -169,6 +240,8 @@ def run_recipe(recipe: Recipe) -> Run:
     try:
         for stage in recipe.stages:
             getattr(run, f"stage_{stage}")()
+        # Leave together: a rank that tears down the process group while another still writes can abort.
+        run.accelerator.wait_for_everyone()
     finally:
         run.accelerator.end_training()
     return run

@@ -12,8 +12,7 @@ from typing import Literal, Optional, Sequence, get_args
 from distill.config import RecipeError, load_dataclass
 from distill.data.formats import DEFAULT_FILES, annotation_file
 
-# The teacher cache stage (between teacher and distill) is not built yet: the teacher runs online.
-Stage = Literal["data", "teacher", "distill", "evaluate", "export"]
+Stage = Literal["data", "teacher", "cache", "distill", "evaluate", "export"]
 STAGE_ORDER = get_args(Stage)
 
 
@@ -41,6 +40,10 @@ class DataConfig:
     framerate: int = 1  # frames per second kept before slicing to max_frames (CLIP4Clip's feature_framerate)
     slice_framepos: Literal[0, 1, 2] = 2  # 0 head, 1 tail, 2 uniform (CLIP4Clip's slice_framepos)
     keep_decoded: bool = False  # hold decoded frames in memory after the first read (small datasets only)
+    # Frame shards written by `python -m distill.prepare RECIPE`, read instead of the videos when they were
+    # prepared with this recipe's sampling and sizes; unset: <output_dir>/frames.
+    prepared: Optional[str] = None
+    num_workers: int = 0  # DataLoader worker processes for training (and prepare's decoding); 0: in the main process
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -62,6 +65,9 @@ class TrainConfig:
 class TeacherConfig:
     source: Optional[str] = None  # anything load_teacher takes; unset: the teacher stage trains one
     max_frames: int = 8  # frames the teacher sees per video
+    # true: distill reads the teacher's outputs from output_dir/teacher_cache (the 'cache' stage writes it)
+    # when it is there, and refuses one made for other data, sampling or teacher; false: the teacher runs online.
+    cache: bool = True
     # The architecture of a teacher trained here (a loaded teacher brings its own):
     sim_header: Literal["meanP", "seqLSTM", "seqTransf", "tightTransf"] = "seqTransf"
     image_size: int = 32  # input resolution
@@ -107,6 +113,9 @@ class Recipe:
     output_dir: Optional[str] = None  # default runs/<name>
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # for every stage: teacher training, distillation, eval
+    # Accelerate trackers for the training curves, each used when its package is installed (pip install
+    # tensorboard / wandb), under output_dir/logs; the <stage>_log.jsonl files are always written.
+    log_with: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
     stages: list[Stage] = field(default_factory=lambda: ["data", "teacher", "distill", "evaluate", "export"])
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -152,8 +161,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             raise RecipeError(f"teacher.source: no such weights file: {weights} (the pretrained= file of {source})")
     elif source is not None and not Path(source).is_file():
         raise RecipeError(f"teacher.source: no such file: {source}")
-    if source is None and "teacher" not in recipe.stages and {"distill", "evaluate"} & set(recipe.stages):
+    if source is None and "teacher" not in recipe.stages and {"cache", "distill", "evaluate"} & set(recipe.stages):
         raise RecipeError("teacher.source: required when the stages do not include 'teacher'")
+    if "cache" in recipe.stages and not recipe.teacher.cache:
+        raise RecipeError("teacher.cache: false, but the stages include 'cache'; drop one of them")
     if source is None and recipe.teacher.sim_header == "tightTransf" and recipe.loss.feature_weight \
             and "distill" in recipe.stages:
         raise RecipeError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -40,6 +42,14 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
+def training_loader(dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
+                    pin_memory: bool = False) -> DataLoader:
+    """Batches in the `EpochSampler` order: the same batches whatever the number of workers (the items hold
+    no randomness). Workers stay alive between epochs; pinned memory speeds up copies to a GPU."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed), drop_last=True,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
 def warmup_cosine(total_steps: int, warmup_ratio: float):
     """Linear warmup over `warmup_ratio` of the steps, then cosine decay to zero."""
     warmup = max(1, round(total_steps * warmup_ratio))
@@ -65,6 +75,9 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, s
     """
     final = checkpoint_dir / f"checkpoint_{step}"
     partial = checkpoint_dir / f"partial_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # what a save killed half-way left
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         (partial / "progress.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
@@ -80,33 +93,45 @@ def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: gather_with_grad(value) if key.endswith("_features") else value for key, value in outputs.items()}
 
 
-@torch.no_grad()
-def teacher_outputs(teacher: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The frozen teacher's outputs for the global batch.
+# The global batch's teacher outputs from a local batch: `OnlineTeacher`, or `distill.cache.TeacherCache`.
+TeacherOutputs = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+class OnlineTeacher:
+    """Runs the frozen teacher on the batch's "teacher" view and gathers its outputs over the processes.
 
     A cross encoder (tightTransf) has no embeddings: its text and frame features are gathered and it scores
     every pair of the global batch itself.
     """
-    ids, video, mask = batch["input_ids"], batch["teacher_video"], batch["teacher_mask"]
-    if getattr(teacher, "is_tight", False):
-        text = gather_with_grad(teacher.text_features(ids))
-        frames = gather_with_grad(teacher.frame_features(video))
-        return {"logits": teacher.cross_scores(text, frames, gather_with_grad(mask))}
-    return gather_outputs(teacher(ids, batch["attention_mask"], video, mask))
+
+    def __init__(self, teacher: nn.Module):
+        self.teacher = teacher
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        teacher = self.teacher
+        ids, video, mask = batch["input_ids"], batch["teacher_video"], batch["teacher_mask"]
+        if getattr(teacher, "is_tight", False):
+            text = gather_with_grad(teacher.text_features(ids))
+            frames = gather_with_grad(teacher.frame_features(video))
+            return {"logits": teacher.cross_scores(text, frames, gather_with_grad(mask))}
+        return gather_outputs(teacher(ids, batch["attention_mask"], video, mask))
 
 
 def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainConfig, *,
           accelerator: Accelerator, view: str, seed: int, run_dir: Path, name: str,
-          teacher: nn.Module | None = None) -> nn.Module:
+          teacher: TeacherOutputs | None = None, num_workers: int = 0) -> nn.Module:
     """Trains `model` (and the learnable parts of `loss_fn`) and returns the unwrapped model.
 
     Args:
         view: which clip view of the batch the model reads ("teacher" or "student").
         name: names the stage in the progress bar, the log file and the checkpoint folder.
-        teacher: a frozen teacher run online on its own view; its outputs go to `loss_fn`.
+        teacher: gives the teacher's outputs for `loss_fn`: a frozen teacher run online on its own view
+            (`OnlineTeacher`), or its outputs read from the teacher cache (`distill.cache.TeacherCache`).
+        num_workers: DataLoader worker processes (`data.num_workers`).
     """
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=EpochSampler(len(dataset), seed),
-                        drop_last=True)
+    loader = training_loader(dataset, config.batch_size, seed, num_workers=num_workers,
+                             pin_memory=accelerator.device.type == "cuda")
     if config.batch_size % accelerator.num_processes:
         raise ValueError(f"{name}: batch_size {config.batch_size} is the global batch and must split evenly "
                          f"over the {accelerator.num_processes} processes")
@@ -134,9 +159,14 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     accelerator.print(f"{name}: {total} steps of {config.batch_size} pairs split over "
                       f"{accelerator.num_processes} process(es)")
     log_path = run_dir / f"{name}_log.jsonl"
+    if accelerator.is_main_process and log_path.is_file():
+        # Drop the lines of the steps that run again: after the checkpoint resumed from, or all when starting over.
+        lines = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(f"{line}\n" for line in lines))
     bar = tqdm(total=total, initial=step, desc=name, unit="step",
                disable=not accelerator.is_local_main_process)
     model.train()
+    clock = (time.perf_counter(), step)  # when the last log line was written, at which step
     while step < total:
         epoch, skip = divmod(step, len(loader))
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -145,7 +175,7 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
             teacher_out = None
             if teacher is not None:
                 with accelerator.autocast():
-                    teacher_out = teacher_outputs(teacher, batch)
+                    teacher_out = teacher(batch)
             out = gather_outputs(model(batch["input_ids"], batch["attention_mask"], batch[f"{view}_video"],
                                        batch[f"{view}_mask"]))
             losses = loss_fn(out, teacher_out)
@@ -170,9 +200,15 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
                       **{term: value.item() for term, value in losses.items()}}
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
-            if accelerator.is_main_process and (step % config.log_every == 0 or step == total):
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+            if step % config.log_every == 0 or step == total:
+                # Throughput since the previous line: data, teacher, student and optimizer, and any save.
+                now = time.perf_counter()
+                record["clips_per_s"] = (step - clock[1]) * config.batch_size / (now - clock[0])
+                clock = (now, step)
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                accelerator.log({f"{name}/{key}": value for key, value in record.items() if key != "step"}, step=step)
             if step == total or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 latest, saved = save_checkpoint(accelerator, checkpoint_dir, step, scheduler), step
             if step == total:

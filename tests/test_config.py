@@ -130,7 +130,7 @@ def test_literal_choices(tmp_path):
     message = error(Recipe, write(tmp_path, "mixed_precision: bf61\n"))
     assert message == "mixed_precision: 'bf61' is not one of 'no', 'fp16', 'bf16'; did you mean 'bf16'?"
     message = error(Recipe, write(tmp_path, ""), ["stages=[data,distil]"])
-    assert message.startswith("stages[1]: 'distil' is not one of 'data', 'teacher', 'distill'")
+    assert message.startswith("stages[1]: 'distil' is not one of 'data', 'teacher', 'cache', 'distill'")
     assert message.endswith("; did you mean 'distill'?")
     assert error(Outer, write(tmp_path, "inner: {mode: zzzz}\n")) == "inner.mode: 'zzzz' is not one of 'fast', 'slow'"
 

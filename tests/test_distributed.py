@@ -141,10 +141,10 @@ def test_same_logged_losses(runs):
     one, two = ([json.loads(line) for line in (runs / p / "distill_log.jsonl").read_text().splitlines()]
                 for p in ("1", "2"))
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
-    assert one[0].keys() == {"step", "loss", "lr", "contrastive_loss", "kl_loss", "feature_loss"}
+    assert one[0].keys() == {"step", "loss", "lr", "contrastive_loss", "kl_loss", "feature_loss", "clips_per_s"}
     for a, b in zip(one, two, strict=True):
         assert a.keys() == b.keys()
-        assert all(b[key] == pytest.approx(a[key], abs=1e-4) for key in a), (a, b)
+        assert all(b[key] == pytest.approx(a[key], abs=1e-4) for key in a if key != "clips_per_s"), (a, b)
 
 
 def key_bias_slices(state: dict[str, torch.Tensor]) -> dict[str, slice]:
@@ -181,4 +181,5 @@ if __name__ == "__main__":
     result = one_step(accelerator)
     if accelerator.is_main_process:
         torch.save(result, sys.argv[1])
+    accelerator.wait_for_everyone()  # leave together: tearing down gloo early can abort the other rank
     accelerator.end_training()

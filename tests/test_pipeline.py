@@ -78,7 +78,7 @@ def test_training_logs_every_loss_term_and_checkpoints(demo):
     last = records[-1]
     assert last["loss"] == pytest.approx(last["kl_loss"] + last["feature_loss"] + last["contrastive_loss"], rel=1e-5)
     teacher_records = [json.loads(line) for line in (demo / "run" / "teacher_log.jsonl").read_text().splitlines()]
-    assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss"}
+    assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss", "clips_per_s"}
     assert sorted(p.name for p in (demo / "run" / "checkpoints" / "distill").iterdir()) == \
         ["checkpoint_2", "checkpoint_4", "checkpoint_6"]
 
@@ -173,7 +173,7 @@ def test_tight_teacher_trains_distils_and_evaluates(demo):
     for model in ("teacher", "student"):
         assert 0 <= report[model]["t2v"]["R1"] <= report[model]["t2v"]["R10"] <= 100
     records = [json.loads(line) for line in (demo / "tight" / "distill_log.jsonl").read_text().splitlines()]
-    assert set(records[-1]) == {"step", "loss", "lr", "kl_loss", "contrastive_loss"}
+    assert set(records[-1]) == {"step", "loss", "lr", "kl_loss", "contrastive_loss", "clips_per_s"}
     assert load_teacher(demo / "tight" / "teacher.safetensors").sim_header == "tightTransf"
     # A tight teacher given as teacher.source is only known after loading: the run stops there.
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight2'}",

@@ -1,5 +1,5 @@
 """The training loop called directly on a tiny in-memory dataset: a NaN or inf loss stops the run after
-saving the state, and the run resumes from that state."""
+saving the state, and the run resumes from that state; every log line also goes to Accelerate's trackers."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from accelerate.utils import DataLoaderConfiguration
 from safetensors.torch import load_file
 from torch import nn
@@ -109,3 +110,36 @@ def test_resumes_from_the_state_saved_at_the_failure(tmp_path):
     unbroken = run(tmp_path / "unbroken", FailingLoss(at=0, value=0.0))
     for name, value in unbroken.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+class Recorder(GeneralTracker):
+    name, requires_logging_directory = "recorder", False
+
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+
+    @property
+    def tracker(self):
+        return self
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.logged.append((step, values))
+
+
+def test_log_lines_go_to_the_trackers(tmp_path):
+    """Per-term losses, learning rate and throughput under the stage's name, at the steps of the jsonl log."""
+    recorder = Recorder()
+    accelerator = Accelerator(cpu=True, log_with=[recorder],
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator.init_trackers("test")
+    torch.manual_seed(0)
+    train(TinyModel(), FailingLoss(at=0, value=0.0), Pairs(), TrainConfig(batch_size=4, max_steps=6, log_every=2),
+          accelerator=accelerator, view="student", seed=0, run_dir=tmp_path, name="distill")
+    log = [json.loads(line) for line in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
+    assert [step for step, _ in recorder.logged] == [r["step"] for r in log] == [2, 4, 6]
+    for (step, values), record in zip(recorder.logged, log):
+        assert values == {f"distill/{key}": value for key, value in record.items() if key != "step"}
+    assert set(recorder.logged[-1][1]) == {"distill/loss", "distill/contrastive_loss", "distill/lr",
+                                           "distill/clips_per_s"}
+    assert recorder.logged[-1][1]["distill/clips_per_s"] > 0

@@ -1,0 +1,242 @@
+"""The teacher cache: the frozen teacher's outputs for every training pair, computed once.
+
+Layout of `output_dir/teacher_cache/`:
+    manifest.json              the key the cache was made for, its shards, and whether it is complete
+    shard_00000.safetensors    one per `videos_per_shard` videos (in order of first appearance)
+
+A shard holds, for its videos and every caption of them:
+    loose teachers (meanP, seqLSTM, seqTransf): `video_features [v, D]`, `text_features [c, D]` (unit
+        vectors, as `teacher(...)` returns them) and `logit_scale []`;
+    tightTransf: `frame_features [v, T, D]`, `video_mask [v, T]` and `text_features [c, D]` (the cross
+        encoder's inputs: distillation still runs the cross encoder over each global batch, but no frame
+        is encoded again);
+    `text_pairs [c]`: the pair (dataset index) of each caption; `text_videos [c]`: the row of its video
+        among the cache's videos; `video_pairs [v]`: the first pair of each video; `video_valid [v]`: 0 for
+        a video that failed to decode while the cache was built.
+Features are float32, so distillation from the cache equals online distillation up to rounding; float16
+would halve the size (a ViT-B/32 tightTransf cache of MSR-VTT's 9k videos, 12 frames: 220 MB in float32).
+
+The key (`cache_key`) names the dataset (hash of its video ids and captions), the sampling of the
+teacher's view and the teacher (hash of its architecture and weights). A cache stage that finds a cache
+with the same key finishes it (shards are written one by one, each to a temporary name then renamed);
+any other cache in the folder is replaced. Distillation refuses a cache whose key differs, naming what
+differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from distill.data.dataset import VideoTextDataset
+
+FORMAT = "clip4clip-distill/teacher-cache"
+VIDEOS_PER_SHARD = 1024
+
+
+class CacheError(ValueError):
+    """A cache that cannot be used for this run: made for other data, sampling or teacher, or unfinished."""
+
+
+def teacher_sha256(teacher: nn.Module) -> str:
+    """Hash of the architecture and every weight: the same teacher gives the same hash whatever its file."""
+    h = hashlib.sha256(json.dumps(teacher.arch, sort_keys=True).encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(dataset: VideoTextDataset, teacher: nn.Module, sampling: dict) -> dict:
+    """What a cache is valid for. `sampling`: everything that shapes the teacher's view of a clip and its
+    tokens (frames, size, frame rate, slicing, max_words, decoder)."""
+    pairs = json.dumps([dataset.video_ids, dataset.captions]).encode()
+    return {
+        "dataset": {"pairs": len(dataset), "videos": len(first_pairs(dataset)),
+                    "sha256": hashlib.sha256(pairs).hexdigest()},
+        "sampling": sampling,
+        "teacher": {"sim_header": teacher.sim_header, "sha256": teacher_sha256(teacher)},
+    }
+
+
+def first_pairs(dataset: VideoTextDataset) -> list[int]:
+    """The first pair of every video, in order of appearance: the videos' rows in the cache."""
+    seen: dict[str, int] = {}
+    for index, video in enumerate(dataset.video_ids):
+        seen.setdefault(video, index)
+    return list(seen.values())
+
+
+def differences(cached: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """`dotted.key: A in the cache, B in this run` for every leaf that differs."""
+    found = []
+    for name in sorted(set(cached) | set(wanted)):
+        a, b = cached.get(name), wanted.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            found.append(f"{prefix}{name}: {a!r} in the cache, {b!r} in this run")
+    return found
+
+
+def read_manifest(cache_dir: Path) -> dict | None:
+    path = cache_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_atomic(path: Path, write) -> None:
+    """`write(temporary path)`, then a rename: a kill leaves the old file or none, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
+
+
+def write_manifest(cache_dir: Path, manifest: dict) -> None:
+    write_atomic(cache_dir / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
+
+
+@torch.no_grad()
+def encode_shard(teacher: nn.Module, dataset: VideoTextDataset, videos: list[int], captions: list[int], *,
+                 batch_size: int, device: torch.device, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """The teacher's outputs for the videos of the pairs `videos` (first pairs) and the captions of the
+    pairs `captions`; `num_workers` DataLoader processes decode the clips."""
+    tight = teacher.is_tight
+    out: dict[str, list[torch.Tensor]] = {"text_features": [], "valid": []}
+    for start in range(0, len(captions), batch_size):
+        rows = captions[start:start + batch_size]
+        ids = dataset.input_ids[rows].to(device)
+        attention = dataset.attention_mask[rows].to(device)
+        text = teacher.text_features(ids) if tight else teacher.encode_text(ids, attention)
+        out["text_features"].append(text.float().cpu())
+    loader = DataLoader(Subset(dataset, videos), batch_size=batch_size, num_workers=num_workers)
+    for start, batch in zip(range(0, len(videos), batch_size), loader):
+        # A video that fails now yields the next readable pair: its row is marked and never looked up,
+        # because distillation replaces that video's pairs the same way.
+        valid = torch.tensor([dataset.video_ids[got] == dataset.video_ids[asked]
+                              for got, asked in zip(batch["index"].tolist(), videos[start:start + batch_size])])
+        video, mask = batch["teacher_video"].to(device), batch["teacher_mask"].to(device)
+        if tight:
+            out.setdefault("frame_features", []).append(teacher.frame_features(video).float().cpu())
+            out.setdefault("video_mask", []).append(batch["teacher_mask"])
+        else:
+            out.setdefault("video_features", []).append(teacher.encode_video(video, mask).float().cpu())
+        out["valid"].append(valid)
+    tensors = {name: torch.cat(parts) for name, parts in out.items() if name != "valid"}
+    tensors["video_valid"] = torch.cat(out["valid"]).to(torch.uint8)
+    tensors["video_pairs"] = torch.tensor(videos)
+    tensors["text_pairs"] = torch.tensor(captions)
+    if not tight:
+        tensors["logit_scale"] = teacher.logit_scale().float().cpu()
+    return {name: t.contiguous() for name, t in tensors.items()}
+
+
+def build_cache(cache_dir: Path, teacher: nn.Module, dataset: VideoTextDataset, key: dict, *,
+                accelerator: Accelerator, batch_size: int, num_workers: int = 0,
+                videos_per_shard: int = VIDEOS_PER_SHARD) -> int:
+    """Writes the teacher's outputs for every pair of `dataset` (which must yield the "teacher" view) and
+    returns how many shards were computed now (0: the cache was already complete).
+
+    Shards are split over the processes; an unfinished cache with the same key is finished, any other
+    cache in `cache_dir` replaced. The teacher runs in float32 whatever `mixed_precision` says: once.
+    """
+    videos = first_pairs(dataset)
+    row = {dataset.video_ids[i]: r for r, i in enumerate(videos)}
+    shards = [videos[i:i + videos_per_shard] for i in range(0, len(videos), videos_per_shard)]
+    names = [f"shard_{k:05d}.safetensors" for k in range(len(shards))]
+    manifest = {"format": FORMAT, "key": key, "videos_per_shard": videos_per_shard, "shards": names,
+                "dtype": "float32", "complete": False}
+    found = read_manifest(cache_dir)
+    if accelerator.is_main_process:
+        if found is None or {**found, "complete": False} != manifest:
+            if found is not None:
+                why = differences(found.get("key", {}), key) or ["videos_per_shard or format"]
+                accelerator.print(f"cache: replacing the cache in {cache_dir} ({'; '.join(why)})")
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            cache_dir.mkdir(parents=True)
+            write_manifest(cache_dir, manifest)
+    accelerator.wait_for_everyone()
+    todo = [k for k, name in enumerate(names) if not (cache_dir / name).is_file()]
+    accelerator.wait_for_everyone()  # every process has listed the missing shards before any is written
+    if len(todo) < len(names):
+        accelerator.print(f"cache: {len(names) - len(todo)} of {len(names)} shards already in {cache_dir}")
+    shard_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    for k in todo[accelerator.process_index::accelerator.num_processes]:
+        captions = [i for i, video in enumerate(dataset.video_ids) if row[video] // videos_per_shard == k]
+        tensors = encode_shard(teacher, dataset, shards[k], captions, batch_size=batch_size,
+                               device=accelerator.device, num_workers=num_workers)
+        tensors["text_videos"] = torch.tensor([row[dataset.video_ids[i]] for i in captions])
+        write_atomic(cache_dir / names[k], lambda p: save_file(tensors, str(p), metadata={"format": FORMAT,
+                                                                                          "key": shard_key}))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_manifest(cache_dir, {**manifest, "complete": True})
+    accelerator.wait_for_everyone()
+    return len(todo)
+
+
+class TeacherCache:
+    """The cached teacher outputs, held in memory; `cache(batch)` gives the global batch's teacher outputs
+    from the batch's pair indices, as the online teacher gives them from its view of the clips.
+
+    Args:
+        teacher: the teacher whose cross encoder scores the cached features (tightTransf only).
+    """
+
+    def __init__(self, cache_dir: Path, key: dict, teacher: nn.Module, *, device: torch.device):
+        manifest = read_manifest(cache_dir)
+        if manifest is None or manifest.get("format") != FORMAT:
+            raise CacheError(f"teacher cache {cache_dir}: no manifest.json of a teacher cache")
+        if diff := differences(manifest["key"], key):
+            raise CacheError(f"teacher cache {cache_dir} was made for another run ({'; '.join(diff)}); rebuild it "
+                             "with the 'cache' stage before 'distill', or set teacher.cache=false to run the teacher "
+                             "online")
+        missing = [name for name in manifest["shards"] if not (cache_dir / name).is_file()]
+        if not manifest["complete"] or missing:
+            raise CacheError(f"teacher cache {cache_dir} is unfinished ({len(missing)} of {len(manifest['shards'])} "
+                             "shards missing): run the 'cache' stage again to finish it, or set teacher.cache=false")
+        shard_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        parts: dict[str, list[torch.Tensor]] = {}
+        for name in manifest["shards"]:
+            with safe_open(str(cache_dir / name), framework="pt") as f:
+                if f.metadata().get("key") != shard_key:
+                    raise CacheError(f"teacher cache: {cache_dir / name} belongs to another cache; run the "
+                                     "'cache' stage again")
+            for tensor_name, tensor in load_file(str(cache_dir / name)).items():
+                parts.setdefault(tensor_name, []).append(tensor)
+        cat = {name: torch.cat(ts) if ts[0].ndim else ts[0] for name, ts in parts.items()}
+        self.teacher = teacher if teacher.is_tight else None
+        self.device = device
+        pairs = key["dataset"]["pairs"]
+        # Each pair's text row and video row, from the pair indices the shards store.
+        self.text = torch.empty(pairs, cat["text_features"].shape[1])
+        self.text[cat["text_pairs"]] = cat["text_features"]
+        self.video_row = torch.empty(pairs, dtype=torch.long)
+        self.video_row[cat["text_pairs"]] = cat["text_videos"]
+        self.valid = cat["video_valid"].bool()
+        self.video = {name: cat[name] for name in ("video_features", "frame_features", "video_mask") if name in cat}
+        self.logit_scale = cat["logit_scale"].to(device) if "logit_scale" in cat else None
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        index = gather(batch["index"]).cpu()  # the global batch, in rank order like the gathered features
+        rows = self.video_row[index]
+        if not self.valid[rows].all():
+            bad = index[~self.valid[rows]].tolist()
+            raise CacheError(f"teacher cache: pairs {bad} have no teacher outputs: their video failed to decode "
+                             "while the cache was built but decodes now; run the 'cache' stage again")
+        text = self.text[index].to(self.device)
+        if self.teacher is not None:
+            frames, mask = self.video["frame_features"][rows], self.video["video_mask"][rows]
+            return {"logits": self.teacher.cross_scores(text, frames.to(self.device), mask.to(self.device))}
+        return {"text_features": text, "video_features": self.video["video_features"][rows].to(self.device),
+                "logit_scale": self.logit_scale}

@@ -1,0 +1,171 @@
+"""The teacher cache: the cached outputs equal the online teacher's (loose and tightTransf teachers), an
+interrupted cache is finished and not recomputed, a cache made for another run is refused naming what
+differs, and distillation from the cache gives the losses and the student of online distillation through
+the real CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
+
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest
+from distill.data.dataset import VideoTextDataset, View
+from distill.data.formats import read_jsonl
+from distill.data.synthetic import generate_synthetic
+from distill.pipeline import Run, teacher_arch
+from distill.recipe import SyntheticConfig, TeacherConfig, load_recipe
+from distill.train import OnlineTeacher
+from teachers import CLIP4Clip, save_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+SYNTHETIC = SyntheticConfig(num_train=48, num_test=16, size=32, fps=4, seconds=4)
+TINY = [
+    "data.synthetic.num_train=48", "data.synthetic.num_test=16", "data.synthetic.size=32",
+    "data.synthetic.seconds=4",
+    "student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
+    "student.text_layers=1", "student.text_heads=2",
+    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
+    "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "eval.batch_size=8",
+]
+SAMPLING = {"max_frames": 4, "image_size": 16}
+
+
+def tiny_teacher(sim_header: str) -> CLIP4Clip:
+    """A random (untrained) tiny teacher: the cache must give whatever it computes."""
+    torch.manual_seed(0)
+    config = TeacherConfig(max_frames=4, sim_header=sim_header, image_size=16, vision_width=64, vision_layers=1,
+                           text_width=64, text_layers=1, cross_layers=1)
+    return CLIP4Clip(teacher_arch(config, max_words=32)).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("cache") / "data", SYNTHETIC)
+
+
+def train_pairs(root: Path, shared: int = 1) -> list:
+    """The train pairs; with `shared` > 1, every `shared` consecutive captions share one video."""
+    pairs = read_jsonl(root / "train.jsonl", root, root).pairs
+    return [(pairs[i - i % shared][0], pair[1]) for i, pair in enumerate(pairs)]
+
+
+@pytest.mark.parametrize("sim_header", ["seqTransf", "tightTransf"])
+def test_cached_outputs_equal_the_online_teacher(data, tmp_path, sim_header):
+    """Several captions a video and several shards; batches looked up in any order."""
+    teacher = tiny_teacher(sim_header)
+    dataset = VideoTextDataset(train_pairs(data, shared=3)[:30], {"teacher": View(4, 16), "student": View(3, 16)},
+                               max_words=32)
+    key = cache_key(dataset, teacher, SAMPLING)
+    accelerator = Accelerator(cpu=True)
+    assert build_cache(tmp_path, teacher, dataset.select_views(["teacher"]), key, accelerator=accelerator,
+                       batch_size=4, videos_per_shard=4) == 3  # 10 videos
+    cache = TeacherCache(tmp_path, key, teacher, device=torch.device("cpu"))
+    for rows in ([5, 0, 29, 17, 3, 4], list(range(30))):
+        batch = default_collate([dataset[i] for i in rows])
+        online, cached = OnlineTeacher(teacher)(batch), cache({"index": batch["index"]})
+        assert online.keys() == cached.keys()
+        for name in online:
+            torch.testing.assert_close(cached[name], online[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
+    teacher = tiny_teacher("meanP")
+    dataset = VideoTextDataset(train_pairs(data)[:12], {"teacher": View(4, 16)}, max_words=32)
+    key = cache_key(dataset, teacher, SAMPLING)
+    accelerator = Accelerator(cpu=True)
+    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4,
+                       videos_per_shard=5) == 3
+    first = {p.name: load_file(p) for p in tmp_path.glob("shard_*.safetensors")}
+    assert sorted(first) == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
+    assert read_manifest(tmp_path)["complete"]
+
+    # As after a kill in the middle of the second shard: unfinished manifest, no shard_00001.
+    (tmp_path / "shard_00001.safetensors").unlink()
+    manifest = read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(CacheError, match="unfinished .1 of 3 shards missing.: run the 'cache' stage again"):
+        TeacherCache(tmp_path, key, teacher, device=torch.device("cpu"))
+    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4, num_workers=2,
+                       videos_per_shard=5) == 1  # decoded by worker processes this time
+    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4,
+                       videos_per_shard=5) == 0
+    for name, tensors in first.items():
+        again = load_file(tmp_path / name)
+        assert all(torch.equal(again[k], v) for k, v in tensors.items()), name
+
+    # Another teacher: refused by the reader, replaced by the cache stage.
+    other = tiny_teacher("seqTransf")
+    other_key = cache_key(dataset, other, SAMPLING)
+    with pytest.raises(CacheError, match=r"teacher.sha256: '[0-9a-f]{64}' in the cache, '[0-9a-f]{64}' in this run; "
+                                         r"teacher.sim_header: 'meanP' in the cache, 'seqTransf' in this run\)"):
+        TeacherCache(tmp_path, other_key, other, device=torch.device("cpu"))
+    assert build_cache(tmp_path, other, dataset, other_key, accelerator=accelerator, batch_size=4,
+                       videos_per_shard=5) == 3
+    TeacherCache(tmp_path, other_key, other, device=torch.device("cpu"))
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf_home")}
+    return subprocess.run([sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"),
+                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory) -> Path:
+    """A random tiny teacher; distillation with it online and from its cache, through the CLI."""
+    tmp = tmp_path_factory.mktemp("runs")
+    save_teacher(tiny_teacher("seqTransf"), tmp / "teacher.safetensors")
+    common = [f"data.root={data}", f"teacher.source={tmp / 'teacher.safetensors'}", "teacher.max_frames=4", *TINY]
+    online = run_cli(f"output_dir={tmp / 'online'}", "stages=[distill,export]", *common, cwd=tmp)
+    assert online.returncode == 0, online.stderr[-3000:]
+    assert "teacher outputs from" not in online.stdout
+    cached = run_cli(f"output_dir={tmp / 'cached'}", "stages=[cache,distill,export]", *common, cwd=tmp)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    assert f"distill: teacher outputs from {tmp / 'cached' / 'teacher_cache'}" in cached.stdout
+    assert list((tmp / "cached" / "logs").rglob("events.out.tfevents.*"))  # log_with: tensorboard
+    return tmp
+
+
+def test_distillation_from_the_cache_equals_online_distillation(runs):
+    logs = [[json.loads(line) for line in (runs / name / "distill_log.jsonl").read_text().splitlines()]
+            for name in ("online", "cached")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4, 5, 6]
+    for online, cached in zip(*logs):
+        assert set(cached) == {"step", "loss", "lr", "kl_loss", "feature_loss", "contrastive_loss", "clips_per_s"}
+        for term in ("kl_loss", "feature_loss", "contrastive_loss"):
+            assert cached[term] == pytest.approx(online[term], rel=1e-5, abs=1e-6), (cached["step"], term)
+    a, b = (load_file(runs / name / "student.safetensors") for name in ("online", "cached"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_sampling(runs, data):
+    common = [f"data.root={data}", f"teacher.source={runs / 'teacher.safetensors'}", f"output_dir={runs / 'cached'}",
+              "stages=[distill]", *TINY]
+    recipe_path = REPO / "recipes" / "demo.yaml"
+    run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=4"]))
+    run.stage_teacher()
+    teacher, views = run.teacher_outputs()
+    assert isinstance(teacher, TeacherCache) and views == ("student",)
+    assert not any(key.startswith("teacher_") for key in run.dataset("train", views)[0])
+
+    run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "data.max_words=16"]))
+    with pytest.raises(CacheError) as error:
+        run.stage_distill()
+    message = str(error.value)
+    assert message.startswith(f"distill: teacher cache {runs / 'cached' / 'teacher_cache'} was made for another run")
+    for part in ("sampling.max_frames: 4 in the cache, 2 in this run",
+                 "sampling.max_words: 32 in the cache, 16 in this run", "set teacher.cache=false"):
+        assert part in message
+    run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "teacher.cache=false"]))
+    run.stage_teacher()
+    assert isinstance(run.teacher_outputs()[0], OnlineTeacher)
