@@ -24,17 +24,11 @@ from distill.pipeline import Run, teacher_arch
 from distill.recipe import SyntheticConfig, TeacherConfig, load_recipe
 from distill.train import OnlineTeacher
 from teachers import CLIP4Clip, save_teacher
+from tiny import DATA, STUDENT, TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = SyntheticConfig(num_train=48, num_test=16, size=32, fps=4, seconds=4)
-TINY = [
-    "data.synthetic.num_train=48", "data.synthetic.num_test=16", "data.synthetic.size=32",
-    "data.synthetic.seconds=4",
-    "student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
-    "student.text_layers=1", "student.text_heads=2",
-    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
-    "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "eval.batch_size=8",
-]
+TINY = [*DATA, *STUDENT, *TRAIN, "train.log_every=1"]
 SAMPLING = {"max_frames": 4, "image_size": 16}
 
 

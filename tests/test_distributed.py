@@ -23,20 +23,11 @@ from torch import nn
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig
 from distill.train import gather_outputs
+from tiny import TINY as TINY_BASE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.synthetic.num_train=48", "data.synthetic.num_test=13", "data.synthetic.size=32",
-    "data.synthetic.seconds=4",
-    "teacher.max_frames=4", "teacher.image_size=16", "teacher.vision_width=64", "teacher.vision_layers=1",
-    "teacher.text_width=64", "teacher.text_layers=1", "teacher.cross_layers=1",
-    "teacher.train.batch_size=16", "teacher.train.max_steps=6",
-    "student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
-    "student.text_layers=1", "student.text_heads=2",
-    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
-    # 13 test pairs in batches of 8: the last batch (5) does not split evenly over 2 processes.
-    "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "eval.batch_size=8",
-]
+# 13 test pairs in batches of 8: the last batch (5) does not split evenly over 2 processes.
+TINY = [*TINY_BASE, "data.synthetic.num_test=13", "train.log_every=1"]
 
 
 def free_port() -> int:

@@ -23,17 +23,11 @@ from distill.data.synthetic import generate_synthetic
 from distill.pipeline import teacher_arch
 from distill.recipe import SyntheticConfig, TeacherConfig
 from teachers import CLIP4Clip, save_teacher
+from tiny import DATA, STUDENT, TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.synthetic.num_train=48", "data.synthetic.num_test=16", "data.synthetic.size=32",
-    "data.synthetic.seconds=4", "teacher.max_frames=4",
-    "student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
-    "student.text_layers=1", "student.text_heads=2",
-    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
-    "train.batch_size=16", "train.max_steps=6", "train.log_every=1", "train.checkpoint_every=2",
-    "stages=[distill,export]",
-]
+TINY = [*DATA, "teacher.max_frames=4", *STUDENT, *TRAIN, "train.log_every=1", "train.checkpoint_every=2",
+        "stages=[distill,export]"]
 # Runs distill/run.py's main, pausing where PAUSE_AT says: "step:N" before the N-th optimizer step of this
 # process, "save:N" inside the N-th checkpoint save, after the model file is written and cut in half.
 CHILD = """
