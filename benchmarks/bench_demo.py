@@ -45,7 +45,7 @@ def main() -> None:
         report = json.loads((Path(tmp) / "run" / "report.json").read_text())
         report_md = (Path(tmp) / "run" / "report.md").read_text()
 
-    print(f"| stage | ends at (s) | takes (s) |\n|---|---:|---:|")
+    print("| stage | ends at (s) | takes (s) |\n|---|---:|---:|")
     previous = 0.0
     for label, at in marks:
         print(f"| {label} | {at:.0f} | {at - previous:.0f} |")

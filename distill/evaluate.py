@@ -60,8 +60,11 @@ def encode_videos(model: nn.Module, dataset: VideoTextDataset, first_pairs: list
         video, mask = batch[f"{view}_video"], batch[f"{view}_mask"]
         out = {"mask": mask, "index": batch["index"]}
         with accelerator.autocast():
-            for key, clip in (("video", video), ("reversed", reverse_time(video, mask))):
-                out[key] = (model.frame_features(clip) if tight(model) else model.encode_video(clip, mask)).float()
+            # Frame encoders see one frame at a time, so backwards is the same features in reverse order and
+            # only the temporal head runs twice (a 3D-patch teacher's features keep their forward mixing).
+            frames = model.frame_features(video)
+            for key, f in (("video", frames), ("reversed", reverse_time(frames, mask))):
+                out[key] = (f if tight(model) else model.pool_frames(f, mask)).float()
         # Per batch: gather_for_metrics drops the padding of the last, uneven batch only as it happens.
         for key, value in accelerator.gather_for_metrics(out).items():
             parts[key].append(value.cpu())

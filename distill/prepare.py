@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distill.config import RecipeError
 from distill.data.checks import check_videos, describe
 from distill.data.dataset import View
 from distill.data.formats import read_split
 from distill.data.shards import frame_settings, frames_folder, prepare_frames
-from distill.recipe import DataConfig, Recipe, load_recipe
+from distill.recipe import DataConfig, Recipe, parse_recipe_args
 
 
 def check_data(data: DataConfig) -> int:
@@ -86,13 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only inspect: list every problem of the annotations and videos")
     parser.add_argument("--encoding", choices=["jpeg", "raw"], default="jpeg",
                         help="how frames are stored: jpeg (quality 90, about 8x smaller) or raw uint8 (exact)")
-    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. data.video_root=videos")
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
+    args, recipe = parse_recipe_args(parser, argv)
+    if recipe is None:
         return 2
     if not args.check:
         return prepare(recipe, args.encoding)

@@ -5,6 +5,8 @@ checks what only the whole recipe can tell (files that must exist, stage combina
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence, get_args
@@ -169,3 +171,17 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             and "distill" in recipe.stages:
         raise RecipeError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe
+
+
+def parse_recipe_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                      ) -> tuple[argparse.Namespace, Recipe | None]:
+    """Adds the `RECIPE.yaml [dotted.key=value ...]` arguments, parses `argv` and loads the recipe; on a
+    `RecipeError` prints it and gives `None`, for the caller to exit with 2 before any work."""
+    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.max_steps=20")
+    args = parser.parse_args(argv)
+    try:
+        return args, load_recipe(args.recipe, args.overrides)
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return args, None

@@ -13,20 +13,13 @@ if __name__ == "__main__":
     # evaluate, train) would shadow installed packages of the same name.
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from distill.config import RecipeError  # noqa: E402
 from distill.pipeline import run_recipe  # noqa: E402
-from distill.recipe import load_recipe  # noqa: E402
+from distill.recipe import parse_recipe_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.max_steps=20")
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
+    _, recipe = parse_recipe_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), argv)
+    if recipe is None:
         return 2
     run = run_recipe(recipe)
     if run.accelerator.is_main_process:

@@ -10,10 +10,11 @@ import math
 import timm
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from open_clip.transformer import TextTransformer, Transformer
 from torch import nn
 
+from teachers.clip4clip import key_mask_bias, masked_mean
 from teachers.tokenizer import pad_ids
 
 VOCAB_SIZE = 49408  # CLIP BPE: the student reads the same token ids as the teacher
@@ -47,19 +48,22 @@ class Student(nn.Module):
         ids = pad_ids(input_ids, self.config["max_words"])
         return F.normalize(self.text(ids).float(), dim=-1)
 
-    def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """Video embeddings `[B, D]`, L2-normalised, from `video [B, T, 3, H, W]` and `video_mask [B, T]`."""
-        b, t = video.shape[:2]
+    def frame_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Projected per-frame features `[B, T, D]` from `video [B, T, 3, H, W]` (padded frames too)."""
         frames = self.backbone(rearrange(video, "b t c h w -> (b t) c h w"))
-        x = rearrange(self.frame_proj(frames), "(b t) d -> b t d", b=b)
+        return rearrange(self.frame_proj(frames), "(b t) d -> b t d", b=video.shape[0])
+
+    def pool_frames(self, x: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """Video embeddings `[B, D]`, L2-normalised, from `frame_features`: temporal head, masked mean."""
         if self.config["temporal"] == "transformer":
             heads = self.temporal_transformer.resblocks[0].attn.num_heads
-            key_mask = (1.0 - video_mask.to(x.dtype)) * -1e6
-            attn_mask = repeat(key_mask, "b k -> (b heads) q k", heads=heads, q=t)
-            x = x + self.temporal_transformer(x + self.frame_position_embeddings[:t], attn_mask=attn_mask)
-        m = video_mask.to(x.dtype).unsqueeze(-1)
-        x = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return F.normalize(x.float(), dim=-1)
+            positions = self.frame_position_embeddings[: x.shape[1]]
+            x = x + self.temporal_transformer(x + positions, attn_mask=key_mask_bias(video_mask, heads, x.dtype))
+        return F.normalize(masked_mean(x, video_mask).float(), dim=-1)
+
+    def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """Video embeddings `[B, D]`, L2-normalised, from `video [B, T, 3, H, W]` and `video_mask [B, T]`."""
+        return self.pool_frames(self.frame_features(video), video_mask)
 
     def logit_scale(self) -> torch.Tensor:
         return self.logit_scale_log.clamp(max=math.log(100)).exp()

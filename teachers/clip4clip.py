@@ -45,6 +45,12 @@ def key_mask_bias(mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.T
     return repeat(bias, "b k -> (b heads) q k", heads=heads, q=mask.shape[1])
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x [B, T, D]` over the frames where `mask [B, T]` is 1; a video without frames gives 0."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 class CrossEncoder(nn.Module):
     """CLIP4Clip's CrossModel (`cross.*`): position embeddings, CLIP blocks, and a pooler on token 0.
 
@@ -169,13 +175,16 @@ class CLIP4Clip(nn.Module):
             return self.transformerClip(h, attn_mask=key_mask_bias(video_mask, heads, x.dtype)) + x
         return x
 
+    def pool_frames(self, frames: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """Video embeddings `[B, D]`, L2-normalised, from `frame_features`: head, per-frame L2, masked mean,
+        L2 again."""
+        self._require_loose("pool_frames")
+        x = F.normalize(self.temporal(frames, video_mask), dim=-1)
+        return F.normalize(masked_mean(x, video_mask), dim=-1)
+
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """Video embeddings `[B, D]`, L2-normalised: head, per-frame L2, masked mean, L2 again."""
-        self._require_loose("encode_video")
-        x = F.normalize(self.temporal(self.frame_features(video), video_mask), dim=-1)
-        m = video_mask.to(x.dtype).unsqueeze(-1)
-        x = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return F.normalize(x, dim=-1)
+        """Video embeddings `[B, D]`, L2-normalised, from `video [B, T, 3, H, W]` and `video_mask [B, T]`."""
+        return self.pool_frames(self.frame_features(video), video_mask)
 
     def logit_scale(self) -> torch.Tensor:
         # CLIP4Clip clamps the parameter to ln(100) after every step; clamping here is the same at eval.
