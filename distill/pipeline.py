@@ -208,7 +208,7 @@ class Run:
         test = self.dataset("test")
         report = evaluate({"teacher": self.teacher, "student": self.student}, test,
                           batch_size=self.recipe.eval.batch_size, accelerator=self.accelerator)
-        self.report = {"name": self.recipe.name, "test_pairs": len(test), **report}
+        self.report = {"name": self.recipe.name, **report}
         if self.accelerator.is_main_process:
             write_reports(self.report, self.dir)
         t, s = report["teacher"]["t2v"]["R1"], report["student"]["t2v"]["R1"]

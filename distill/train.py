@@ -111,7 +111,7 @@ class OnlineTeacher:
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         teacher = self.teacher
         ids, video, mask = batch["input_ids"], batch["teacher_video"], batch["teacher_mask"]
-        if getattr(teacher, "is_tight", False):
+        if teacher.is_tight:
             text = gather_with_grad(teacher.text_features(ids))
             frames = gather_with_grad(teacher.frame_features(video))
             return {"logits": teacher.cross_scores(text, frames, gather_with_grad(mask))}
