@@ -239,10 +239,11 @@ def test_jsonl_several_captions_per_video_blank_and_bad_lines(tmp_path, clip):
     pairs, problems = read(data, "train")
     videos = tmp_path / "videos"
     assert pairs == [(f"{videos}/a.mp4", "one"), (f"{videos}/a.mp4", "two"), (f"{videos}/b.mp4", "four")]
+    # Malformed lines first (found while reading, before the split field is known), then the pairs' problems.
     assert [(p.where, p.fatal) for p in problems] == [
-        (f"{path}, line 4", False), (f"{path}, line 5", True), (f"{path}, line 6", True), (f"{path}, line 7", True)]
-    assert "empty caption" in problems[0].message and "not JSON" in problems[1].message
-    assert "string 'video' and 'caption'" in problems[2].message
+        (f"{path}, line 5", True), (f"{path}, line 6", True), (f"{path}, line 7", True), (f"{path}, line 4", False)]
+    assert "not JSON" in problems[0].message and "string 'video' and 'caption'" in problems[1].message
+    assert "empty caption" in problems[3].message
 
 
 def test_csv_video_and_caption_columns(tmp_path, clip):
@@ -260,6 +261,55 @@ def test_csv_video_and_caption_columns(tmp_path, clip):
     assert [(p.where, p.fatal) for p in problems] == [(f"{tmp_path / 'ann' / 'train.csv'}, line 5", True)]
     _, problems = read(data, "test")
     assert [p.fatal for p in problems] == [True] and "no ['video', 'caption'] column" in problems[0].message
+
+
+def test_jsonl_split_field_puts_both_splits_in_one_file(tmp_path, clip):
+    place(clip, tmp_path / "videos", "a.mp4", "b.mp4", "c.mp4")
+    rows = [("a.mp4", "one", "train"), ("b.mp4", "two", "test"), ("a.mp4", "three", "train"),
+            ("c.mp4", "four", "val"), ("b.mp4", "five", "test")]
+    path = write_lines(tmp_path / "all.jsonl", [json.dumps({"video": v, "caption": c, "split": s}) for v, c, s in rows])
+    data = DataConfig(format="jsonl", train=str(path), test=str(path), video_root=str(tmp_path / "videos"))
+    videos = tmp_path / "videos"
+    assert read(data, "train") == ([(f"{videos}/a.mp4", "one"), (f"{videos}/a.mp4", "three")], [])
+    assert read(data, "test") == ([(f"{videos}/b.mp4", "two"), (f"{videos}/b.mp4", "five")], [])
+    assert [p.where for p in read_split(data, "test").pairs] == [f"{path}, line 2", f"{path}, line 5"]
+
+
+def test_jsonl_rows_without_split_among_rows_with_one_are_errors(tmp_path):
+    path = write_lines(tmp_path / "all.jsonl", [
+        '{"video": "a.mp4", "caption": "one"}', '{"video": "b.mp4", "caption": "two", "split": "test"}',
+        '{"video": "c.mp4", "caption": "three", "split": "Train"}', '{"video": "a.mp4", "caption": "four"}'])
+    data = DataConfig(format="jsonl", train=str(path), test=str(path), video_root=str(tmp_path))
+    pairs, problems = read(data, "train")
+    assert pairs == []
+    assert [str(p) for p in problems] == [
+        f"{path}, line 1: no 'split', where other rows have one (first: {path}, line 2); expected one of "
+        "['train', 'val', 'test']",
+        f"{path}, line 3: split 'Train' is not one of ['train', 'val', 'test']",
+        f"{path}, line 4: no 'split', where other rows have one (first: {path}, line 2); expected one of "
+        "['train', 'val', 'test']"]
+    assert all(p.fatal for p in problems)
+
+
+def test_csv_split_column_and_a_split_with_no_rows(tmp_path, clip):
+    place(clip, tmp_path / "videos", "a.mp4", "b.mp4")
+    path = write_lines(tmp_path / "ann" / "all.csv", [
+        "video,caption,split", "a.mp4,one,train", "b.mp4,two,test", 'a.mp4,"three, two",train', "b.mp4,four,"])
+    data = DataConfig(format="csv", annotations=str(tmp_path / "ann"), train="all.csv", test="all.csv",
+                      video_root=str(tmp_path / "videos"))
+    videos = tmp_path / "videos"
+    pairs, problems = read(data, "test")
+    assert pairs == [(f"{videos}/b.mp4", "two")]
+    assert [(str(p), p.fatal) for p in problems] == [
+        (f"{path}, line 5: no 'split', where other rows have one (first: {path}, line 2); expected one of "
+         "['train', 'val', 'test']", True)]
+    write_lines(path, ["video,caption,split", "a.mp4,one,train", "b.mp4,two,val"])
+    assert read(data, "train") == ([(f"{videos}/a.mp4", "one")], [])
+    _, problems = read(data, "test")
+    assert [str(p) for p in problems] == [
+        f"{path}: no row of the test split (rows carry a 'split' of ['train', 'val', 'test'])"]
+    write_lines(path, ["video,caption,split", "a.mp4,one,", "b.mp4,two,"])  # an empty column: no split
+    assert read(data, "test") == ([(f"{videos}/a.mp4", "one"), (f"{videos}/b.mp4", "two")], [])
 
 
 def test_missing_and_empty_annotation_files(tmp_path):

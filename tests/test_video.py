@@ -216,3 +216,33 @@ def test_edit_list_video_reads_the_presented_frames(edit_list_video, backend):
     assert probe_video(edit_list_video, backend) == (21, 4.0)
     frames = load_frames(edit_list_video, max_frames=12, backend=backend)
     assert encoded_indices(frames) == [11, 15, 19, 23, 27, 31]
+
+
+def write_rotated_video(path, degrees, n_frames=8, fps=4):
+    """A 64x32 clip stored unturned with a display matrix saying "turn `degrees` counter-clockwise" (what a
+    phone held upright records); the picture has red, green and blue corners and grey elsewhere."""
+    image = np.full((32, 64, 3), 128, np.uint8)
+    image[:16, :16], image[:16, -16:], image[-16:, :16] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.options = {"crf": "0"}
+        stream.set_display_rotation(degrees)
+        for _ in range(n_frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return image
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, -90])
+def test_both_backends_apply_rotation_metadata(tmp_path, degrees):
+    path = tmp_path / f"rotated_{degrees}.mp4"
+    image = write_rotated_video(path, degrees)
+    upright = torch.from_numpy(np.rot90(image, degrees // 90).copy())  # np.rot90 turns counter-clockwise
+    assert upright.shape == ((32, 64, 3) if degrees in (0, 180) else (64, 32, 3))
+    decord_frames = load_frames(path, max_frames=2)
+    pyav_frames = load_frames(path, max_frames=2, backend="pyav")
+    assert decord_frames.shape == pyav_frames.shape == (2, *upright.shape)
+    for frames in (decord_frames, pyav_frames):
+        assert (frames.int() - upright.int()).abs().float().mean() < 2
+    assert (pyav_frames.int() - decord_frames.int()).abs().max() <= 2

@@ -28,6 +28,8 @@ DEFAULT_FILES = {
     "activitynet": ("train.json", "val_1.json"),  # CLIP4Clip tests on val_1
     "didemo": ("train_data.json", "test_data.json"),
 }
+# Values of the optional `split` field of the generic layouts; "val" rows belong to neither split read here.
+SPLITS = ("train", "val", "test")
 
 
 class Pair(NamedTuple):
@@ -82,8 +84,11 @@ def read_split(data: DataConfig, split: str) -> Annotations:
         return found
     video_root = Path(data.root if data.format == "synthetic" else data.video_root)
     folder = Path(data.annotations) if data.annotations else path.parent
+    read = READERS[data.format]
     try:
-        found = READERS[data.format](path, folder, video_root)
+        # Only the generic layouts carry a split field, so that one file can hold both splits.
+        found = read(path, folder, video_root, split) if read in (read_jsonl, read_csv) else \
+            read(path, folder, video_root)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         found = Annotations()
         found.error(path, f"cannot read: {error}")
@@ -95,9 +100,11 @@ def read_split(data: DataConfig, split: str) -> Annotations:
 # Generic layouts: paths relative to data.video_root.
 
 
-def read_jsonl(path: Path, folder: Path, video_root: Path) -> Annotations:
-    """One `{"video": ..., "caption": ...}` object a line; a video may have several lines."""
+def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
+    """One `{"video": ..., "caption": ...}` object a line; a video may have several lines. With `split`, only
+    that split's lines when the objects carry a "split" field (see `_of_split`)."""
     found = Annotations()
+    rows = []
     for where, line in _lines(path):
         try:
             item = json.loads(line)
@@ -108,16 +115,43 @@ def read_jsonl(path: Path, folder: Path, video_root: Path) -> Annotations:
                 or not isinstance(item.get("caption"), str):
             found.error(where, "expected an object with string 'video' and 'caption'")
             continue
+        rows.append((where, item))
+    for where, item in _of_split(rows, split, path, found):
         found.add(video_root / item["video"], item["caption"], where)
     return found
 
 
-def read_csv(path: Path, folder: Path, video_root: Path) -> Annotations:
-    """A comma-separated file with a header naming (at least) `video` and `caption` columns."""
+def read_csv(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
+    """A comma-separated file with a header naming (at least) `video` and `caption` columns, and maybe `split`
+    (see `_of_split`)."""
     found = Annotations()
-    for where, row in _csv_rows(path, ("video", "caption"), found):
+    rows = list(_csv_rows(path, ("video", "caption"), found))
+    for where, row in _of_split(rows, split, path, found):
         found.add(video_root / row["video"], row["caption"], where)
     return found
+
+
+def _of_split(rows: list[tuple[str, dict]], split: str | None, path: Path, found: Annotations
+              ) -> list[tuple[str, dict]]:
+    """The `(where, row)` rows of `split`, when any row carries a `split` value; else (or without `split`)
+    all of them. Once one row has a split every row needs one of SPLITS: a row left out by mistake would
+    otherwise land in no split, or in both."""
+    labelled = [where for where, row in rows if row.get("split") not in (None, "")]
+    if not labelled:
+        return rows
+    kept = []
+    for where, row in rows:
+        value = row.get("split")
+        if value in (None, ""):
+            found.error(where, f"no 'split', where other rows have one (first: {labelled[0]}); expected one of "
+                               f"{list(SPLITS)}")
+        elif value not in SPLITS:
+            found.error(where, f"split {value!r} is not one of {list(SPLITS)}")
+        elif split is None or value == split:
+            kept.append((where, row))
+    if split is not None and not kept and not any(p.fatal for p in found.problems):
+        found.error(path, f"no row of the {split} split (rows carry a 'split' of {list(SPLITS)})")
+    return kept
 
 
 # CLIP4Clip's datasets.
@@ -214,7 +248,7 @@ def read_didemo(path: Path, folder: Path, video_root: Path) -> Annotations:
     return found
 
 
-READERS: dict[str, Callable[[Path, Path, Path], Annotations]] = {
+READERS: dict[str, Callable[..., Annotations]] = {
     "synthetic": read_jsonl, "jsonl": read_jsonl, "csv": read_csv, "msrvtt": read_msrvtt, "msvd": read_msvd,
     "lsmdc": read_lsmdc, "activitynet": read_activitynet, "didemo": read_didemo,
 }

@@ -177,9 +177,11 @@ def _probe_pyav(path) -> tuple[int, float]:
 
 
 def _decode_pyav(path, indices: list[int]) -> torch.Tensor:
-    """Decodes the video from the start up to the last wanted frame and keeps the wanted ones.
+    """Decodes the video from the start up to the last wanted frame and keeps the wanted ones, upright.
 
-    PyAV leaves frames an edit list hides out of its output, so index i is the i-th presented frame.
+    PyAV leaves frames an edit list hides out of its output, so index i is the i-th presented frame. It does
+    not apply the display matrix (the rotation a phone records instead of turning the pixels); decord does,
+    so the frames are turned here by `frame.rotation` (degrees counter-clockwise), in quarter turns, to match.
     """
     wanted, frames = set(indices), []
     with _open_pyav(path) as container:
@@ -187,7 +189,7 @@ def _decode_pyav(path, indices: list[int]) -> torch.Tensor:
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(np.rot90(frame.to_ndarray(format="rgb24"), round(frame.rotation / 90) % 4))
                 if i == indices[-1]:
                     break
         except av.FFmpegError as e:
