@@ -41,7 +41,6 @@ from torch.utils.data import DataLoader, Subset
 from distill.data.dataset import VideoTextDataset
 
 FORMAT = "clip4clip-distill/teacher-cache"
-VIDEOS_PER_SHARD = 1024
 
 
 class CacheError(ValueError):
@@ -65,7 +64,8 @@ def cache_key(dataset: VideoTextDataset, teacher: nn.Module, sampling: dict) -> 
         "dataset": {"pairs": len(dataset), "videos": len(first_pairs(dataset)),
                     "sha256": hashlib.sha256(pairs).hexdigest()},
         "sampling": sampling,
-        "teacher": {"sim_header": teacher.sim_header, "sha256": teacher_sha256(teacher)},
+        "teacher": {"sim_header": teacher.sim_header, "precision": teacher.precision,
+                    "sha256": teacher_sha256(teacher)},
     }
 
 
@@ -141,13 +141,12 @@ def encode_shard(teacher: nn.Module, dataset: VideoTextDataset, videos: list[int
 
 
 def build_cache(cache_dir: Path, teacher: nn.Module, dataset: VideoTextDataset, key: dict, *,
-                accelerator: Accelerator, batch_size: int, num_workers: int = 0,
-                videos_per_shard: int = VIDEOS_PER_SHARD) -> int:
+                accelerator: Accelerator, batch_size: int, videos_per_shard: int, num_workers: int = 0) -> int:
     """Writes the teacher's outputs for every pair of `dataset` (which must yield the "teacher" view) and
     returns how many shards were computed now (0: the cache was already complete).
 
     Shards are split over the processes; an unfinished cache with the same key is finished, any other
-    cache in `cache_dir` replaced. The teacher runs in float32 whatever `mixed_precision` says: once.
+    cache in `cache_dir` replaced. The teacher computes in its own `precision` (part of the key).
     """
     videos = first_pairs(dataset)
     row = {dataset.video_ids[i]: r for r, i in enumerate(videos)}
@@ -185,8 +184,8 @@ def build_cache(cache_dir: Path, teacher: nn.Module, dataset: VideoTextDataset, 
 
 
 class TeacherCache:
-    """The cached teacher outputs, held in memory; `cache(batch)` gives the global batch's teacher outputs
-    from the batch's pair indices, as the online teacher gives them from its view of the clips.
+    """The cached teacher outputs, held in memory; `cache(micro_batches)` gives the step's teacher outputs
+    from the pair indices, as `distill.train.OnlineTeacher` gives them from its view of the clips.
 
     Args:
         teacher: the teacher whose cross encoder scores the cached features (tightTransf only).
@@ -227,8 +226,9 @@ class TeacherCache:
         self.logit_scale = cat["logit_scale"].to(device) if "logit_scale" in cat else None
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        index = gather(batch["index"]).cpu()  # the global batch, in rank order like the gathered features
+    def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        # The step's global batch, in the order of the gathered student outputs (`distill.train`).
+        index = torch.cat([gather(batch["index"]) for batch in batches]).cpu()
         rows = self.video_row[index]
         if not self.valid[rows].all():
             bad = index[~self.valid[rows]].tolist()

@@ -48,13 +48,15 @@ def encode_texts(model: nn.Module, dataset: VideoTextDataset, *, batch_size: int
 
 @torch.no_grad()
 def encode_videos(model: nn.Module, dataset: VideoTextDataset, first_pairs: list[int], *, view: str,
-                  batch_size: int, accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    """One row per video, in the order of `first_pairs` (the first pair of each video), on every process.
+                  batch_size: int, accelerator: Accelerator, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """One row per video, in the order of `first_pairs` (the first pair of each video), on every process;
+    `num_workers` DataLoader processes decode the clips.
 
     Returns `video` and `reversed` (the clips played backwards): embeddings `[V, D]`, or for a tight teacher
     frame features `[V, T, D]` together with `mask [V, T]`.
     """
-    loader = accelerator.prepare_data_loader(DataLoader(Subset(dataset, first_pairs), batch_size=batch_size))
+    loader = accelerator.prepare_data_loader(DataLoader(Subset(dataset, first_pairs), batch_size=batch_size,
+                                                        num_workers=num_workers))
     parts: dict[str, list[torch.Tensor]] = {"video": [], "reversed": [], "mask": [], "index": []}
     for batch in tqdm(loader, desc=f"encode {view}", unit="batch", disable=not accelerator.is_local_main_process):
         video, mask = batch[f"{view}_video"], batch[f"{view}_mask"]
@@ -118,28 +120,36 @@ def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict[s
 
 
 def evaluate(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_size: int,
-             accelerator: Accelerator) -> dict:
+             accelerator: Accelerator, num_workers: int = 0) -> dict:
     """`{"<model>": {"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}, "efficiency": {...}}`.
 
-    `models` maps a view name of the dataset ("teacher", "student") to its model. `t2v_reversed_R1` is the
+    `models` maps a view name of the dataset ("teacher", "student") to its model; `num_workers` DataLoader
+    processes decode the test clips. `t2v_reversed_R1` is the
     text-to-video R@1 when every test clip plays backwards: a model that reads the order of frames loses
     most of its score there.
     """
+    report: dict = {"test_pairs": len(dataset), "test_videos": len(set(dataset.video_ids)), "efficiency": {}}
+    for name, model in models.items():
+        report[name] = model_metrics(model, dataset, name, batch_size=batch_size, accelerator=accelerator,
+                                     num_workers=num_workers)
+        report["efficiency"][name] = efficiency(model, dataset, name)
+    return report
+
+
+def model_metrics(model: nn.Module, dataset: VideoTextDataset, view: str, *, batch_size: int,
+                  accelerator: Accelerator, num_workers: int = 0) -> dict:
+    """`{"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}` of one model reading the `view` of the clips."""
     first: dict[str, int] = {}  # video -> its first pair; videos are numbered in that order
     for i, video in enumerate(dataset.video_ids):
         first.setdefault(video, i)
     column = {video: c for c, video in enumerate(first)}
     video_of_text = torch.tensor([column[v] for v in dataset.video_ids])
-    report: dict = {"test_pairs": len(dataset), "test_videos": len(first), "efficiency": {}}
-    for name, model in models.items():
-        text = encode_texts(model, dataset, batch_size=batch_size, device=accelerator.device).cpu()
-        encoded = encode_videos(model, dataset, list(first.values()), view=name, batch_size=batch_size,
-                                accelerator=accelerator)
-        report[name] = retrieval(scores(model, text, encoded, "video"), video_of_text)
-        backwards = retrieval(scores(model, text, encoded, "reversed"), video_of_text)
-        report[name]["t2v_reversed_R1"] = backwards["t2v"]["R1"]
-        report["efficiency"][name] = efficiency(model, dataset, name)
-    return report
+    text = encode_texts(model, dataset, batch_size=batch_size, device=accelerator.device).cpu()
+    encoded = encode_videos(model, dataset, list(first.values()), view=view, batch_size=batch_size,
+                            accelerator=accelerator, num_workers=num_workers)
+    metrics = retrieval(scores(model, text, encoded, "video"), video_of_text)
+    metrics["t2v_reversed_R1"] = retrieval(scores(model, text, encoded, "reversed"), video_of_text)["t2v"]["R1"]
+    return metrics
 
 
 def write_reports(report: dict, run_dir: Path) -> None:

@@ -5,6 +5,8 @@ the similarity matrix has text rows and video columns, and row i holds the true 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,16 +42,32 @@ def similarity_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
-    """Squared distance between unit vectors (`2 - 2 cos`), summed over dimensions, mean over the batch."""
+    """Squared distance between unit vectors, summed over dimensions, mean over the batch.
+
+    On unit vectors this is `2 - 2 cos`: the cosine-distance loss (`1 - cos`) at twice the weight, so one
+    term serves both conventions (CLIP-KD's FD is this MSE, at weight 2000 on its per-element mean).
+    """
     return (F.normalize(student_features, dim=-1) - teacher_features).pow(2).sum(-1).mean()
 
 
+def cross_model_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                     scale: torch.Tensor) -> torch.Tensor:
+    """CLIP-KD's interactive contrastive loss: each student video picks its caption among the teacher's
+    text embeddings, and each student caption its video among the teacher's video embeddings (cross
+    entropy, `scale` times cosine similarity; student features already in the teacher's width)."""
+    labels = torch.arange(len(student["text_features"]), device=scale.device)
+    video = F.normalize(student["video_features"], dim=-1) @ teacher["text_features"].T
+    text = F.normalize(student["text_features"], dim=-1) @ teacher["video_features"].T
+    return (F.cross_entropy(scale * video, labels) + F.cross_entropy(scale * text, labels)) / 2
+
+
 class DistillationLoss(nn.Module):
-    """Weighted sum of similarity KL, feature matching and ground-truth contrastive terms.
+    """Weighted sum of similarity KL, feature matching, cross-model contrastive and ground-truth contrastive
+    terms.
 
     Holds the learned projections from the student's embedding width to the teacher's (identity when they
-    match or feature matching is off: DDP refuses parameters that get no gradient); they train with the
-    student and are not part of the exported model.
+    match or no term compares embeddings: DDP refuses parameters that get no gradient) and the learned
+    scale of the cross-model term; they train with the student and are not part of the exported model.
 
     The loop passes the outputs of the whole global batch, gathered from every process (`distill.gather`).
     """
@@ -59,11 +77,13 @@ class DistillationLoss(nn.Module):
         self.config = config
 
         def projection() -> nn.Module:
-            if student_dim == teacher_dim or not config.feature_weight:
+            if student_dim == teacher_dim or not (config.feature_weight or config.cross_weight):
                 return nn.Identity()
             return nn.Linear(student_dim, teacher_dim)
 
         self.text_projection, self.video_projection = projection(), projection()
+        if config.cross_weight:
+            self.cross_scale_log = nn.Parameter(torch.tensor(math.log(1 / config.cross_temperature)))
 
     def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor] | None
                 ) -> dict[str, torch.Tensor]:
@@ -77,8 +97,15 @@ class DistillationLoss(nn.Module):
         if c.kl_weight:
             losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, similarity(teacher).detach(),
                                                                  c.kl_temperature)
+        if not (c.feature_weight or c.cross_weight):
+            return losses
+        projected = {"text_features": self.text_projection(student["text_features"]),
+                     "video_features": self.video_projection(student["video_features"])}
         if c.feature_weight:
             losses["feature_loss"] = c.feature_weight * (
-                feature_loss(self.text_projection(student["text_features"]), teacher["text_features"])
-                + feature_loss(self.video_projection(student["video_features"]), teacher["video_features"])) / 2
+                feature_loss(projected["text_features"], teacher["text_features"])
+                + feature_loss(projected["video_features"], teacher["video_features"])) / 2
+        if c.cross_weight:
+            scale = self.cross_scale_log.clamp(max=math.log(100)).exp()
+            losses["cross_loss"] = c.cross_weight * cross_model_loss(projected, teacher, scale)
         return losses

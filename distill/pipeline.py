@@ -1,4 +1,4 @@
-"""The stages of a run, in order: data, teacher, cache, distill, evaluate, export.
+"""The stages of a run, in order: data, prepare, teacher, cache, distill, evaluate, export.
 
 Each stage reads what earlier stages (of this run or an earlier one) left in the run folder or the data
 root, and writes its own results there.
@@ -9,23 +9,25 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, ProjectConfiguration, is_tensorboard_available,
                               is_wandb_available, set_seed)
+from torch import nn
 
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key
 from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View
-from distill.data.formats import read_split
-from distill.data.shards import frame_settings, frames_folder, open_shards
+from distill.data.formats import Annotations, read_split
+from distill.data.shards import frame_settings, frames_folder, open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import CLIP_MEAN, CLIP_STD
-from distill.evaluate import evaluate, write_reports
+from distill.evaluate import evaluate, model_metrics, write_reports
 from distill.losses import DistillationLoss
-from distill.recipe import LossConfig, Recipe, TeacherConfig
-from distill.train import OnlineTeacher, train
+from distill.recipe import LossConfig, Recipe, TeacherConfig, embedding_term
+from distill.train import OnlineTeacher, end_training, train
 from students import Student, export_student, load_student
 from teachers import CLIP4Clip, load_teacher, save_teacher
 
@@ -91,17 +93,8 @@ class Run:
         """
         if split not in self._datasets:
             r = self.recipe
-            found = read_split(r.data, split)
-            if fatal := [p for p in found.problems if p.fatal]:
-                raise ValueError("\n".join([f"data: malformed {split} annotations:", *describe(fatal, limit=20),
-                                            "python -m distill.prepare --check RECIPE lists every problem"]))
-            if self.teacher is None and r.teacher.source is not None:
-                # A given teacher brings its own input size, which the teacher view must use.
-                self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device)
-            teacher_size = (self.teacher.arch["vision_cfg"]["image_size"] if self.teacher is not None
-                            else r.teacher.image_size)
-            all_views = {"teacher": View(r.teacher.max_frames, teacher_size),
-                         "student": View(r.student.max_frames, r.student.image_size)}
+            found = self.annotations(split)
+            all_views = self.views()
             shards, why = open_shards(frames_folder(r.data, self.dir), frame_settings(r.data, all_views))
             self.accelerator.print(f"data: {split}: {why}")
             pairs, bad = check_videos(found.pairs, backend=r.data.backend, shards=shards,
@@ -121,6 +114,26 @@ class Run:
         dataset = self._datasets[split]
         return dataset if tuple(dataset.views) == views else dataset.select_views(views)
 
+    def annotations(self, split: str) -> Annotations:
+        """The split's pairs as its annotation file names them; a malformed annotation stops the run."""
+        found = read_split(self.recipe.data, split)
+        if fatal := [p for p in found.problems if p.fatal]:
+            raise ValueError("\n".join([f"data: malformed {split} annotations:", *describe(fatal, limit=20),
+                                        "python -m distill.prepare --check RECIPE lists every problem"]))
+        return found
+
+    def views(self) -> dict[str, View]:
+        """The teacher and student views of every clip."""
+        r = self.recipe
+        if self.teacher is None and r.teacher.source is not None:
+            # A given teacher brings its own input size, which the teacher view must use.
+            self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device,
+                                        precision=r.teacher.precision)
+        teacher_size = (self.teacher.arch["vision_cfg"]["image_size"] if self.teacher is not None
+                        else r.teacher.image_size)
+        return {"teacher": View(r.teacher.max_frames, teacher_size),
+                "student": View(r.student.max_frames, r.student.image_size)}
+
     @property
     def cache_dir(self) -> Path:
         return self.dir / "teacher_cache"
@@ -136,12 +149,48 @@ class Run:
                     "frames": "raw" if train.shards is None else train.shards.encoding}
         return cache_key(train, self.teacher, sampling)
 
+    def validation(self, trained: str) -> Callable[[nn.Module], dict[str, float]] | None:
+        """What `train` logs each epoch for the model of the `trained` view: its R@1 on the first
+        `eval.val_pairs` test pairs, and the frozen teacher's (computed once) when the student trains."""
+        r = self.recipe
+        if not r.eval.val_pairs:
+            return None
+        subset = self.dataset("test").subset(r.eval.val_pairs)
+        frozen: dict[str, float] = {}
+
+        def r1(model: nn.Module, view: str) -> dict[str, float]:
+            metrics = model_metrics(model, subset.select_views([view]), view, batch_size=r.eval.batch_size,
+                                    accelerator=self.accelerator)
+            return {f"val_{view}_{direction}_R1": metrics[direction]["R1"] for direction in ("t2v", "v2t")}
+
+        def validate(model: nn.Module) -> dict[str, float]:
+            if trained == "student" and not frozen:
+                frozen.update(r1(self.teacher, "teacher"))
+            return {**frozen, **r1(model, trained)}
+
+        return validate
+
     def stage_data(self) -> None:
         if self.recipe.data.format == "synthetic" and self.accelerator.is_main_process:
             generate_synthetic(self.recipe.data.root, self.recipe.data.synthetic)
         self.accelerator.wait_for_everyone()
         for split in ("train", "test"):
             self.accelerator.print(f"data: {len(self.dataset(split))} {split} pairs")
+
+    def stage_prepare(self) -> None:
+        """Decodes every video of both splits once into frame shards, as `python -m distill.prepare RECIPE`
+        does, on the main process. The datasets built so far (the data stage's) decode videos: they are
+        dropped, and built again on the shards when a later stage asks for them."""
+        r = self.recipe
+        if self.accelerator.is_main_process:
+            videos = [pair.video for split in ("train", "test") for pair in self.annotations(split).pairs]
+            folder = frames_folder(r.data, self.dir)
+            shards = prepare_frames(videos, folder, frame_settings(r.data, self.views()),
+                                    encoding=r.data.prepared_encoding, workers=r.data.num_workers, progress=True)
+            print(f"prepare: {len(shards)} videos as {shards.encoding} frames in {folder}"
+                  + (f"; {len(shards.failed)} could not be decoded" if shards.failed else ""))
+        self.accelerator.wait_for_everyone()
+        self._datasets.clear()
 
     def stage_teacher(self) -> None:
         r = self.recipe
@@ -151,21 +200,23 @@ class Run:
             loss = DistillationLoss(LossConfig(contrastive_weight=1.0), student_dim=0, teacher_dim=0)
             model = train(model, loss, self.dataset("train"), r.teacher.train, accelerator=self.accelerator,
                           view="teacher", seed=r.seed, run_dir=self.dir, name="teacher",
-                          num_workers=r.data.num_workers)
+                          num_workers=r.data.num_workers, validate=self.validation("teacher"))
             path = self.dir / "teacher.safetensors"
             if self.accelerator.is_main_process:
                 save_teacher(model, path, recipe=json.dumps(recipe_to_dict(r)))
             self.accelerator.wait_for_everyone()
             self.accelerator.print(f"teacher: trained and saved to {path}")
-            self.teacher = load_teacher(path, device=self.accelerator.device)
+            self.teacher = load_teacher(path, device=self.accelerator.device, precision=r.teacher.precision)
         elif self.teacher is None:  # dataset() may have loaded it already
-            self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device)
+            self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device,
+                                        precision=r.teacher.precision)
 
     def stage_cache(self) -> None:
         if self.teacher is None:
             self.stage_teacher()
         written = build_cache(self.cache_dir, self.teacher, self.dataset("train", ("teacher",)), self.cache_key(),
                               accelerator=self.accelerator, batch_size=self.recipe.eval.batch_size,
+                              videos_per_shard=self.recipe.teacher.cache_videos_per_shard,
                               num_workers=self.recipe.data.num_workers)
         self.accelerator.print(f"cache: teacher outputs for {len(self.dataset('train'))} train pairs in "
                                f"{self.cache_dir} (shards computed now: {written})")
@@ -186,8 +237,8 @@ class Run:
         r = self.recipe
         if self.teacher is None:
             self.stage_teacher()  # stages without 'teacher' load teacher.source
-        if self.teacher.is_tight and r.loss.feature_weight:
-            raise ValueError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")
+        if self.teacher.is_tight and (term := embedding_term(r.loss)):
+            raise ValueError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
         teacher, views = self.teacher_outputs()
         set_seed(r.seed)
         student = Student({**asdict(r.student), "max_words": r.data.max_words})
@@ -197,7 +248,7 @@ class Run:
         loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=self.teacher.arch["embed_dim"])
         self.student = train(student, loss, self.dataset("train", views), r.train, accelerator=self.accelerator,
                              view="student", seed=r.seed, run_dir=self.dir, name="distill", teacher=teacher,
-                             num_workers=r.data.num_workers)
+                             num_workers=r.data.num_workers, validate=self.validation("student"))
         self.accelerator.print("distill: student trained")
 
     def stage_evaluate(self) -> None:
@@ -207,7 +258,8 @@ class Run:
             self.student = load_student(self.dir / "student.safetensors", device=self.accelerator.device)
         test = self.dataset("test")
         report = evaluate({"teacher": self.teacher, "student": self.student}, test,
-                          batch_size=self.recipe.eval.batch_size, accelerator=self.accelerator)
+                          batch_size=self.recipe.eval.batch_size, accelerator=self.accelerator,
+                          num_workers=self.recipe.data.num_workers)
         self.report = {"name": self.recipe.name, **report}
         if self.accelerator.is_main_process:
             write_reports(self.report, self.dir)
@@ -240,8 +292,7 @@ def run_recipe(recipe: Recipe) -> Run:
     try:
         for stage in recipe.stages:
             getattr(run, f"stage_{stage}")()
-        # Leave together: a rank that tears down the process group while another still writes can abort.
         run.accelerator.wait_for_everyone()
     finally:
-        run.accelerator.end_training()
+        end_training(run.accelerator)
     return run

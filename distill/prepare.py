@@ -1,9 +1,10 @@
 """Command line: `python -m distill.prepare [--check] RECIPE.yaml [dotted.key=value ...]`.
 
 Without `--check`: decodes every video of both splits once into frame shards (`distill.data.shards`) in
-`data.prepared` (default `<output_dir>/frames`), at the frame count and view sizes of the recipe, with
-`data.num_workers` decoding processes. A killed prepare continues where it stopped when run again. Training
-with the same recipe then reads the clips from the shards instead of decoding the videos.
+`data.prepared` (default `<output_dir>/frames`), at the frame count and view sizes of the recipe, as
+`data.prepared_encoding` (jpeg or raw), with `data.num_workers` decoding processes; the `prepare` stage of a
+run does the same. A killed prepare continues where it stopped when run again. Training with the same recipe
+then reads the clips from the shards instead of decoding the videos.
 
 `--check` reads the annotations of both splits and opens every video the way training will, lists every
 problem (malformed annotation line, empty caption, missing or broken video) and exits 1 if there is any,
@@ -48,9 +49,9 @@ def recipe_views(recipe: Recipe) -> dict[str, View]:
             "student": View(recipe.student.max_frames, recipe.student.image_size)}
 
 
-def prepare(recipe: Recipe, encoding: str) -> int:
+def prepare(recipe: Recipe) -> int:
     """Writes the frame shards of both splits; returns 1 if an annotation file is malformed, else 0."""
-    data = recipe.data
+    data, encoding = recipe.data, recipe.data.prepared_encoding
     if data.format == "synthetic":
         from distill.data.synthetic import generate_synthetic
         generate_synthetic(data.root, data.synthetic)  # what the data stage does; reused when it is there
@@ -83,13 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="only inspect: list every problem of the annotations and videos")
-    parser.add_argument("--encoding", choices=["jpeg", "raw"], default="jpeg",
-                        help="how frames are stored: jpeg (quality 90, about 8x smaller) or raw uint8 (exact)")
     args, recipe = parse_recipe_args(parser, argv)
     if recipe is None:
         return 2
     if not args.check:
-        return prepare(recipe, args.encoding)
+        return prepare(recipe)
     problems = check_data(recipe.data)
     if problems:
         print(f"{problems} problems found; training would skip the pairs above or, for malformed annotations, "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from operator import attrgetter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence, get_args
@@ -14,7 +15,7 @@ from typing import Literal, Optional, Sequence, get_args
 from distill.config import RecipeError, load_dataclass
 from distill.data.formats import DEFAULT_FILES, annotation_file
 
-Stage = Literal["data", "teacher", "cache", "distill", "evaluate", "export"]
+Stage = Literal["data", "prepare", "teacher", "cache", "distill", "evaluate", "export"]
 STAGE_ORDER = get_args(Stage)
 
 
@@ -42,10 +43,14 @@ class DataConfig:
     framerate: int = 1  # frames per second kept before slicing to max_frames (CLIP4Clip's feature_framerate)
     slice_framepos: Literal[0, 1, 2] = 2  # 0 head, 1 tail, 2 uniform (CLIP4Clip's slice_framepos)
     keep_decoded: bool = False  # hold decoded frames in memory after the first read (small datasets only)
-    # Frame shards written by `python -m distill.prepare RECIPE`, read instead of the videos when they were
-    # prepared with this recipe's sampling and sizes; unset: <output_dir>/frames.
+    # Frame shards written by `python -m distill.prepare RECIPE` or the prepare stage, read instead of the videos
+    # when they were prepared with this recipe's sampling and sizes; unset: <output_dir>/frames.
     prepared: Optional[str] = None
-    num_workers: int = 0  # DataLoader worker processes for training (and prepare's decoding); 0: in the main process
+    # How prepare stores frames: jpeg (quality 90, about 7x smaller) or raw uint8 (exactly the decoded frames).
+    prepared_encoding: Literal["jpeg", "raw"] = "jpeg"
+    # DataLoader worker processes for training, the teacher cache and evaluation (and prepare's decoding);
+    # 0: in the main process.
+    num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -54,7 +59,11 @@ class TrainConfig:
     batch_size: int = 64  # global batch: the same whatever the number of processes
     epochs: int = 10
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    # Micro-batches per optimizer step; the losses still span the whole batch (GradCache: one extra
+    # forward pass of the student per step), so a large batch fits in memory at the cost of time.
+    accumulate: int = 1
     lr: float = 1e-3
+    coef_lr: float = 1.0  # multiplies lr for pretrained weights (student.pretrained), as CLIP4Clip's coef_lr
     weight_decay: float = 0.05
     warmup_ratio: float = 0.1  # fraction of the steps with a linear warmup, then cosine decay
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
@@ -67,9 +76,15 @@ class TrainConfig:
 class TeacherConfig:
     source: Optional[str] = None  # anything load_teacher takes; unset: the teacher stage trains one
     max_frames: int = 8  # frames the teacher sees per video
+    # How the frozen teacher computes (online, cache, evaluation): auto is bf16 autocast on CUDA, float32
+    # elsewhere; fp32 gives the original CLIP4Clip numbers exactly on any device.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     # true: distill reads the teacher's outputs from output_dir/teacher_cache (the 'cache' stage writes it)
     # when it is there, and refuses one made for other data, sampling or teacher; false: the teacher runs online.
     cache: bool = True
+    # Videos per cache shard. The processes of the cache stage share the shards, so smaller shards spread it
+    # over more GPUs; a killed cache stage loses at most the shards in progress.
+    cache_videos_per_shard: int = 1024
     # The architecture of a teacher trained here (a loaded teacher brings its own):
     sim_header: Literal["meanP", "seqLSTM", "seqTransf", "tightTransf"] = "seqTransf"
     image_size: int = 32  # input resolution
@@ -86,6 +101,9 @@ class TeacherConfig:
 class StudentConfig:
     backbone: str = "vit_tiny_patch16_224"  # any timm model name
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (img_size, depth, ...)
+    # Local timm weights for the backbone (.safetensors, .pth, .bin: e.g. ImageNet ViT-Tiny); timm adapts
+    # them (position embeddings to img_size, classifier dropped). Trained at train.lr * train.coef_lr.
+    pretrained: Optional[str] = None
     max_frames: int = 8
     image_size: int = 32
     temporal: Literal["mean", "transformer"] = "transformer"  # how frame features become one video vector
@@ -100,13 +118,21 @@ class StudentConfig:
 class LossConfig:
     kl_weight: float = 1.0  # KL(teacher || student) on t2v and v2t similarity rows
     kl_temperature: float = 1.0  # divides both models' logits before the softmax
-    feature_weight: float = 1.0  # MSE between normalised student (projected) and teacher embeddings
-    contrastive_weight: float = 1.0  # symmetric InfoNCE on the ground-truth pairs
+    # MSE between normalised student (projected) and teacher embeddings: 2 - 2 cos, so also the cosine loss
+    feature_weight: float = 1.0
+    # Cross-model contrastive (CLIP-KD's ICL): student videos against teacher captions and student captions
+    # against teacher videos, at a learned scale starting at 1 / cross_temperature
+    cross_weight: float = 0.0
+    cross_temperature: float = 0.07
+    contrastive_weight: float = 1.0  # symmetric InfoNCE on the ground-truth pairs, at the student's logit scale
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 64  # videos or captions per encoding batch
+    # The first val_pairs test pairs: teacher and student R@1 on them at the end of every training epoch,
+    # in the <stage>_log.jsonl files and the trackers; 0 turns it off
+    val_pairs: int = 256
 
 
 @dataclass
@@ -131,6 +157,19 @@ class Recipe:
         return Path(self.output_dir or f"runs/{self.name}")
 
 
+# Values that must be above zero (a zero batch or temperature fails late and obscurely) or at least zero.
+POSITIVE = ("train.batch_size", "train.accumulate", "train.lr", "teacher.train.batch_size", "teacher.train.accumulate",
+            "teacher.train.lr", "teacher.max_frames", "teacher.cache_videos_per_shard", "student.max_frames",
+            "loss.kl_temperature", "loss.cross_temperature", "eval.batch_size")
+NON_NEGATIVE = ("eval.val_pairs", "loss.kl_weight", "loss.feature_weight", "loss.cross_weight",
+                "loss.contrastive_weight", "train.coef_lr", "teacher.train.coef_lr")
+
+
+def embedding_term(loss: LossConfig) -> str | None:
+    """The first weight of a term that needs teacher embeddings, which a tightTransf teacher lacks."""
+    return next((name for name in ("feature_weight", "cross_weight") if getattr(loss, name)), None)
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Reads, overrides and checks a recipe; every problem is a `RecipeError` naming the key or file."""
     recipe = load_dataclass(Recipe, path, overrides)
@@ -138,6 +177,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if not order or order != sorted(set(order)):
         raise RecipeError(
             f"stages: {recipe.stages} must be a non-empty list of distinct stages in the order {list(STAGE_ORDER)}")
+    for key in POSITIVE + NON_NEGATIVE:
+        value = attrgetter(key)(recipe)
+        if value < 0 or (value == 0 and key in POSITIVE):
+            raise RecipeError(f"{key}: must be {'positive' if key in POSITIVE else 'zero or more'}, got {value}")
     data = recipe.data
     if data.format != "synthetic":
         for key in ["video_root"] + (["annotations"] if data.format in DEFAULT_FILES else ["train", "test"]):
@@ -163,13 +206,15 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             raise RecipeError(f"teacher.source: no such weights file: {weights} (the pretrained= file of {source})")
     elif source is not None and not Path(source).is_file():
         raise RecipeError(f"teacher.source: no such file: {source}")
+    if recipe.student.pretrained is not None and not Path(recipe.student.pretrained).is_file():
+        raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
     if source is None and "teacher" not in recipe.stages and {"cache", "distill", "evaluate"} & set(recipe.stages):
         raise RecipeError("teacher.source: required when the stages do not include 'teacher'")
     if "cache" in recipe.stages and not recipe.teacher.cache:
         raise RecipeError("teacher.cache: false, but the stages include 'cache'; drop one of them")
-    if source is None and recipe.teacher.sim_header == "tightTransf" and recipe.loss.feature_weight \
-            and "distill" in recipe.stages:
-        raise RecipeError("loss.feature_weight: a tightTransf teacher has no embeddings to match; set it to 0")
+    if source is None and recipe.teacher.sim_header == "tightTransf" and "distill" in recipe.stages \
+            and (term := embedding_term(recipe.loss)):
+        raise RecipeError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe
 
 

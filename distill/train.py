@@ -5,15 +5,24 @@ samples in each global batch do not depend on the process count. The sampler's o
 seed and the epoch only, which also makes the data position resumable. Every process gathers the
 embeddings of the whole global batch (`distill.gather`) and computes the same losses over it, so losses
 and gradients equal those of one process holding the whole batch.
+
+Gradient accumulation (`train.accumulate` micro-batches per step) keeps the losses over the whole global
+batch (every caption against every video of the step), as in GradCache (Gao et al., 2021): a first pass
+embeds the micro-batches without a graph, the losses and their gradients with respect to the embeddings
+are computed over the whole batch, then each micro-batch runs again with a graph and back-propagates its
+slice of those gradients. The gradients equal those of one pass over the whole batch, for one extra
+forward pass of the student; batch-statistics layers (BatchNorm) see micro-batch statistics.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -93,34 +102,145 @@ def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: gather_with_grad(value) if key.endswith("_features") else value for key, value in outputs.items()}
 
 
-# The global batch's teacher outputs from a local batch: `OnlineTeacher`, or `distill.cache.TeacherCache`.
-TeacherOutputs = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+def concat_outputs(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The outputs of a step's micro-batches as one batch: features concatenated, shared values (the logit
+    scale) taken once."""
+    return {key: torch.cat([part[key] for part in parts]) if key.endswith("_features") else value
+            for key, value in parts[0].items()}
+
+
+def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """`parts` equal micro-batches of a local batch, in order."""
+    pieces = {key: value.chunk(parts) for key, value in batch.items()}
+    return [{key: pieces[key][i] for key in batch} for i in range(parts)]
+
+
+# The teacher's outputs for a step from its micro-batches: `OnlineTeacher` or `distill.cache.TeacherCache`.
+TeacherOutputs = Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
 
 
 class OnlineTeacher:
-    """Runs the frozen teacher on the batch's "teacher" view and gathers its outputs over the processes.
+    """Runs the frozen teacher on the "teacher" view of a step's micro-batches and gathers its outputs over
+    the processes, in the order of `student_outputs`: micro-batch by micro-batch, rank order within each.
 
     A cross encoder (tightTransf) has no embeddings: its text and frame features are gathered and it scores
-    every pair of the global batch itself.
+    every pair of the step itself.
     """
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         teacher = self.teacher
-        ids, video, mask = batch["input_ids"], batch["teacher_video"], batch["teacher_mask"]
         if teacher.is_tight:
-            text = gather_with_grad(teacher.text_features(ids))
-            frames = gather_with_grad(teacher.frame_features(video))
-            return {"logits": teacher.cross_scores(text, frames, gather_with_grad(mask))}
-        return gather_outputs(teacher(ids, batch["attention_mask"], video, mask))
+            text = torch.cat([gather_with_grad(teacher.text_features(b["input_ids"])) for b in batches])
+            frames = torch.cat([gather_with_grad(teacher.frame_features(b["teacher_video"])) for b in batches])
+            mask = torch.cat([gather_with_grad(b["teacher_mask"]) for b in batches])
+            return {"logits": teacher.cross_scores(text, frames, mask)}
+        return concat_outputs([gather_outputs(teacher(b["input_ids"], b["attention_mask"], b["teacher_video"],
+                                                      b["teacher_mask"])) for b in batches])
+
+
+def rng_states() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+
+def set_rng_states(states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state_all(states[1])
+
+
+def student_outputs(model: nn.Module, batches: list[dict[str, torch.Tensor]], view: str,
+                    accelerator: Accelerator) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+    """The model's outputs for the step's global batch, and `replay`, to call after the backward pass of
+    the losses computed from them.
+
+    One micro-batch: the outputs carry the graph and `replay` does nothing. Several: the outputs are leaves
+    computed without a graph (GradCache, see the module docstring); `replay` runs each micro-batch again
+    with the same random state and back-propagates the outputs' gradients through the model.
+    """
+    def forward(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return model(b["input_ids"], b["attention_mask"], b[f"{view}_video"], b[f"{view}_mask"])
+
+    if len(batches) == 1:
+        return gather_outputs(forward(batches[0])), lambda: None
+    states, parts = [], []
+    buffers = [b.clone() for b in model.buffers()]  # the replay updates running statistics (BatchNorm) once
+    with torch.no_grad():
+        for b in batches:
+            states.append(rng_states())
+            parts.append(gather_outputs(forward(b)))
+    for saved, buffer in zip(buffers, model.buffers()):
+        buffer.copy_(saved)
+    out = {key: value.detach().requires_grad_(value.is_floating_point())
+           for key, value in concat_outputs(parts).items()}
+
+    def replay() -> None:
+        world, rank = accelerator.num_processes, accelerator.process_index
+        after = rng_states()
+        for i, (b, state) in enumerate(zip(batches, states)):
+            rows = len(b["input_ids"])
+            start = (i * world + rank) * rows  # this process's rows of micro-batch i in the global batch
+            set_rng_states(state)
+            with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
+                live = forward(b)
+                tensors, grads = [], []
+                for key, value in live.items():
+                    if out[key].grad is None or not value.requires_grad:
+                        continue
+                    tensors.append(value)
+                    # The features' gradient is scaled by the process count as `gather_with_grad` does (DDP
+                    # averages it back); a shared value gets its gradient spread over the micro-batches.
+                    grads.append(out[key].grad[start:start + rows] * world if key.endswith("_features")
+                                 else out[key].grad / len(batches))
+                torch.autograd.backward(tensors, grads)
+        set_rng_states(after)
+
+    return out, replay
+
+
+def param_groups(model: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
+    """`train.lr` for every parameter but the model's `pretrained_parameters()` (a backbone loaded from
+    pretrained weights), which train at `lr * coef_lr`, as CLIP4Clip trains CLIP under its new heads."""
+    pretrained = {id(p) for p in getattr(model, "pretrained_parameters", list)()}
+    groups = [{"params": [p for p in params if id(p) not in pretrained], "lr": config.lr},
+              {"params": [p for p in params if id(p) in pretrained], "lr": config.lr * config.coef_lr}]
+    return [group for group in groups if group["params"]]
+
+
+def synchronise_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Module:
+    """BatchNorm layers that compute their statistics over the global batch when several GPU processes
+    train (torch's SyncBatchNorm), so N processes train the model one process would. torch synchronises
+    on GPUs only: CPU processes keep per-process statistics, with a warning."""
+    if accelerator.num_processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                 for m in model.modules()):
+        return model
+    if accelerator.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    accelerator.print(f"warning: BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs): "
+                      f"{accelerator.num_processes} processes train a slightly different model than one")
+    return model
+
+
+def end_training(accelerator: Accelerator) -> None:
+    """Ends the trackers and the process group (callers that finished their work wait for every process
+    first: one that tears the group down while another still uses it can abort).
+
+    A DDP wrapper sits in a reference cycle; freed by the garbage collector after the process group is
+    destroyed, it aborts the process now and then ("terminate called without an active exception", about
+    1 exit in 10 of 2 CPU processes). Releasing the prepared objects and collecting first prevents that.
+    """
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
 
 
 def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainConfig, *,
           accelerator: Accelerator, view: str, seed: int, run_dir: Path, name: str,
-          teacher: TeacherOutputs | None = None, num_workers: int = 0) -> nn.Module:
+          teacher: TeacherOutputs | None = None, num_workers: int = 0,
+          validate: Callable[[nn.Module], dict[str, float]] | None = None) -> nn.Module:
     """Trains `model` (and the learnable parts of `loss_fn`) and returns the unwrapped model.
 
     Args:
@@ -129,20 +249,26 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
         teacher: gives the teacher's outputs for `loss_fn`: a frozen teacher run online on its own view
             (`OnlineTeacher`), or its outputs read from the teacher cache (`distill.cache.TeacherCache`).
         num_workers: DataLoader worker processes (`data.num_workers`).
+        validate: metrics of the model (in eval mode, on every process) at the end of each epoch and of
+            training, added to that step's log line; it leaves the random state as it found it.
     """
     loader = training_loader(dataset, config.batch_size, seed, num_workers=num_workers,
                              pin_memory=accelerator.device.type == "cuda")
-    if config.batch_size % accelerator.num_processes:
+    if config.batch_size % (accelerator.num_processes * config.accumulate):
         raise ValueError(f"{name}: batch_size {config.batch_size} is the global batch and must split evenly "
-                         f"over the {accelerator.num_processes} processes")
+                         f"over the {accelerator.num_processes} processes and train.accumulate="
+                         f"{config.accumulate} micro-batches")
+    if config.accumulate > 1 and getattr(model, "is_tight", False):
+        raise ValueError(f"{name}: train.accumulate must be 1 for a tightTransf model: its cross encoder scores "
+                         "pairs, so there are no embeddings to accumulate over micro-batches")
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
     total = config.max_steps or config.epochs * len(loader)
     params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, params, config), weight_decay=config.weight_decay)
     # Not prepared: a prepared scheduler steps once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer, loader = accelerator.prepare(synchronise_batch_norm(model, accelerator), optimizer, loader)
     if any(p.requires_grad for p in loss_fn.parameters()):
         # Only then: on CPU accelerate wraps every module in DDP, which refuses one without parameters.
         loss_fn = accelerator.prepare(loss_fn)
@@ -172,12 +298,11 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         batches.set_epoch(epoch)  # a prepared loader would otherwise set the sampler to its own epoch count
         for batch in batches:
+            micro = split_batch(batch, config.accumulate)
             teacher_out = None
             if teacher is not None:
-                with accelerator.autocast():
-                    teacher_out = teacher(batch)
-            out = gather_outputs(model(batch["input_ids"], batch["attention_mask"], batch[f"{view}_video"],
-                                       batch[f"{view}_mask"]))
+                teacher_out = teacher(micro)  # the teacher computes in its own precision
+            out, replay = student_outputs(model, micro, view, accelerator)
             losses = loss_fn(out, teacher_out)
             # Every process holds the same global losses, so all of them stop here together.
             bad = {term: value.item() for term, value in losses.items() if not torch.isfinite(value)}
@@ -189,6 +314,7 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
                                          f"step is saved in {latest}")
             loss = sum(losses.values())
             accelerator.backward(loss)
+            replay()
             if config.grad_clip:
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
@@ -200,7 +326,14 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
                       **{term: value.item() for term, value in losses.items()}}
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
-            if step % config.log_every == 0 or step == total:
+            end_of_epoch = step % len(loader) == 0 or step == total
+            if validate is not None and end_of_epoch:
+                states = rng_states()  # a DataLoader draws its seed from the global generator
+                model.eval()
+                record.update(validate(accelerator.unwrap_model(model)))
+                model.train()
+                set_rng_states(states)
+            if step % config.log_every == 0 or step == total or (validate is not None and end_of_epoch):
                 # Throughput since the previous line: data, teacher, student and optimizer, and any save.
                 now = time.perf_counter()
                 record["clips_per_s"] = (step - clock[1]) * config.batch_size / (now - clock[0])

@@ -42,6 +42,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
     """Rebuilds a student from one exported file alone, in eval mode."""
-    student = Student(json.loads(read_metadata(path)["config"]))
+    # The weights come from the export, not from the backbone's pretrained file (which may not be here).
+    student = Student({**json.loads(read_metadata(path)["config"]), "pretrained": None})
     student.load_state_dict(load_file(str(path)))  # strict: a missing or extra key is an error naming it
     return student.to(device).eval()

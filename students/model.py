@@ -32,7 +32,9 @@ class Student(nn.Module):
         super().__init__()
         self.config = config
         dim = config["embed_dim"]
-        self.backbone = timm.create_model(config["backbone"], pretrained=False, num_classes=0,
+        weights = config.get("pretrained")
+        self.backbone = timm.create_model(config["backbone"], pretrained=weights is not None, num_classes=0,
+                                          pretrained_cfg_overlay={"file": weights} if weights else None,
                                           **config["backbone_kwargs"])
         self.frame_proj = nn.Linear(self.backbone.num_features, dim)
         if config["temporal"] == "transformer":
@@ -42,6 +44,10 @@ class Student(nn.Module):
             context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=config["text_width"],
             heads=config["text_heads"], layers=config["text_layers"], output_dim=dim)
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters loaded from `config["pretrained"]` (the backbone's), which train at `coef_lr`."""
+        return list(self.backbone.parameters()) if self.config.get("pretrained") else []
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings `[N, D]`, L2-normalised (EOT token of a causal transformer; padding never seen)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -16,8 +17,13 @@ __all__ = ["CLIP4Clip", "load_teacher", "parse_open_clip_source", "save_original
            "tokenize"]
 
 
-def load_teacher(source: str | Path, device: str | torch.device = "cpu") -> CLIP4Clip:
+def load_teacher(source: str | Path, device: str | torch.device = "cpu",
+                 precision: Literal["auto", "bf16", "fp32"] = "auto") -> CLIP4Clip:
     """Loads a frozen teacher in eval mode with float32 parameters (fp16 checkpoints are computed in float32).
+
+    `precision`: how it computes; auto is bf16 autocast on CUDA (twice the speed of float32 there, and
+    half the activation memory) and float32 elsewhere (the original's numbers exactly: bf16 keeps about 3
+    significant digits).
 
     `source` is one of:
     - our own teacher export, `.safetensors` written by `save_teacher` (the metadata carries the arch);
@@ -36,4 +42,7 @@ def load_teacher(source: str | Path, device: str | torch.device = "cpu") -> CLIP
         teacher = load_teacher_export(path) if is_teacher_export(path) else load_checkpoint(path)
     teacher = teacher.float().to(device).eval()
     teacher.requires_grad_(False)
+    if precision == "auto":
+        precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    teacher.precision = precision
     return teacher

@@ -9,7 +9,8 @@ the state dict lines up with `pytorch_model.bin.N` files.
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import partial, wraps
+from typing import Literal, Optional
 
 import open_clip
 import torch
@@ -77,6 +78,23 @@ class CrossEncoder(nn.Module):
         return self.activation(self.pooler["dense"](self.pooler["ln_pool"](x)[:, 0]))
 
 
+Precision = Literal["bf16", "fp32"]
+
+
+def in_precision(method):
+    """Runs a feature method under the model's `precision`: bf16 autocast, or float32 even inside an outer
+    autocast (e.g. the student's mixed precision); floating outputs are float32 either way. A model with
+    `precision` None (one in training) computes as its caller's autocast says."""
+    @wraps(method)
+    def run(self, *args, **kwargs):
+        if self.precision is None:
+            return method(self, *args, **kwargs)
+        with torch.autocast(self.clip.logit_scale.device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            return method(self, *args, **kwargs).float()
+    return run
+
+
 class CLIP4Clip(nn.Module):
     """A CLIP4Clip retrieval model.
 
@@ -93,6 +111,7 @@ class CLIP4Clip(nn.Module):
             raise ValueError(f"sim_header {arch['sim_header']!r} is not one of {SIM_HEADERS}")
         self.arch = arch
         self.sim_header = arch["sim_header"]
+        self.precision: Optional[Precision] = None  # how a frozen teacher computes: see `in_precision`
         self.linear_patch = arch.get("linear_patch", "2d")
         self.clip = clip if clip is not None else build_clip(arch)
         width = arch["embed_dim"]
@@ -130,6 +149,7 @@ class CLIP4Clip(nn.Module):
 
     # ------------------------------------------------------------ features shared by every head
 
+    @in_precision
     def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Unnormalised text features `[N, D]`: the EOT row (largest id) after the causal transformer.
 
@@ -137,6 +157,7 @@ class CLIP4Clip(nn.Module):
         """
         return self.clip.encode_text(pad_ids(input_ids, self.context_length)).float()
 
+    @in_precision
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
         """Unnormalised per-frame CLIP features `[B, T, D]` (CLS token after ln_post and proj) from a video
         `[B, T, 3, H, W]`. Padded frames are encoded too; the heads mask them."""
@@ -175,6 +196,7 @@ class CLIP4Clip(nn.Module):
             return self.transformerClip(h, attn_mask=key_mask_bias(video_mask, heads, x.dtype)) + x
         return x
 
+    @in_precision
     def pool_frames(self, frames: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         """Video embeddings `[B, D]`, L2-normalised, from `frame_features`: head, per-frame L2, masked mean,
         L2 again."""
@@ -192,6 +214,7 @@ class CLIP4Clip(nn.Module):
 
     # ------------------------------------------------------------ tight head
 
+    @in_precision
     def cross_scores(self, text: torch.Tensor, frames: torch.Tensor, video_mask: torch.Tensor, *,
                      chunk_pairs: int = 4096) -> torch.Tensor:
         """tightTransf scores `[N, B]` from `text_features [N, D]` and `frame_features [B, T, D]`.
@@ -214,6 +237,7 @@ class CLIP4Clip(nn.Module):
 
     # ------------------------------------------------------------ the shared face
 
+    @in_precision
     def similarity_logits(self, input_ids, attention_mask, video, video_mask, *, chunk_pairs: int = 4096
                           ) -> torch.Tensor:
         """`[N, B]` (text rows, video columns): `logit_scale * text @ video.T` for the loose heads, the cross

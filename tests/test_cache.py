@@ -22,7 +22,7 @@ from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.pipeline import Run, teacher_arch
 from distill.recipe import SyntheticConfig, TeacherConfig, load_recipe
-from distill.train import OnlineTeacher
+from distill.train import OnlineTeacher, split_batch
 from teachers import CLIP4Clip, save_teacher
 from tiny import DATA, STUDENT, TRAIN
 
@@ -53,7 +53,7 @@ def train_pairs(root: Path, shared: int = 1) -> list:
 
 @pytest.mark.parametrize("sim_header", ["seqTransf", "tightTransf"])
 def test_cached_outputs_equal_the_online_teacher(data, tmp_path, sim_header):
-    """Several captions a video and several shards; batches looked up in any order."""
+    """Several captions a video and several shards; batches looked up in any order, whole or in micro-batches."""
     teacher = tiny_teacher(sim_header)
     dataset = VideoTextDataset(train_pairs(data, shared=3)[:30], {"teacher": View(4, 16), "student": View(3, 16)},
                                max_words=32)
@@ -64,7 +64,8 @@ def test_cached_outputs_equal_the_online_teacher(data, tmp_path, sim_header):
     cache = TeacherCache(tmp_path, key, teacher, device=torch.device("cpu"))
     for rows in ([5, 0, 29, 17, 3, 4], list(range(30))):
         batch = default_collate([dataset[i] for i in rows])
-        online, cached = OnlineTeacher(teacher)(batch), cache({"index": batch["index"]})
+        # Micro-batches give the outputs of their concatenation (a tight teacher scores across them).
+        online, cached = OnlineTeacher(teacher)(split_batch(batch, 2)), cache([{"index": batch["index"]}])
         assert online.keys() == cached.keys()
         for name in online:
             torch.testing.assert_close(cached[name], online[name], rtol=0, atol=1e-6, msg=name)
@@ -133,8 +134,12 @@ def test_distillation_from_the_cache_equals_online_distillation(runs):
             for name in ("online", "cached")]
     assert [r["step"] for r in logs[1]] == [1, 2, 3, 4, 5, 6]
     for online, cached in zip(*logs):
-        assert set(cached) == {"step", "loss", "lr", "kl_loss", "feature_loss", "contrastive_loss", "clips_per_s"}
-        for term in ("kl_loss", "feature_loss", "contrastive_loss"):
+        # Epochs end at steps 3 and 6 (48 pairs, batches of 16), with R@1 on the validation pairs.
+        validation = {f"val_{model}_{direction}_R1" for model in ("teacher", "student") for direction in ("t2v", "v2t")}
+        validation = validation if cached["step"] in (3, 6) else set()
+        assert set(cached) == {"step", "loss", "lr", "kl_loss", "feature_loss", "contrastive_loss", "clips_per_s",
+                               *validation}
+        for term in ("kl_loss", "feature_loss", "contrastive_loss", *validation):
             assert cached[term] == pytest.approx(online[term], rel=1e-5, abs=1e-6), (cached["step"], term)
     a, b = (load_file(runs / name / "student.safetensors") for name in ("online", "cached"))
     assert a.keys() == b.keys()

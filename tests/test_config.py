@@ -1,6 +1,7 @@
 """Strict recipe loading: defaults, nesting, overrides, error messages and the save/load round trip."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -130,7 +131,7 @@ def test_literal_choices(tmp_path):
     message = error(Recipe, write(tmp_path, "mixed_precision: bf61\n"))
     assert message == "mixed_precision: 'bf61' is not one of 'no', 'fp16', 'bf16'; did you mean 'bf16'?"
     message = error(Recipe, write(tmp_path, ""), ["stages=[data,distil]"])
-    assert message.startswith("stages[1]: 'distil' is not one of 'data', 'teacher', 'cache', 'distill'")
+    assert message.startswith("stages[1]: 'distil' is not one of 'data', 'prepare', 'teacher', 'cache', 'distill'")
     assert message.endswith("; did you mean 'distill'?")
     assert error(Outer, write(tmp_path, "inner: {mode: zzzz}\n")) == "inner.mode: 'zzzz' is not one of 'fast', 'slow'"
 
@@ -208,3 +209,22 @@ def test_load_recipe_uses_the_strict_loader(tmp_path):
         load_recipe(path, ["train.bach_size=1"])
     with pytest.raises(RecipeError, match=r"^stages: \['distill', 'data'\] must be a non-empty list of distinct stages in the order"):
         load_recipe(path, ["stages=[distill,data]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.accumulate=0", "train.accumulate: must be positive, got 0"),
+    ("loss.kl_temperature=0.0", "loss.kl_temperature: must be positive, got 0.0"),
+    ("loss.cross_weight=-1.0", "loss.cross_weight: must be zero or more, got -1.0"),
+])
+def test_values_out_of_range_name_the_key(tmp_path, override, message):
+    (tmp_path / "r.yaml").write_text("stages: [data]\n")
+    with pytest.raises(RecipeError, match=f"^{re.escape(message)}$"):
+        load_recipe(tmp_path / "r.yaml", [override])
+
+
+@pytest.mark.parametrize("term", ["feature_weight", "cross_weight"])
+def test_tight_teacher_refuses_terms_that_need_embeddings(tmp_path, term):
+    (tmp_path / "r.yaml").write_text("stages: [data, teacher, distill]\n")
+    overrides = ["teacher.sim_header=tightTransf", "loss.feature_weight=0", f"loss.{term}=1.0"]
+    with pytest.raises(RecipeError, match=f"^loss.{term}: a tightTransf teacher has no embeddings to match"):
+        load_recipe(tmp_path / "r.yaml", overrides)

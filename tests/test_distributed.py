@@ -1,5 +1,6 @@
 """Two CPU processes give what one process gives with the same global batch: the same gradients for one
-step of a tiny model, and the same losses, student and report after a tiny run through the real CLI.
+step of a tiny model, the same losses, student and report after a tiny run through the real CLI, and the
+same teacher cache, and distillation from it, through the CLI.
 
 Run as a script (`accelerate launch ... tests/test_distributed.py OUT`), this file is the worker of the
 gradient test.
@@ -20,9 +21,11 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch import nn
 
+from distill.cache import read_manifest
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig
-from distill.train import gather_outputs
+from distill.train import (concat_outputs, end_training, gather_outputs, split_batch, student_outputs,
+                           synchronise_batch_norm)
 from tiny import TINY as TINY_BASE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,14 +61,15 @@ class TwoTower(nn.Module):
         self.text, self.video = nn.Linear(6, 4), nn.Linear(5, 4)
         self.logit_scale_log = nn.Parameter(torch.tensor(1.5))
 
-    def forward(self, text: torch.Tensor, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"text_features": F.normalize(self.text(text), dim=-1),
+    def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
+        return {"text_features": F.normalize(self.text(input_ids), dim=-1),
                 "video_features": F.normalize(self.video(video), dim=-1),
                 "logit_scale": self.logit_scale_log.exp()}
 
 
-def one_step(accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    """Losses and gradients of one step on a global batch of 8, of which this process holds its share.
+def one_step(accelerator: Accelerator, accumulate: int) -> dict[str, torch.Tensor]:
+    """Losses and gradients of one step on a global batch of 8, of which this process holds its share,
+    in `accumulate` micro-batches.
 
     The loss has learned projections (student width 4, teacher width 3): parameters after the gather.
     """
@@ -73,17 +77,21 @@ def one_step(accelerator: Accelerator) -> dict[str, torch.Tensor]:
     model = TwoTower()
     loss_fn = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=4, teacher_dim=3)
     g = torch.Generator().manual_seed(1)
-    text, video = torch.randn(8, 6, generator=g), torch.randn(8, 5, generator=g)
-    teacher = {"text_features": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
-               "video_features": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
-               "logit_scale": torch.tensor(20.0)}
+    batch = {"input_ids": torch.randn(8, 6, generator=g), "attention_mask": torch.ones(8),
+             "student_video": torch.randn(8, 5, generator=g), "student_mask": torch.ones(8),
+             "teacher_text": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
+             "teacher_video": F.normalize(torch.randn(8, 3, generator=g), dim=-1)}
     model, loss_fn = accelerator.prepare(model, loss_fn)
     n = 8 // accelerator.num_processes
-    rows = slice(accelerator.process_index * n, (accelerator.process_index + 1) * n)
-    out = gather_outputs(model(text[rows], video[rows]))
-    teacher_out = gather_outputs({k: v[rows] if v.ndim else v for k, v in teacher.items()})
+    micro = split_batch({k: v[accelerator.process_index * n:][:n] for k, v in batch.items()}, accumulate)
+    # The teacher's outputs in the order of the student's: micro-batch by micro-batch, ranks within each.
+    teacher_out = concat_outputs([gather_outputs({"text_features": b["teacher_text"],
+                                                  "video_features": b["teacher_video"],
+                                                  "logit_scale": torch.tensor(20.0)}) for b in micro])
+    out, replay = student_outputs(model, micro, "student", accelerator)
     losses = loss_fn(out, teacher_out)
     accelerator.backward(sum(losses.values()))
+    replay()
     result = {f"loss/{k}": v.detach() for k, v in losses.items()}
     for prefix, module in (("model", model), ("loss", loss_fn)):
         for name, p in accelerator.unwrap_model(module).named_parameters():
@@ -92,19 +100,33 @@ def one_step(accelerator: Accelerator) -> dict[str, torch.Tensor]:
     return result
 
 
-def test_two_processes_give_the_one_process_gradients(tmp_path):
-    """Including the logit scale and the projections, which see the gathered batch on every process."""
-    done = launch(Path(__file__), str(tmp_path / "two.pt"), processes=2, cwd=tmp_path)
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_processes_give_the_one_process_gradients(tmp_path, accumulate):
+    """Including the logit scale and the projections, which see the gathered batch on every process; with
+    gradient accumulation too (4 micro-batches of 2 pairs over both processes, each replayed under DDP)."""
+    done = launch(Path(__file__), str(tmp_path / "two.pt"), str(accumulate), processes=2, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning: BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs)" in done.stdout
     two = torch.load(tmp_path / "two.pt")
-    one = one_step(Accelerator(cpu=True))
+    one = one_step(Accelerator(cpu=True), accumulate=1)
     assert two.pop("processes").item() == 2 and one.pop("processes").item() == 1
     assert two.keys() == one.keys()
     assert {"loss/contrastive_loss", "loss/kl_loss", "loss/feature_loss", "grad/model.logit_scale_log",
             "grad/loss.text_projection.weight"} <= set(one)
+    # Micro-batches put the global batch in another order (micro-batch by micro-batch, ranks within each):
+    # the same sums in another order, so rounding differs (up to 1.4e-6 on gradients of about 1).
+    rtol = 1e-5 if accumulate > 1 else 0
     for key in one:
         assert one[key].abs().max() > 0, key
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(two[key], one[key], rtol=rtol, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("accumulate", [2, 4, 8])
+def test_accumulation_gives_the_whole_batch_gradients(accumulate):
+    whole, micro = one_step(Accelerator(cpu=True), accumulate=1), one_step(Accelerator(cpu=True), accumulate)
+    assert whole.keys() == micro.keys()
+    for key in whole:
+        torch.testing.assert_close(micro[key], whole[key], rtol=0, atol=1e-6, msg=key)
 
 
 # The CLI
@@ -167,10 +189,73 @@ def test_same_report(runs):
     assert two == one
 
 
+# The teacher cache through the CLI
+
+
+@pytest.fixture(scope="module")
+def cache_runs(runs) -> Path:
+    """The tiny teacher of `runs` caches its outputs for the 48 train videos in 6 shards of 8, and a student
+    is distilled from that cache and exported, with 1 and with 2 processes (3 shards each)."""
+    run_py, recipe = REPO / "distill" / "run.py", str(REPO / "recipes" / "demo.yaml")
+    common = [f"data.root={runs / 'data'}", f"teacher.source={runs / 'teacher' / 'teacher.safetensors'}", *TINY,
+              "teacher.cache_videos_per_shard=8"]
+    for processes in (1, 2):
+        out = runs / f"cache_{processes}"
+        done = launch(run_py, recipe, f"output_dir={out}", "stages=[cache,distill,export]", *common,
+                      processes=processes, cwd=runs)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (f"cache: teacher outputs for 48 train pairs in {out / 'teacher_cache'} "
+                "(shards computed now: 6)") in done.stdout
+        assert f"distill: teacher outputs from {out / 'teacher_cache'}" in done.stdout
+        assert f"distill: 6 steps of 16 pairs split over {processes} process(es)" in done.stdout
+    return runs
+
+
+def test_two_processes_write_the_one_process_cache(cache_runs):
+    """Shard k is written by process k % 2: every shard, and the manifest, are those of one process."""
+    one, two = (cache_runs / f"cache_{p}" / "teacher_cache" for p in (1, 2))
+    manifest = read_manifest(one)
+    assert manifest["complete"] and manifest["shards"] == [f"shard_{k:05d}.safetensors" for k in range(6)]
+    assert manifest["key"]["dataset"]["pairs"] == manifest["key"]["dataset"]["videos"] == 48
+    assert read_manifest(two) == manifest
+    assert sorted(p.name for p in two.iterdir()) == ["manifest.json", *manifest["shards"]]
+    for k, name in enumerate(manifest["shards"]):
+        a, b = load_file(one / name), load_file(two / name)
+        assert a.keys() == b.keys() == {"video_features", "text_features", "logit_scale", "video_pairs",
+                                        "text_pairs", "text_videos", "video_valid"}
+        # One caption a video: pair i is video row i.
+        for index in ("video_pairs", "text_pairs", "text_videos"):
+            assert b[index].tolist() == list(range(8 * k, 8 * k + 8)), (name, index)
+        assert b["video_valid"].all()
+        for tensor in a:
+            assert torch.equal(b[tensor], a[tensor]), (name, tensor)
+
+
+def test_distillation_from_a_two_process_cache(cache_runs):
+    """Each process looks up the teacher outputs of the whole step from the pair indices it gathers, in
+    shards either process wrote."""
+    logs = (cache_runs / f"cache_{p}" / "distill_log.jsonl" for p in (1, 2))
+    one, two = ([json.loads(line) for line in log.read_text().splitlines()] for log in logs)
+    assert [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys() and a["kl_loss"] > 0 and a["feature_loss"] > 0
+        assert all(b[key] == pytest.approx(a[key], abs=1e-4) for key in a if key != "clips_per_s"), (a, b)
+    one, two = (load_file(cache_runs / f"cache_{p}" / "student.safetensors") for p in (1, 2))
+    assert one.keys() == two.keys()
+    noise = key_bias_slices(one)
+    for name in one:
+        a, b = one[name].clone(), two[name].clone()
+        if name in noise:
+            a[noise[name]] = b[noise[name]] = 0
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
+
+
 if __name__ == "__main__":
     accelerator = Accelerator()
-    result = one_step(accelerator)
+    norm = nn.BatchNorm1d(2)
+    assert synchronise_batch_norm(norm, accelerator) is norm  # on CPU, with the warning the test reads
+    result = one_step(accelerator, accumulate=int(sys.argv[2]))
     if accelerator.is_main_process:
         torch.save(result, sys.argv[1])
-    accelerator.wait_for_everyone()  # leave together: tearing down gloo early can abort the other rank
-    accelerator.end_training()
+    accelerator.wait_for_everyone()
+    end_training(accelerator)

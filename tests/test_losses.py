@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses import DistillationLoss, contrastive_loss, feature_loss, similarity, similarity_kl_loss
+from distill.losses import (DistillationLoss, contrastive_loss, cross_model_loss, feature_loss, similarity,
+                            similarity_kl_loss)
 from distill.recipe import LossConfig
 
 LOGITS = [[2.0, 0.0, 1.0],
@@ -190,11 +191,49 @@ def test_no_projection_without_feature_matching():
 def test_terms_are_multiplied_by_their_weights():
     student, teacher = outputs(4, 6), outputs(4, 8, seed=1)
     torch.manual_seed(0)
-    ones = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=6, teacher_dim=8)
-    twos = DistillationLoss(LossConfig(kl_weight=2.0, feature_weight=2.0, contrastive_weight=2.0,
+    ones = DistillationLoss(LossConfig(kl_temperature=2.0, cross_weight=1.0), student_dim=6, teacher_dim=8)
+    twos = DistillationLoss(LossConfig(kl_weight=2.0, feature_weight=2.0, contrastive_weight=2.0, cross_weight=2.0,
                                        kl_temperature=2.0), student_dim=6, teacher_dim=8)
     twos.load_state_dict(ones.state_dict())
     single, double = ones(student, teacher), twos(student, teacher)
-    assert set(single) == set(double) == {"contrastive_loss", "kl_loss", "feature_loss"}
+    assert set(single) == set(double) == {"contrastive_loss", "kl_loss", "feature_loss", "cross_loss"}
     for key in single:
         assert double[key].item() == pytest.approx(2 * single[key].item(), rel=1e-6)
+
+
+# cross-model contrastive
+
+
+def test_cross_model_matches_hand_computation():
+    """Student video i picks teacher caption i; student caption i picks teacher video i."""
+    student, teacher = outputs(3, 4), outputs(3, 4, seed=1)
+    cos = lambda a, b: [[sum(x * y for x, y in zip(r, c)) for c in b.tolist()] for r in a.tolist()]  # noqa: E731
+    video_rows = [[5.0 * v for v in row] for row in cos(student["video_features"], teacher["text_features"])]
+    text_rows = [[5.0 * v for v in row] for row in cos(student["text_features"], teacher["video_features"])]
+    expected = (sum(-log_softmax(video_rows[i], i) for i in range(3)) / 3
+                + sum(-log_softmax(text_rows[i], i) for i in range(3)) / 3) / 2
+    loss = cross_model_loss(student, teacher, torch.tensor(5.0))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cross_model_term_has_a_learned_scale_and_projections():
+    config = LossConfig(feature_weight=0.0, cross_weight=0.5, cross_temperature=0.05)
+    loss = DistillationLoss(config, student_dim=6, teacher_dim=8)
+    assert loss.cross_scale_log.item() == pytest.approx(math.log(20.0))
+    assert isinstance(loss.text_projection, nn.Linear)  # cross-model needs the teacher's width
+    student, teacher = outputs(4, 6, grad=True), outputs(4, 8, seed=1)
+    losses = loss(student, teacher)
+    assert set(losses) == {"contrastive_loss", "kl_loss", "cross_loss"}
+    projected = {key: loss.text_projection(student["text_features"]) if key == "text_features"
+                 else loss.video_projection(student["video_features"]) for key in ("text_features", "video_features")}
+    expected = 0.5 * cross_model_loss(projected, teacher, torch.tensor(20.0))
+    assert losses["cross_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    losses["cross_loss"].backward()
+    assert loss.cross_scale_log.grad.abs() > 0 and student["video_features"].grad.abs().sum() > 0
+    assert not hasattr(DistillationLoss(LossConfig(), student_dim=6, teacher_dim=8), "cross_scale_log")
+
+
+def test_cross_model_near_zero_when_the_student_equals_the_teacher():
+    same = outputs(4, 8)
+    same["text_features"] = same["video_features"] = torch.eye(4, 8)
+    assert cross_model_loss(same, same, torch.tensor(100.0)).item() < 1e-6

@@ -68,9 +68,23 @@ def test_training_logs_every_loss_term_and_checkpoints(demo):
     last = records[-1]
     assert last["loss"] == pytest.approx(last["kl_loss"] + last["feature_loss"] + last["contrastive_loss"], rel=1e-5)
     teacher_records = [json.loads(line) for line in (demo / "run" / "teacher_log.jsonl").read_text().splitlines()]
-    assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss", "clips_per_s"}
+    assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss", "clips_per_s",
+                                        "val_teacher_t2v_R1", "val_teacher_v2t_R1"}
     assert sorted(p.name for p in (demo / "run" / "checkpoints" / "distill").iterdir()) == \
         ["checkpoint_2", "checkpoint_4", "checkpoint_6"]
+
+
+def test_each_epoch_logs_validation_r1_of_teacher_and_student(demo):
+    """48 pairs in batches of 16: epochs end at steps 3 and 6. The validation subset (eval.val_pairs: 256)
+    holds all 16 test pairs here, so the last epoch's numbers are the report's."""
+    report = json.loads((demo / "run" / "report.json").read_text())
+    for stage, models in (("teacher", ["teacher"]), ("distill", ["teacher", "student"])):
+        records = [json.loads(line) for line in (demo / "run" / f"{stage}_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [3, 6]
+        for model in models:
+            for direction in ("t2v", "v2t"):
+                assert records[-1][f"val_{model}_{direction}_R1"] == report[model][direction]["R1"]
+        assert "val_student_t2v_R1" in records[0] or stage == "teacher"
 
 
 def test_exported_student_reproduces_report_in_new_process(demo):
@@ -143,6 +157,7 @@ def test_resume_from_checkpoint_ends_with_same_student(demo):
 @pytest.mark.parametrize("override, message", [
     ("train.bach_size=4", "unknown key 'train.bach_size'; did you mean 'train.batch_size'?"),
     ("teacher.source=missing.safetensors", "teacher.source: no such file: missing.safetensors"),
+    ("student.pretrained=vit.pth", "student.pretrained: no such weights file: vit.pth"),
     ("stages=[evaluate,distill]", "stages:"),
 ])
 def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
@@ -163,7 +178,9 @@ def test_tight_teacher_trains_distils_and_evaluates(demo):
     for model in ("teacher", "student"):
         assert 0 <= report[model]["t2v"]["R1"] <= report[model]["t2v"]["R10"] <= 100
     records = [json.loads(line) for line in (demo / "tight" / "distill_log.jsonl").read_text().splitlines()]
-    assert set(records[-1]) == {"step", "loss", "lr", "kl_loss", "contrastive_loss", "clips_per_s"}
+    assert set(records[-1]) == {"step", "loss", "lr", "kl_loss", "contrastive_loss", "clips_per_s",
+                                "val_teacher_t2v_R1", "val_teacher_v2t_R1", "val_student_t2v_R1", "val_student_v2t_R1"}
+    assert records[-1]["val_teacher_t2v_R1"] == report["teacher"]["t2v"]["R1"]  # tight: pairwise scoring
     assert load_teacher(demo / "tight" / "teacher.safetensors").sim_header == "tightTransf"
     # A tight teacher given as teacher.source is only known after loading: the run stops there.
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight2'}",

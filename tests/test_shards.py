@@ -12,10 +12,11 @@ from distill.data.formats import Pair, read_split
 from distill.data.shards import frame_settings, open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import VideoError
-from distill.pipeline import Run
+from distill.pipeline import Run, run_recipe
 from distill.prepare import main
 from distill.recipe import SyntheticConfig, load_recipe
 from distill.train import training_loader
+from tiny import STUDENT, TEACHER
 
 # 8 s at 4 fps; the teacher takes 8 frames at 32 px, the student 4 of them at 16 px.
 CONFIG = SyntheticConfig(num_train=7, num_test=3, size=32, fps=4, seconds=8, seed=1)
@@ -49,7 +50,7 @@ def datasets(recipe_path, split="train"):
 
 
 def test_raw_shards_give_exactly_the_decoded_clips(recipe, capsys):
-    assert main(["--encoding", "raw", str(recipe)]) == 0
+    assert main([str(recipe), "data.prepared_encoding=raw"]) == 0
     assert "10 videos in 1 shards" in capsys.readouterr().out
     for split in ("train", "test"):
         decoded, prepared = datasets(recipe, split)
@@ -148,6 +149,29 @@ def test_run_uses_only_shards_prepared_with_its_settings(recipe, capsys):
     assert run.dataset("test")[0]["teacher_video"].shape == (8, 3, 32, 32)
 
 
+def test_prepare_stage_trains_on_shards_and_gives_the_same_student(recipe, one_thread, capsys):
+    """stages [data, prepare, ...]: the data stage's datasets decode the videos, so prepare drops them and the
+    later stages read its raw shards, which hold exactly the decoded frames: the same teacher, student and
+    report as a run without prepare."""
+    tiny = [*TEACHER, *STUDENT, "teacher.train.batch_size=4", "teacher.train.max_steps=2", "train.batch_size=4",
+            "train.max_steps=2", "eval.batch_size=2", "log_with=[]", "data.prepared_encoding=raw"]
+    runs = {}
+    for stages in ("[data,prepare,teacher,distill,evaluate]", "[data,teacher,distill,evaluate]"):
+        output = recipe.parent / ("prepared" if "prepare" in stages else "decoded")
+        runs[stages] = run_recipe(load_recipe(recipe, [*tiny, f"stages={stages}", f"output_dir={output}"]))
+    prepared, decoded = runs.values()
+    log = capsys.readouterr().out
+    assert f"prepare: 10 videos as raw frames in {recipe.parent / 'prepared' / 'frames'}" in log
+    for split in ("train", "test"):
+        assert prepared.dataset(split).shards.folder == recipe.parent / "prepared" / "frames"
+        assert prepared.dataset(split).shards.encoding == "raw"
+        assert decoded.dataset(split).shards is None
+    assert prepared.report["student"] == decoded.report["student"]
+    assert prepared.report["teacher"] == decoded.report["teacher"]
+    a, b = prepared.student.state_dict(), decoded.student.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_video_that_fails_to_decode_is_recorded_and_skipped(root, tmp_path):
     good = [str(root / "videos" / f"train_0000{i}.mp4") for i in range(2)]
     broken = tmp_path / "broken.mp4"
@@ -167,7 +191,7 @@ def test_video_that_fails_to_decode_is_recorded_and_skipped(root, tmp_path):
 
 
 def test_damaged_shard_raises_video_error(recipe):
-    assert main(["--encoding", "raw", str(recipe)]) == 0
+    assert main([str(recipe), "data.prepared_encoding=raw"]) == 0
     _, prepared = datasets(recipe)
     shard = recipe.parent / "run/frames/shard_00000.bin"
     shard.write_bytes(shard.read_bytes()[:1000])
@@ -190,3 +214,15 @@ def test_workers_give_the_same_batches(recipe):
         for b0, b2 in zip(batches0, batches2):
             assert b0.keys() == b2.keys() and all(torch.equal(b0[k], b2[k]) for k in b0)
     assert not torch.equal(epochs[0][0][0]["index"], epochs[0][1][0]["index"])  # a new order each epoch
+
+
+def test_damaged_jpeg_frame_raises_video_error(recipe):
+    assert main([str(recipe)]) == 0
+    _, prepared = datasets(recipe)
+    shard = recipe.parent / "run/frames/shard_00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[:2] = b"\x00\x00"  # the first frame's JPEG start marker
+    shard.write_bytes(bytes(data))
+    with pytest.raises(VideoError, match=f"damaged frames of video {prepared.video_ids[0]} in {shard}"):
+        prepared.frames(0)
+    assert prepared.frames(1)[16].shape == (8, 3, 16, 16)  # the other videos still read

@@ -172,3 +172,52 @@ def test_load_student_rejects_other_safetensors(tmp_path):
     broken.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="broken.safetensors"):
         load_student(broken)
+
+
+# Pretrained backbones
+
+
+def timm_weights(path: Path, **kwargs) -> dict[str, torch.Tensor]:
+    """A timm ViT-Tiny-class classifier's weights at random, written as an ImageNet checkpoint would be
+    (with its 10-class head); returns them."""
+    import timm
+    torch.manual_seed(7)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, patch_size=8, depth=1, **kwargs)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_backbone_loads_local_timm_weights(tmp_path, suffix):
+    weights = timm_weights(tmp_path / f"vit{suffix}", img_size=16)
+    student = Student({**student_config("vit", "mean"), "pretrained": str(tmp_path / f"vit{suffix}")})
+    backbone = student.backbone.state_dict()
+    assert backbone.keys() == {k for k in weights if not k.startswith("head.")}  # the classifier is dropped
+    for name, value in backbone.items():
+        assert torch.equal(value, weights[name]), name
+    # Only the backbone trains at coef_lr; the temporal head, projection and text tower are new.
+    assert {id(p) for p in student.pretrained_parameters()} == {id(p) for p in student.backbone.parameters()}
+    assert not Student(student_config("vit", "mean")).pretrained_parameters()
+
+
+def test_pretrained_position_embeddings_follow_the_image_size(tmp_path):
+    """Weights for 32 px frames into a 16 px student: timm resamples the 4x4 patch grid to 2x2."""
+    weights = timm_weights(tmp_path / "vit.safetensors", img_size=32)
+    student = Student({**student_config("vit", "mean"), "pretrained": str(tmp_path / "vit.safetensors")})
+    assert weights["pos_embed"].shape == (1, 1 + 16, 192)
+    assert student.backbone.pos_embed.shape == (1, 1 + 4, 192)
+    assert torch.equal(student.backbone.pos_embed[0, 0], weights["pos_embed"][0, 0])  # the class token's
+
+
+def test_export_of_a_pretrained_student_loads_without_the_weights_file(tmp_path):
+    timm_weights(tmp_path / "vit.safetensors", img_size=16)
+    student = Student({**student_config("vit", "transformer"), "pretrained": str(tmp_path / "vit.safetensors")})
+    export_student(student, tmp_path / "student.safetensors")
+    (tmp_path / "vit.safetensors").unlink()
+    loaded = load_student(tmp_path / "student.safetensors")
+    for name, value in student.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

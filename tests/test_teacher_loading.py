@@ -224,6 +224,26 @@ def test_similarity_logits_equal_the_original(checkpoints, teachers, head, mask_
 
 
 @pytest.mark.parametrize("head", HEADS)
+def test_bf16_precision_stays_near_the_original_and_fp32_ignores_outer_autocast(checkpoints, teachers, head):
+    """What a CUDA run does by default (precision auto), on CPU: bf16 autocast inside the teacher, float32
+    out. fp32 keeps a teacher exact even inside the student's mixed-precision autocast."""
+    sd, path = checkpoints[head]
+    input_ids, attention_mask, video, mask = inputs("mixed")
+    reference = reference_logits(sd, head, input_ids, video, mask)
+    fp32, bf16 = teachers[head], load_teacher(path, precision="bf16")
+    assert fp32.precision == "fp32" and bf16.precision == "bf16"  # auto on CPU is fp32
+    with torch.no_grad():
+        low = bf16.similarity_logits(input_ids, attention_mask, video, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = fp32.similarity_logits(input_ids, attention_mask, video, mask)
+            frames = fp32.frame_features(video)
+    assert low.dtype == inside.dtype == frames.dtype == torch.float32
+    torch.testing.assert_close(inside, reference, atol=ATOL, rtol=0)
+    error = (low - reference).abs().max().item()
+    assert 0 < error < 0.05 * reference.abs().max().item()  # bf16 really ran, and stays close
+
+
+@pytest.mark.parametrize("head", HEADS)
 def test_architecture_and_head_come_from_the_checkpoint(teachers, head):
     teacher = teachers[head]
     assert teacher.sim_header == head and teacher.is_tight == (head == "tightTransf")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
-from distill.train import train
+from distill.train import synchronise_batch_norm, train
 
 
 class Pairs(Dataset):
@@ -143,3 +143,34 @@ def test_log_lines_go_to_the_trackers(tmp_path):
     assert set(recorder.logged[-1][1]) == {"distill/loss", "distill/contrastive_loss", "distill/lr",
                                            "distill/clips_per_s"}
     assert recorder.logged[-1][1]["distill/clips_per_s"] > 0
+
+
+class PretrainedText(TinyModel):
+    """Its text embedding stands for weights loaded from a pretrained file."""
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        return list(self.embedding.parameters())
+
+
+@pytest.mark.parametrize("coef_lr", [0.0, 0.1])
+def test_pretrained_parameters_train_at_lr_times_coef_lr(tmp_path, coef_lr):
+    """With coef_lr 0 they stay as loaded. Adam's first step moves a weight by its group's learning rate
+    (times g / (|g| + eps), which is 1 but for tiny gradients)."""
+    torch.manual_seed(0)
+    model = PretrainedText()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    config = TrainConfig(batch_size=4, max_steps=1, lr=0.06, coef_lr=coef_lr, weight_decay=0.0, warmup_ratio=1.0,
+                         grad_clip=0.0)
+    train(model, FailingLoss(at=0, value=0.0), Pairs(), config, accelerator=accelerator, view="student", seed=0,
+          run_dir=tmp_path, name="distill")
+    step = {k: (v - before[k]).abs().max().item() for k, v in model.state_dict().items()}
+    assert step["video.weight"] == pytest.approx(0.06, rel=1e-4)
+    assert step["embedding.weight"] == pytest.approx(0.06 * coef_lr, rel=1e-4)
+
+
+def test_one_process_keeps_batch_norm_as_it_is():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    accelerator = Accelerator(cpu=True)
+    assert synchronise_batch_norm(model, accelerator) is model
+    assert isinstance(model[1], nn.BatchNorm1d) and not isinstance(model[1], nn.SyncBatchNorm)

@@ -81,6 +81,14 @@ class VideoTextDataset(Dataset):
             selected.decoded = {}
         return selected
 
+    def subset(self, count: int) -> VideoTextDataset:
+        """The first `count` pairs (all of them when there are fewer), e.g. a validation subset of the test
+        split; clips kept in memory are shared."""
+        part = copy.copy(self)
+        part.video_ids, part.captions = self.video_ids[:count], self.captions[:count]
+        part.input_ids, part.attention_mask = self.input_ids[:count], self.attention_mask[:count]
+        return part
+
     def frames(self, index: int) -> dict[int, torch.Tensor]:
         """The clip of pair `index` at every view size: size -> uint8 `[k, 3, size, size]` resized, cropped frames."""
         video = self.video_ids[index]

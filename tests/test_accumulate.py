@@ -1,0 +1,130 @@
+"""Gradient accumulation keeps the losses over the whole batch: the same training as one pass over the
+batch, with dropout replayed identically and running statistics updated once per micro-batch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.losses import DistillationLoss
+from distill.recipe import LossConfig, TrainConfig
+from distill.train import OnlineTeacher, split_batch, student_outputs, train
+
+
+class Pairs(Dataset):
+    """16 random caption-clip pairs with a teacher view and a student view."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(1, 50, (16, 5), generator=g)
+        self.video = torch.randn(16, 2, 3, 4, 4, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        clip, mask = self.video[i], torch.ones(2, dtype=torch.long)
+        return {"index": torch.tensor(i), "input_ids": self.ids[i], "attention_mask": torch.ones(5, dtype=torch.long),
+                "student_video": clip, "student_mask": mask, "teacher_video": clip.flip(0), "teacher_mask": mask}
+
+
+class TwoTower(nn.Module):
+    """Embedding bag for text, a linear layer over frames; `dropout` and BatchNorm make the forward pass
+    random and batch-dependent."""
+
+    is_tight = False
+
+    def __init__(self, dropout: float = 0.0, batch_norm: bool = False):
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(50, 8)
+        self.video = nn.Linear(3 * 4 * 4, 8)
+        self.norm = nn.BatchNorm1d(8) if batch_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.logit_scale_log = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
+        frames = self.dropout(self.video(video.flatten(2))).mean(1)
+        return {"text_features": F.normalize(self.dropout(self.embedding(input_ids)), dim=-1),
+                "video_features": F.normalize(self.norm(frames), dim=-1),
+                "logit_scale": self.logit_scale_log.exp()}
+
+
+def accelerator() -> Accelerator:
+    return Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def distill(run_dir, accumulate: int) -> tuple[TwoTower, list[dict]]:
+    """Six steps of 8 pairs with every loss term and a frozen teacher; the student and the log."""
+    run_dir.mkdir()
+    torch.manual_seed(1)
+    teacher = TwoTower().requires_grad_(False)
+    torch.manual_seed(0)
+    student = TwoTower()
+    loss = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=8, teacher_dim=8)
+    train(student, loss, Pairs(), TrainConfig(batch_size=8, max_steps=6, log_every=1, lr=1e-2, accumulate=accumulate),
+          accelerator=accelerator(), view="student", seed=0, run_dir=run_dir, name="distill",
+          teacher=OnlineTeacher(teacher))
+    return student, [json.loads(line) for line in (run_dir / "distill_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("accumulate", [2, 8])
+def test_accumulated_training_equals_whole_batches(tmp_path, accumulate):
+    whole, whole_log = distill(tmp_path / "whole", 1)
+    micro, micro_log = distill(tmp_path / "micro", accumulate)
+    assert {"contrastive_loss", "kl_loss", "feature_loss"} <= whole_log[0].keys()
+    for a, b in zip(whole_log, micro_log, strict=True):
+        assert all(b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-6) for key in a if key != "clips_per_s")
+    assert whole_log[-1]["loss"] < 0.9 * whole_log[0]["loss"]  # it trains, so the equality means something
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(micro.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_replay_draws_the_same_dropout_and_updates_running_statistics_once():
+    """With dropout and BatchNorm, the gradients equal those of a graph kept over every micro-batch (the
+    same random draws in the same order), and the running statistics move once per micro-batch."""
+    batch = {key: torch.stack([Pairs()[i][key] for i in range(8)]) for key in Pairs()[0]}
+    micro = split_batch(batch, 4)
+    loss_fn = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
+    models, draws = [], []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        model = TwoTower(dropout=0.5, batch_norm=True).train()
+        torch.manual_seed(5)
+        if cached:
+            out, replay = student_outputs(model, micro, "student", accelerator())
+        else:
+            parts = [model(b["input_ids"], b["attention_mask"], b["student_video"], b["student_mask"]) for b in micro]
+            out = {"text_features": torch.cat([p["text_features"] for p in parts]),
+                   "video_features": torch.cat([p["video_features"] for p in parts]),
+                   "logit_scale": parts[0]["logit_scale"]}
+            replay = lambda: None  # noqa: E731
+        sum(loss_fn(out, None).values()).backward()
+        replay()
+        models.append(model)
+        draws.append(torch.rand(3))  # the replay leaves the random state where the first pass left it
+    direct, cached = models
+    assert torch.equal(draws[0], draws[1])
+    for name, grad in gradients(direct).items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(gradients(cached)[name], grad, rtol=0, atol=1e-6, msg=name)
+    assert int(cached.norm.num_batches_tracked) == 4
+    torch.testing.assert_close(cached.norm.running_mean, direct.norm.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(cached.norm.running_var, direct.norm.running_var, rtol=0, atol=0)
+
+
+def test_batch_must_split_into_micro_batches(tmp_path):
+    loss = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
+    with pytest.raises(ValueError, match="batch_size 8 is the global batch and must split evenly over the 1 "
+                                         "processes and train.accumulate=3 micro-batches"):
+        train(TwoTower(), loss, Pairs(), TrainConfig(batch_size=8, max_steps=1, accumulate=3),
+              accelerator=accelerator(), view="student", seed=0, run_dir=tmp_path, name="distill")

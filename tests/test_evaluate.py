@@ -1,0 +1,48 @@
+"""Evaluation: the report does not depend on how many DataLoader workers decode the test clips."""
+from dataclasses import asdict
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from distill.data.dataset import VideoTextDataset, View
+from distill.data.formats import read_jsonl
+from distill.data.synthetic import generate_synthetic
+from distill.evaluate import evaluate
+from distill.pipeline import teacher_arch
+from distill.recipe import StudentConfig, SyntheticConfig, TeacherConfig
+from students import Student
+from teachers import CLIP4Clip
+
+
+@pytest.fixture(scope="module")
+def test_pairs(tmp_path_factory) -> list[tuple[str, str]]:
+    """10 captions of 5 clips, every two consecutive captions sharing a video (the multi-sentence metrics)."""
+    root = generate_synthetic(tmp_path_factory.mktemp("evaluate") / "data",
+                              SyntheticConfig(num_train=2, num_test=10, size=32, fps=4, seconds=4, seed=3))
+    pairs = read_jsonl(root / "test.jsonl", root, root).pairs
+    return [(pairs[i - i % 2].video, pair.caption) for i, pair in enumerate(pairs)]
+
+
+def test_workers_give_the_same_report(test_pairs, one_thread):
+    torch.manual_seed(0)
+    teacher = CLIP4Clip(teacher_arch(TeacherConfig(max_frames=4, image_size=32, vision_width=64, vision_layers=1,
+                                                   text_width=64, text_layers=1, cross_layers=1), max_words=16))
+    student = Student({**asdict(StudentConfig(
+        max_frames=3, image_size=16, embed_dim=32, text_width=32, text_layers=1, text_heads=2,
+        backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1})), "max_words": 16})
+    models = {"teacher": teacher.eval(), "student": student.eval()}
+    reports, decoded_here = [], []
+    for workers in (0, 2):
+        # keep_decoded shows where clips were decoded: each worker process keeps its own.
+        dataset = VideoTextDataset(test_pairs, {"teacher": View(4, 32), "student": View(3, 16)}, max_words=16,
+                                   keep_decoded=True)
+        reports.append(evaluate(models, dataset, batch_size=2, accelerator=Accelerator(cpu=True),
+                                num_workers=workers))
+        decoded_here.append(len(dataset.decoded))
+    assert decoded_here[0] == 5 and decoded_here[1] < 5  # with workers, only the cost count's clip decodes here
+    assert reports[0]["test_pairs"] == 10 and reports[0]["test_videos"] == 5
+    for name in models:
+        assert reports[0][name] == reports[1][name]
+        assert set(reports[0][name]["t2v"]) == {"R1", "R5", "R10", "MdR", "MnR"}
+        assert 1 <= reports[0][name]["t2v"]["MnR"] <= 5
