@@ -1,9 +1,10 @@
 """Training throughput at the demo recipe's sizes: the student alone (contrastive loss), distillation with
-the teacher online, and distillation from the teacher cache, measured in one run.
+the teacher online, and distillation from the teacher cache, whole batches and in 4 accumulated
+micro-batches, measured in one run.
 
     python benchmarks/bench_train.py [--rounds 3] [--steps 12] [dotted.key=value ...]
 
-The three modes run in turn, `--rounds` times (interleaved, so a slow spell of a shared machine hits them
+The modes run in turn, `--rounds` times (interleaved, so a slow spell of a shared machine hits them
 alike), `--steps` optimizer steps each; the throughput of every step but the first two of a run (read from
 the `clips_per_s` of the training log) goes into the median. The teacher has the demo's architecture and
 random weights (its cost does not depend on them); the data is the demo's (`data.root`, generated if
@@ -20,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def main() -> None:
     from distill.recipe import LossConfig, TrainConfig, load_recipe
     from distill.train import OnlineTeacher, train
     from students import Student
-    from teachers import CLIP4Clip
+    from teachers import CLIP4Clip, load_teacher, save_teacher
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(REPO / "recipes" / "demo.yaml", [f"output_dir={tmp}", *args.overrides])
@@ -53,33 +54,36 @@ def main() -> None:
             generate_synthetic(r.data.root, r.data.synthetic)
         run = Run(recipe)
         set_seed(r.seed)
-        run.teacher = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words)).to(run.accelerator.device).eval()
-        run.teacher.requires_grad_(False)
+        # Saved and loaded as a run loads a teacher: its precision (bf16 autocast on CUDA) is the run's.
+        save_teacher(CLIP4Clip(teacher_arch(r.teacher, r.data.max_words)), Path(tmp) / "teacher.safetensors")
+        run.teacher = load_teacher(Path(tmp) / "teacher.safetensors", device=run.accelerator.device,
+                                   precision=r.teacher.precision)
         pairs = len(run.dataset("train"))
         start = time.perf_counter()
         run.stage_cache()  # also decodes every clip once, which the demo keeps in memory (data.keep_decoded)
         cache_seconds = time.perf_counter() - start
         cached, student_views = run.teacher_outputs()
 
-        modes = {
+        modes = {  # mode: loss, teacher outputs, views read, micro-batches a step
             "student only (contrastive)": (LossConfig(kl_weight=0, feature_weight=0, contrastive_weight=1),
-                                           None, ("student",)),
-            "distill, online teacher": (r.loss, OnlineTeacher(run.teacher), ("teacher", "student")),
-            "distill, teacher cache": (r.loss, cached, student_views),
+                                           None, ("student",), 1),
+            "distill, online teacher": (r.loss, OnlineTeacher(run.teacher), ("teacher", "student"), 1),
+            "distill, teacher cache": (r.loss, cached, student_views, 1),
+            "distill, teacher cache, train.accumulate=4": (r.loss, cached, student_views, 4),
         }
         config = TrainConfig(**{**asdict(r.train), "max_steps": args.steps, "log_every": 1, "checkpoint_every": 0})
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
         for round_ in range(args.rounds):
-            for mode, (loss_config, teacher, views) in modes.items():
+            for mode, (loss_config, teacher, views, accumulate) in modes.items():
                 set_seed(r.seed)
                 student = Student({**asdict(r.student), "max_words": r.data.max_words})
                 loss = DistillationLoss(loss_config, student_dim=r.student.embed_dim,
                                         teacher_dim=run.teacher.arch["embed_dim"])
-                folder = Path(tmp) / f"{round_}-{len(rates[mode])}-{mode.split()[-1]}"
+                folder = Path(tmp) / f"{round_}-{list(modes).index(mode)}"
                 folder.mkdir()
-                train(student, loss, run.dataset("train", views), config, accelerator=run.accelerator,
-                      view="student", seed=r.seed, run_dir=folder, name="bench", teacher=teacher,
-                      num_workers=r.data.num_workers)
+                train(student, loss, run.dataset("train", views), replace(config, accumulate=accumulate),
+                      accelerator=run.accelerator, view="student", seed=r.seed, run_dir=folder, name="bench",
+                      teacher=teacher, num_workers=r.data.num_workers)
                 records = [json.loads(line) for line in (folder / "bench_log.jsonl").read_text().splitlines()]
                 rates[mode] += [record["clips_per_s"] for record in records[2:]]
         run.accelerator.end_training()
