@@ -9,9 +9,9 @@ import distill.data.shards as shards_module
 from distill.data.checks import check_videos
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import Pair, read_split
-from distill.data.shards import frame_settings, open_shards, prepare_frames
+from distill.data.shards import FORMAT, decode_tile, encode_tile, frame_settings, open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
-from distill.data.video import VideoError
+from distill.data.video import VideoError, load_frames, resize_crop
 from distill.pipeline import Run, run_recipe
 from distill.prepare import main
 from distill.recipe import SyntheticConfig, load_recipe
@@ -66,8 +66,10 @@ def test_raw_shards_give_exactly_the_decoded_clips(recipe, capsys):
 def test_jpeg_shards_are_close_and_smaller(recipe):
     assert main([str(recipe)]) == 0
     manifest = json.loads((recipe.parent / "run/frames/manifest.json").read_text())
-    assert manifest["encoding"] == "jpeg" and manifest["settings"]["sizes"] == [16, 32]
+    assert manifest["format"] == FORMAT and manifest["encoding"] == "jpeg"
+    assert manifest["settings"]["sizes"] == [16, 32]
     assert manifest["settings"]["max_frames"] == 8 and len(manifest["videos"]) == 10 and not manifest["failed"]
+    assert all(len(lengths) == 2 and k == 8 for _, _, k, lengths in manifest["videos"].values())  # a tile a size
     decoded, prepared = datasets(recipe)
     errors = []
     for i in range(len(decoded)):
@@ -79,7 +81,52 @@ def test_jpeg_shards_are_close_and_smaller(recipe):
     # of these 16 and 32 px frames by 1-6 levels on average (BENCHMARKS.md: under 5 on noise-like 224 px video).
     assert max(errors) < 0.1 and sum(errors) / len(errors) < 0.06, errors
     size = (recipe.parent / "run/frames/shard_00000.bin").stat().st_size
-    assert size < 10 * 8 * 3 * (32 * 32 + 16 * 16) / 2  # under half of raw even at these sizes
+    assert size < 10 * 8 * 3 * (32 * 32 + 16 * 16) / 4  # under a quarter of raw even at these sizes
+
+
+@pytest.mark.parametrize("size", [16, 32, 36, 224])
+def test_jpeg_tile_decodes_to_the_frames_within_jpeg_error(root, size):
+    """A clip's frames side by side in one JPEG come back as `[k, 3, s, s]` within JPEG's error. For sizes
+    that are multiples of 16 (the 4:2:0 block) every column but each frame's first and last is the pixels a
+    JPEG of that frame alone gives; there chroma is interpolated with the neighbouring frame."""
+    frames = resize_crop(load_frames(str(root / "videos/train_00002.mp4"), max_frames=8), size)  # 8 3 s s
+    tile = encode_tile(frames)
+    decoded = decode_tile(tile, 8, size)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (8, 3, size, size) and decoded.is_contiguous()
+    error = (decoded.float() - frames.float()).abs()
+    # Levels of 255. JPEG's 4:2:0 chroma blurs the sharp colour edges of these small synthetic frames.
+    assert error.mean() < 3 and error.max() < 160, (error.mean(), error.max())
+    alone = torch.cat([decode_tile(encode_tile(frame[None]), 1, size) for frame in frames])
+    assert abs(error.mean() - (alone.float() - frames.float()).abs().mean()) < 0.25  # 0.14 at 36 px, 0.003 at 32
+    if size % 16 == 0:
+        assert torch.equal(decoded[..., 1:-1], alone[..., 1:-1])
+    assert len(tile) < sum(len(encode_tile(frame[None])) for frame in frames)  # one header, not 8
+
+
+def test_shards_of_another_format_are_refused(recipe, capsys):
+    """Shards prepared by an earlier version (a JPEG a frame, no format in the manifest) or in a format this
+    version does not know are neither read nor prepared into."""
+    assert main([str(recipe)]) == 0
+    folder = recipe.parent / "run/frames"
+    for found, named in ((None, "the format of earlier versions (a JPEG a frame, no format recorded)"),
+                         ("clip4clip-distill/frame-shards-3", "format clip4clip-distill/frame-shards-3")):
+        for name in ("manifest.json", "shard_00000.json"):
+            data = json.loads((folder / name).read_text())
+            data.pop("format", None)
+            if found is not None:
+                data["format"] = found
+            (folder / name).write_text(json.dumps(data))
+        run = Run(load_recipe(recipe))
+        assert run.dataset("train").shards is None
+        assert f"the frame shards in {folder} are in {named}, this version reads {FORMAT}" in capsys.readouterr().out
+        assert main([str(recipe)]) == 2
+        assert f"{folder} holds frame shards in {named}, this version writes {FORMAT}" in capsys.readouterr().err
+
+
+def test_tile_wider_than_jpeg_allows_is_refused(tmp_path):
+    settings = {"max_frames": 300, "framerate": 1, "slice_framepos": 2, "backend": "decord", "sizes": [224]}
+    with pytest.raises(ValueError, match="300 frames at 224 px make a JPEG tile 67200 px wide"):
+        prepare_frames(["any.mp4"], tmp_path / "frames", settings)
 
 
 def test_killed_prepare_continues_where_it_stopped(recipe, monkeypatch):
@@ -216,13 +263,20 @@ def test_workers_give_the_same_batches(recipe):
     assert not torch.equal(epochs[0][0][0]["index"], epochs[0][1][0]["index"])  # a new order each epoch
 
 
-def test_damaged_jpeg_frame_raises_video_error(recipe):
+@pytest.mark.parametrize("index", [0, 3])
+def test_damaged_jpeg_tile_raises_video_error(recipe, index):
+    """The start marker of a video's 32 px tile (its second) destroyed: reading that video raises a VideoError
+    naming it, the shard and the tile; the other videos still read."""
     assert main([str(recipe)]) == 0
     _, prepared = datasets(recipe)
+    video = prepared.video_ids[index]
+    _, offset, _, lengths = prepared.shards.videos[video]
     shard = recipe.parent / "run/frames/shard_00000.bin"
     data = bytearray(shard.read_bytes())
-    data[:2] = b"\x00\x00"  # the first frame's JPEG start marker
+    assert data[offset + lengths[0]:offset + lengths[0] + 2] == b"\xff\xd8"  # JPEG's start of image
+    data[offset + lengths[0]:offset + lengths[0] + 2] = b"\x00\x00"
     shard.write_bytes(bytes(data))
-    with pytest.raises(VideoError, match=f"damaged frames of video {prepared.video_ids[0]} in {shard}"):
-        prepared.frames(0)
-    assert prepared.frames(1)[16].shape == (8, 3, 16, 16)  # the other videos still read
+    with pytest.raises(VideoError, match=f"damaged frames of video {video} in {shard} .the 8-frame tile at 32 px."):
+        prepared.frames(index)
+    assert prepared.shards.read(video, [16])[16].shape == (8, 3, 16, 16)  # its 16 px tile is intact
+    assert prepared.frames(index + 1)[32].shape == (8, 3, 32, 32)  # the other videos still read

@@ -1,19 +1,38 @@
 """Frame shards: every video of a dataset decoded once, stored at the sizes the recipe's views need.
 
-Decoding a 12-frame clip from H.264 costs 50-400 ms; reading the same frames back from 224 px JPEGs costs
-about 2 ms. `prepare_frames` decodes each video once with CLIP4Clip's sampling, resizes and crops the frames
+Decoding a 12-frame clip from H.264 costs 50-400 ms; reading the same frames back from 224 px JPEG costs
+about 3 ms. `prepare_frames` decodes each video once with CLIP4Clip's sampling, resizes and crops the frames
 once per view size (`resize_crop`, the uint8 half of `preprocess`), and appends them to shard files;
 `FrameShards` reads them back. A clip read from shards equals a decoded one exactly with `encoding="raw"`,
-and within JPEG error with `encoding="jpeg"` (the default: 8x smaller).
+and within JPEG error with `encoding="jpeg"` (the default: 7x smaller at 224 px).
 
 A frames folder holds
     shard_00000.bin    the frames of up to VIDEOS_PER_SHARD videos, one after another: per video, for each
-                       size (ascending), its k frames as JPEG files or raw uint8 `[3, s, s]` arrays
-    shard_00000.json   the index of a finished shard: settings, its videos, per video the offset in the
-                       .bin and the byte length of every frame; written after the .bin is complete
+                       size s (ascending), one tile of its k frames: a JPEG of the frames side by side
+                       (k * s wide, s high), or raw uint8 `[k, 3, s, s]`
+    shard_00000.json   the index of a finished shard: FORMAT, settings, its videos, per video the offset in
+                       the .bin, k and the byte length of each tile; written after the .bin is complete
     manifest.json      all shard indexes together, written last: what the dataset reads
 Every file is written under a temporary name and renamed, so a killed prepare leaves only finished shards,
-and the next one starts at the first unfinished shard.
+and the next one starts at the first unfinished shard. Shards in another FORMAT (those of earlier versions,
+a JPEG a frame, record none) are not read, and a prepare into their folder is refused.
+
+A JPEG a clip and size rather than a frame, because Pillow's cost per image dominates small frames: 8 frames
+at 32-36 px decode 4-6x faster as one tile (12 at 224 px about 8% faster), and a tile is smaller (one header).
+Side by side rather than stacked, because the decoder also costs per row: stacked, those 8 frames decode
+1.4-2.5x slower.
+
+The frames of a tile are not fully independent. With 4:2:0 chroma a JPEG block covers 16 x 16 pixels, so
+when s is a multiple of 16 every block lies inside one frame, and every column decodes as from a JPEG of its
+frame alone except the first and the last: the decoder interpolates chroma between neighbouring columns, so
+they take a quarter of the neighbouring frame's colour. On the real-like clip of benchmarks/bench_data.py at
+224 px that raises their mean error from 4.7 to 7.6 levels of 255, the clip's from 4.57 to 4.59 (max 49
+either way); at 32 px the clip's from 7.42 to 7.50 (max 50 -> 55), and over 64 demo clips from 2.40 to 2.39
+(max 95 either way). Between a red and a blue frame it reaches 77 levels there (1 elsewhere). For other
+sizes (36, 40) a block holds the end of one frame and the start of the next, and each frame sits at another
+offset of the block grid, so every column differs a little from a JPEG of the frame alone: on the real-like
+clip at 36 px the mean error goes from 7.32 to 7.37 (edge columns 7.4 -> 9.2), the max from 51 to 56; over
+64 demo clips at 36 px from 2.02 to 2.05 (a single clip: up to 0.2).
 """
 from __future__ import annotations
 
@@ -39,8 +58,10 @@ if TYPE_CHECKING:
     from distill.recipe import DataConfig
 
 Encoding = Literal["jpeg", "raw"]
+FORMAT = "clip4clip-distill/frame-shards-2"  # 2: a tile a clip and size; before it (none recorded): a JPEG a frame
 VIDEOS_PER_SHARD = 256  # 12 frames at 224 px: about 30 MB of JPEG a shard, the work a kill can lose
 JPEG_QUALITY = 90  # 12 frames at 224 px: about 100-200 KB a clip, mean error about 1-2 levels of 255
+JPEG_MAX_WIDTH = 65500  # libjpeg's largest side: a JPEG tile holds at most 65500 // size frames (292 at 224 px)
 
 
 def frame_settings(data: DataConfig, views: dict[str, View]) -> dict:
@@ -79,7 +100,8 @@ class FrameShards:
         self.sizes: list[int] = manifest["settings"]["sizes"]
         self.encoding: Encoding = manifest["encoding"]
         self.shards: list[str] = manifest["shards"]
-        self.videos: dict[str, list] = manifest["videos"]  # video -> [shard index, offset, frame byte lengths]
+        self.paths = [self.folder / name for name in self.shards]
+        self.videos: dict[str, list] = manifest["videos"]  # video -> [shard index, offset, frames, tile lengths]
         self.failed: dict[str, str] = manifest["failed"]
 
     def __contains__(self, video: str) -> bool:
@@ -96,61 +118,60 @@ class FrameShards:
         """
         if video in self.failed:
             raise VideoError(self.failed[video])
-        shard, offset, lengths = self.videos[video]
-        path = self.folder / self.shards[shard]
+        shard, offset, k, lengths = self.videos[video]
+        path = self.paths[shard]
         buffer = bytearray(sum(lengths))
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:  # one read: a buffer would only add cost
                 f.seek(offset)
                 complete = f.readinto(buffer) == len(buffer)
         except OSError as error:
             raise VideoError(f"cannot read the frames of video {video} from {path}: {error}") from None
         if not complete:
             raise VideoError(f"frame shard {path} is truncated: it ends inside the frames of video {video}")
-        data = torch.frombuffer(buffer, dtype=torch.uint8)
         starts = [0, *accumulate(lengths)]
-        k = len(lengths) // len(self.sizes)
         clips = {}
         for j, size in enumerate(self.sizes):
             if sizes is not None and size not in sizes:
                 continue
-            first, last = j * k, (j + 1) * k  # this size's frames
+            tile = memoryview(buffer)[starts[j]:starts[j + 1]]
             if self.encoding == "raw":
-                clips[size] = data[starts[first]:starts[last]].view(k, 3, size, size)
+                clips[size] = torch.frombuffer(tile, dtype=torch.uint8).view(k, 3, size, size)
                 continue
             try:
-                clips[size] = decode_jpegs([buffer[starts[i]:starts[i + 1]] for i in range(first, last)], size)
+                clips[size] = decode_tile(tile, k, size)
             except ValueError as error:
-                raise VideoError(f"damaged frames of video {video} in {path}: {error}") from None
+                raise VideoError(f"damaged frames of video {video} in {path} (the {k}-frame tile at {size} px): "
+                                 f"{error}") from None
         return clips
 
 
 # JPEG through Pillow (libjpeg-turbo): torchvision's encode_jpeg/decode_jpeg are deprecated since 0.29 (for
 # TorchCodec, not a dependency here). Pillow writes the same bytes at the same quality and decodes them to the
-# same pixels, 224 px frames as fast; on tiny frames (32 px) its per-image overhead costs about 40%.
+# same pixels, 224 px frames as fast, but costs more an image (a tile pays it once a clip and size).
 
 
-def encode_jpegs(clip: torch.Tensor) -> list[bytes]:
-    """uint8 `[k, 3, s, s]` frames -> one JPEG (quality JPEG_QUALITY, 4:2:0 chroma) each."""
-    encoded = []
-    for frame in rearrange(clip, "t c h w -> t h w c").contiguous().numpy():
-        out = io.BytesIO()
-        Image.fromarray(frame).save(out, format="JPEG", quality=JPEG_QUALITY)
-        encoded.append(out.getvalue())
-    return encoded
+def encode_tile(clip: torch.Tensor) -> bytes:
+    """uint8 `[k, 3, s, s]` frames -> one JPEG (quality JPEG_QUALITY, 4:2:0 chroma) of them side by side,
+    k * s wide and s high."""
+    out = io.BytesIO()
+    Image.fromarray(rearrange(clip, "t c h w -> h (t w) c").numpy()).save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
 
 
-def decode_jpegs(jpegs: Sequence[bytes | bytearray], size: int) -> torch.Tensor:
-    """JPEG frames of `size` x `size` -> uint8 `[k, 3, size, size]`.
+def decode_tile(jpeg: bytes | bytearray | memoryview, k: int, size: int) -> torch.Tensor:
+    """A tile of `encode_tile` -> uint8 `[k, 3, size, size]`.
 
     Decoded straight into an image of the known size (`Image.frombytes` with the JPEG decoder): `Image.open`
-    would parse every header in Python first, which halves the rate on small frames.
+    would parse the header in Python first, 1.6x the time of an 8-frame 32 px tile.
 
     Raises:
-        ValueError: a frame is not a JPEG of that size (damaged data).
+        ValueError: the data is not a JPEG of `k * size` x `size` (damaged data).
     """
-    frames = [np.asarray(Image.frombytes("RGB", (size, size), jpeg, "jpeg", "RGB", "")) for jpeg in jpegs]
-    return rearrange(torch.from_numpy(np.stack(frames)), "t h w c -> t c h w").contiguous()
+    image = Image.frombytes("RGB", (k * size, size), jpeg, "jpeg", "RGB", "")
+    tile = np.frombuffer(image.tobytes(), np.uint8).reshape(size, k, size, 3)  # h t w c
+    # "h t w c -> t c h w" in numpy: einops' rearrange costs 5% of a small clip's read here
+    return torch.from_numpy(tile.transpose(1, 3, 0, 2).copy())
 
 
 def open_shards(folder: Path, settings: dict) -> tuple[FrameShards | None, str]:
@@ -163,6 +184,9 @@ def open_shards(folder: Path, settings: dict) -> tuple[FrameShards | None, str]:
     if not path.is_file():
         return None, f"no frame shards in {folder} (python -m distill.prepare RECIPE writes them); decoding videos"
     manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        return None, (f"the frame shards in {folder} are in {_format_name(manifest)}, this version reads {FORMAT} "
+                      "(delete them and prepare again: python -m distill.prepare RECIPE); decoding videos")
     differ = _differences(manifest["settings"], settings)
     if differ:
         return None, f"the frame shards in {folder} were prepared with other settings ({differ}); decoding videos"
@@ -170,21 +194,19 @@ def open_shards(folder: Path, settings: dict) -> tuple[FrameShards | None, str]:
     return shards, f"reading clips from the frame shards ({shards.encoding}, {len(shards)} videos) in {folder}"
 
 
-def encode_clip(video: str, settings: dict, encoding: Encoding) -> tuple[bytes, list[int]] | str:
-    """Decodes one video and encodes its frames at every size; the error message where it fails."""
+def encode_clip(video: str, settings: dict, encoding: Encoding) -> tuple[bytes, int, list[int]] | str:
+    """Decodes one video and encodes its frames at every size: (the tiles, the frame count, the byte length of
+    each tile); the error message where it fails."""
     try:
         frames = load_frames(video, max_frames=settings["max_frames"], framerate=settings["framerate"],
                              slice_framepos=settings["slice_framepos"], backend=settings["backend"])
     except VideoError as error:
         return str(error)
-    stored = []
+    tiles = []
     for size in settings["sizes"]:
         clip = resize_crop(frames, size)  # t 3 s s
-        if encoding == "raw":
-            stored += [frame.numpy().tobytes() for frame in clip]
-        else:
-            stored += encode_jpegs(clip)
-    return b"".join(stored), [len(frame) for frame in stored]
+        tiles.append(clip.numpy().tobytes() if encoding == "raw" else encode_tile(clip))
+    return b"".join(tiles), len(frames), [len(tile) for tile in tiles]
 
 
 def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *, encoding: Encoding = "jpeg",
@@ -196,8 +218,13 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *, encod
         workers: processes decoding videos in parallel; 0 decodes in this process.
 
     Raises:
-        ValueError: `folder` holds shards prepared with other settings or another encoding.
+        ValueError: `folder` holds shards prepared with other settings, another encoding or in another format;
+            or a JPEG tile would be wider than JPEG allows.
     """
+    width = settings["max_frames"] * max(settings["sizes"])
+    if encoding == "jpeg" and width > JPEG_MAX_WIDTH:
+        raise ValueError(f"{settings['max_frames']} frames at {max(settings['sizes'])} px make a JPEG tile {width} px "
+                         f"wide, more than JPEG's {JPEG_MAX_WIDTH}; set data.prepared_encoding=raw")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     videos = list(dict.fromkeys(videos))
@@ -221,8 +248,8 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *, encod
         if pool is not None:
             pool.terminate()
     bar.close()
-    manifest = {"settings": settings, "encoding": encoding, "shards": [_name(n, ".bin") for n in range(len(chunks))],
-                "videos": {}, "failed": {}}
+    manifest = {"format": FORMAT, "settings": settings, "encoding": encoding,
+                "shards": [_name(n, ".bin") for n in range(len(chunks))], "videos": {}, "failed": {}}
     for n, index in enumerate(indexes):
         manifest["videos"].update({video: [n, *entry] for video, entry in index["videos"].items()})
         manifest["failed"].update(index["failed"])
@@ -232,15 +259,16 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *, encod
 
 def _write_shard(folder: Path, n: int, chunk: list[str], encoded: Iterable, settings: dict, encoding: Encoding,
                  bar) -> dict:
-    index = {"settings": settings, "encoding": encoding, "chunk": chunk, "videos": {}, "failed": {}}
+    index = {"format": FORMAT, "settings": settings, "encoding": encoding, "chunk": chunk, "videos": {},
+             "failed": {}}
     partial = folder / _name(n, ".bin.partial")
     with open(partial, "wb") as f:
         for video, result in zip(chunk, encoded):
             if isinstance(result, str):
                 index["failed"][video] = result
             else:
-                data, lengths = result
-                index["videos"][video] = [f.tell(), lengths]
+                data, k, lengths = result
+                index["videos"][video] = [f.tell(), k, lengths]
                 f.write(data)
             bar.update(1)
         f.flush()
@@ -256,6 +284,9 @@ def _finished_shard(folder: Path, n: int, chunk: list[str], settings: dict, enco
     if not path.is_file() or not (folder / _name(n, ".bin")).is_file():
         return None
     index = json.loads(path.read_text())
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{folder} holds frame shards in {_format_name(index)}, this version writes {FORMAT}; "
+                         "delete it or set data.prepared to another folder")
     differ = _differences(index["settings"], settings)
     if differ or index["encoding"] != encoding:
         differ = differ or f"encoding {index['encoding']} there, {encoding} here"
@@ -270,6 +301,11 @@ def _differences(found: dict, wanted: dict) -> str:
                      for key in keys if found.get(key) != wanted.get(key))
 
 
+def _format_name(manifest: dict) -> str:
+    return (f"format {manifest['format']}" if "format" in manifest
+            else "the format of earlier versions (a JPEG a frame, no format recorded)")
+
+
 def _name(n: int, suffix: str) -> str:
     return f"shard_{n:05d}{suffix}"
 
@@ -280,5 +316,5 @@ def _write_atomic(path: Path, text: str) -> None:
     partial.rename(path)
 
 
-def _encode_star(args: tuple) -> tuple[bytes, list[int]] | str:
+def _encode_star(args: tuple) -> tuple[bytes, int, list[int]] | str:
     return encode_clip(*args)

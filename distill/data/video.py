@@ -23,6 +23,10 @@ except ImportError:  # no wheel for this platform: data.backend=pyav still works
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# normalize's scale 1 / (255 std) and shift mean / std, float32 [3, 1, 1]: made once, as making them costs as
+# much as normalising an 8-frame 32 px clip
+_SCALE = 1 / (255 * torch.tensor(CLIP_STD).view(3, 1, 1))
+_SHIFT = torch.tensor(CLIP_MEAN).view(3, 1, 1) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 # decord is the fast default; PyAV runs where decord has no wheel (Linux aarch64, macOS arm64).
 Backend = Literal["decord", "pyav"]
@@ -231,8 +235,7 @@ def normalize(frames: torch.Tensor) -> torch.Tensor:
     `(x / 255 - mean) / std` as one scale and one shift, in place on the float copy: one float tensor
     allocated instead of three, which shows when clips come from frame shards rather than a decoder.
     """
-    std, mean = torch.tensor(CLIP_STD).view(3, 1, 1), torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    return frames.float().mul_(1 / (255 * std)).sub_(mean / std)
+    return frames.float().mul_(_SCALE).sub_(_SHIFT)
 
 
 def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
