@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The line each stage prints when it ends.
 MARKERS = {r"data: \d+ test pairs": "data (generate, check, index)", "teacher: trained": "teacher (train)",
+           r"cache: teacher outputs for": "cache (teacher once over the train clips)",
            "distill: student trained": "distill", "evaluate: text-to-video": "evaluate",
            "export: student saved": "export"}
 
