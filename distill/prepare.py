@@ -2,7 +2,7 @@
 
 Without `--check`: decodes every video of both splits once into frame shards (`distill.data.shards`) in
 `data.prepared` (default `<output_dir>/frames`), at the frame count and view sizes of the recipe, as
-`data.prepared_encoding` (jpeg or raw), with `data.num_workers` decoding processes; the `prepare` stage of a
+`data.prepared_encoding` (auto, jpeg or raw), with `data.num_workers` decoding processes; the `prepare` stage of a
 run does the same. A killed prepare continues where it stopped when run again. Training with the same recipe
 then reads the clips from the shards instead of decoding the videos.
 
@@ -51,7 +51,7 @@ def recipe_views(recipe: Recipe) -> dict[str, View]:
 
 def prepare(recipe: Recipe) -> int:
     """Writes the frame shards of both splits; returns 1 if an annotation file is malformed, else 0."""
-    data, encoding = recipe.data, recipe.data.prepared_encoding
+    data = recipe.data
     if data.format == "synthetic":
         from distill.data.synthetic import generate_synthetic
         generate_synthetic(data.root, data.synthetic)  # what the data stage does; reused when it is there
@@ -65,13 +65,13 @@ def prepare(recipe: Recipe) -> int:
     settings = frame_settings(data, recipe_views(recipe))
     folder = frames_folder(data, recipe.run_dir)
     try:
-        shards = prepare_frames(videos, folder, settings, encoding=encoding, workers=data.num_workers,
+        shards = prepare_frames(videos, folder, settings, encoding=data.prepared_encoding, workers=data.num_workers,
                                 progress=True)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     size = sum((folder / name).stat().st_size for name in shards.shards)
-    print(f"{len(shards)} videos in {len(shards.shards)} shards in {folder}: {size / 1e6:.1f} MB of {encoding} "
+    print(f"{len(shards)} videos in {len(shards.shards)} shards in {folder}: {size / 1e6:.1f} MB of {shards.encoding} "
           f"frames, {settings['max_frames']} frames a clip at sizes {settings['sizes']}")
     if shards.failed:
         print(f"{len(shards.failed)} videos could not be decoded (training skips their pairs):", file=sys.stderr)

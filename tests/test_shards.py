@@ -30,11 +30,12 @@ def root(tmp_path_factory):
 
 @pytest.fixture
 def recipe(root, tmp_path):
-    """A jsonl recipe over the synthetic clips whose views are VIEWS; its shards go to output_dir/frames."""
+    """A jsonl recipe over the synthetic clips whose views are VIEWS; its shards go to output_dir/frames, as
+    JPEG (auto would store these small frames raw)."""
     path = tmp_path / "recipe.yaml"
     path.write_text(f"name: shards\noutput_dir: {tmp_path / 'run'}\nstages: [data]\n"
                     f"data: {{format: jsonl, train: {root / 'train.jsonl'}, test: {root / 'test.jsonl'}, "
-                    f"video_root: {root}}}\n"
+                    f"video_root: {root}, prepared_encoding: jpeg}}\n"
                     "teacher: {max_frames: 8, image_size: 32}\nstudent: {max_frames: 4, image_size: 16}\n")
     return path
 
@@ -61,6 +62,13 @@ def test_raw_shards_give_exactly_the_decoded_clips(recipe, capsys):
                 assert torch.equal(a[key], b[key]), (split, i, key)
     size = (recipe.parent / "run/frames/shard_00000.bin").stat().st_size
     assert size == 10 * 8 * 3 * (32 * 32 + 16 * 16)  # 10 clips of 8 frames at both sizes, uint8
+
+
+@pytest.mark.parametrize("teacher_size, encoding", [(64, "raw"), (80, "jpeg")])
+def test_auto_encoding_stores_small_frames_raw(recipe, capsys, teacher_size, encoding):
+    assert main([str(recipe), "data.prepared_encoding=auto", f"teacher.image_size={teacher_size}"]) == 0
+    assert f"MB of {encoding} frames" in capsys.readouterr().out
+    assert json.loads((recipe.parent / "run/frames/manifest.json").read_text())["encoding"] == encoding
 
 
 def test_jpeg_shards_are_close_and_smaller(recipe):
