@@ -47,32 +47,39 @@ def encode_texts(model: nn.Module, dataset: VideoTextDataset, *, batch_size: int
 
 
 @torch.no_grad()
-def encode_videos(model: nn.Module, dataset: VideoTextDataset, first_pairs: list[int], *, view: str,
-                  batch_size: int, accelerator: Accelerator, num_workers: int = 0) -> dict[str, torch.Tensor]:
-    """One row per video, in the order of `first_pairs` (the first pair of each video), on every process;
-    `num_workers` DataLoader processes decode the clips.
+def encode_videos(models: dict[str, nn.Module], dataset: VideoTextDataset, first_pairs: list[int], *,
+                  batch_size: int, accelerator: Accelerator, num_workers: int = 0
+                  ) -> dict[str, dict[str, torch.Tensor]]:
+    """Per model (keyed by the view it reads): one row per video, in the order of `first_pairs` (the first
+    pair of each video), on every process. One pass over the clips serves every model, so each clip is
+    decoded once; `num_workers` DataLoader processes decode them.
 
-    Returns `video` and `reversed` (the clips played backwards): embeddings `[V, D]`, or for a tight teacher
-    frame features `[V, T, D]` together with `mask [V, T]`.
+    Returns per model `video` and `reversed` (the clips played backwards): embeddings `[V, D]`, or for a
+    tight teacher frame features `[V, T, D]` together with `mask [V, T]`.
     """
     loader = accelerator.prepare_data_loader(DataLoader(Subset(dataset, first_pairs), batch_size=batch_size,
                                                         num_workers=num_workers))
-    parts: dict[str, list[torch.Tensor]] = {"video": [], "reversed": [], "mask": [], "index": []}
-    for batch in tqdm(loader, desc=f"encode {view}", unit="batch", disable=not accelerator.is_local_main_process):
-        video, mask = batch[f"{view}_video"], batch[f"{view}_mask"]
-        out = {"mask": mask, "index": batch["index"]}
-        with accelerator.autocast():
-            # Frame encoders see one frame at a time, so backwards is the same features in reverse order and
-            # only the temporal head runs twice (a 3D-patch teacher's features keep their forward mixing).
-            frames = model.frame_features(video)
-            for key, f in (("video", frames), ("reversed", reverse_time(frames, mask))):
-                out[key] = (f if tight(model) else model.pool_frames(f, mask)).float()
-        # Per batch: gather_for_metrics drops the padding of the last, uneven batch only as it happens.
-        for key, value in accelerator.gather_for_metrics(out).items():
-            parts[key].append(value.cpu())
-    gathered = {k: torch.cat(v) for k, v in parts.items()}
-    order = gathered.pop("index").argsort()  # dataset order, whatever the sharding
-    return {k: v[order] for k, v in gathered.items()}
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {view: {} for view in models}
+    for batch in tqdm(loader, desc=f"encode {', '.join(models)}", unit="batch",
+                      disable=not accelerator.is_local_main_process):
+        for view, model in models.items():
+            video, mask = batch[f"{view}_video"], batch[f"{view}_mask"]
+            out = {"mask": mask, "index": batch["index"]}
+            with accelerator.autocast():
+                # Frame encoders see one frame at a time, so backwards is the same features in reverse order
+                # and only the temporal head runs twice (a 3D-patch teacher's features keep their forward mixing).
+                frames = model.frame_features(video)
+                for key, f in (("video", frames), ("reversed", reverse_time(frames, mask))):
+                    out[key] = (f if tight(model) else model.pool_frames(f, mask)).float()
+            # Per batch: gather_for_metrics drops the padding of the last, uneven batch only as it happens.
+            for key, value in accelerator.gather_for_metrics(out).items():
+                parts[view].setdefault(key, []).append(value.cpu())
+    encoded = {}
+    for view, lists in parts.items():
+        gathered = {k: torch.cat(v) for k, v in lists.items()}
+        order = gathered.pop("index").argsort()  # dataset order, whatever the sharding
+        encoded[view] = {k: v[order] for k, v in gathered.items()}
+    return encoded
 
 
 def scores(model: nn.Module, text: torch.Tensor, videos: dict[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -129,27 +136,31 @@ def evaluate(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_s
     most of its score there.
     """
     report: dict = {"test_pairs": len(dataset), "test_videos": len(set(dataset.video_ids)), "efficiency": {}}
+    report.update(model_metrics(models, dataset, batch_size=batch_size, accelerator=accelerator,
+                                num_workers=num_workers))
     for name, model in models.items():
-        report[name] = model_metrics(model, dataset, name, batch_size=batch_size, accelerator=accelerator,
-                                     num_workers=num_workers)
         report["efficiency"][name] = efficiency(model, dataset, name)
     return report
 
 
-def model_metrics(model: nn.Module, dataset: VideoTextDataset, view: str, *, batch_size: int,
-                  accelerator: Accelerator, num_workers: int = 0) -> dict:
-    """`{"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}` of one model reading the `view` of the clips."""
+def model_metrics(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_size: int,
+                  accelerator: Accelerator, num_workers: int = 0) -> dict[str, dict]:
+    """Per model (keyed by the view it reads): `{"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}`."""
     first: dict[str, int] = {}  # video -> its first pair; videos are numbered in that order
     for i, video in enumerate(dataset.video_ids):
         first.setdefault(video, i)
     column = {video: c for c, video in enumerate(first)}
     video_of_text = torch.tensor([column[v] for v in dataset.video_ids])
-    text = encode_texts(model, dataset, batch_size=batch_size, device=accelerator.device).cpu()
-    encoded = encode_videos(model, dataset, list(first.values()), view=view, batch_size=batch_size,
-                            accelerator=accelerator, num_workers=num_workers)
-    metrics = retrieval(scores(model, text, encoded, "video"), video_of_text)
-    metrics["t2v_reversed_R1"] = retrieval(scores(model, text, encoded, "reversed"), video_of_text)["t2v"]["R1"]
-    return metrics
+    encoded = encode_videos(models, dataset, list(first.values()), batch_size=batch_size, accelerator=accelerator,
+                            num_workers=num_workers)
+    report = {}
+    for view, model in models.items():
+        text = encode_texts(model, dataset, batch_size=batch_size, device=accelerator.device).cpu()
+        metrics = retrieval(scores(model, text, encoded[view], "video"), video_of_text)
+        metrics["t2v_reversed_R1"] = retrieval(scores(model, text, encoded[view], "reversed"),
+                                               video_of_text)["t2v"]["R1"]
+        report[view] = metrics
+    return report
 
 
 def write_reports(report: dict, run_dir: Path) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key
 from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, write_bad_videos
-from distill.data.dataset import VideoTextDataset, View
+from distill.data.dataset import VideoTextDataset, View, recipe_views
 from distill.data.formats import Annotations, read_split
 from distill.data.shards import frame_settings, frames_folder, open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
@@ -129,10 +129,7 @@ class Run:
             # A given teacher brings its own input size, which the teacher view must use.
             self.teacher = load_teacher(r.teacher.source, device=self.accelerator.device,
                                         precision=r.teacher.precision)
-        teacher_size = (self.teacher.arch["vision_cfg"]["image_size"] if self.teacher is not None
-                        else r.teacher.image_size)
-        return {"teacher": View(r.teacher.max_frames, teacher_size),
-                "student": View(r.student.max_frames, r.student.image_size)}
+        return recipe_views(r, None if self.teacher is None else self.teacher.arch["vision_cfg"]["image_size"])
 
     @property
     def cache_dir(self) -> Path:
@@ -155,12 +152,13 @@ class Run:
         r = self.recipe
         if not r.eval.val_pairs:
             return None
+        # Both views, as the test split has them: clips held in memory (data.keep_decoded) are shared with it.
         subset = self.dataset("test").subset(r.eval.val_pairs)
         frozen: dict[str, float] = {}
 
         def r1(model: nn.Module, view: str) -> dict[str, float]:
-            metrics = model_metrics(model, subset.select_views([view]), view, batch_size=r.eval.batch_size,
-                                    accelerator=self.accelerator)
+            metrics = model_metrics({view: model}, subset, batch_size=r.eval.batch_size,
+                                    accelerator=self.accelerator, num_workers=r.data.num_workers)[view]
             return {f"val_{view}_{direction}_R1": metrics[direction]["R1"] for direction in ("t2v", "v2t")}
 
         def validate(model: nn.Module) -> dict[str, float]:

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from distill.data.checks import check_videos, describe
-from distill.data.dataset import View
+from distill.data.dataset import View, recipe_views
 from distill.data.formats import read_split
 from distill.data.shards import frame_settings, frames_folder, prepare_frames
 from distill.recipe import DataConfig, Recipe, parse_recipe_args
@@ -38,15 +38,12 @@ def check_data(data: DataConfig) -> int:
     return total
 
 
-def recipe_views(recipe: Recipe) -> dict[str, View]:
-    """The teacher and student views a run of `recipe` reads (see `Run.dataset`); a `teacher.source` is
-    loaded for its input size."""
-    size = recipe.teacher.image_size
-    if recipe.teacher.source is not None:
-        from teachers import load_teacher  # only recipes with a teacher file pay for loading it
-        size = load_teacher(recipe.teacher.source).arch["vision_cfg"]["image_size"]
-    return {"teacher": View(recipe.teacher.max_frames, size),
-            "student": View(recipe.student.max_frames, recipe.student.image_size)}
+def views(recipe: Recipe) -> dict[str, View]:
+    """The views a run of `recipe` reads; a `teacher.source` is loaded for its input size."""
+    if recipe.teacher.source is None:
+        return recipe_views(recipe)
+    from teachers import load_teacher  # only recipes with a teacher file pay for loading it
+    return recipe_views(recipe, load_teacher(recipe.teacher.source).arch["vision_cfg"]["image_size"])
 
 
 def prepare(recipe: Recipe) -> int:
@@ -62,7 +59,7 @@ def prepare(recipe: Recipe) -> int:
             print("\n".join([f"error: malformed {split} annotations:", *describe(fatal)]), file=sys.stderr)
             return 1
         videos += [pair.video for pair in found.pairs]
-    settings = frame_settings(data, recipe_views(recipe))
+    settings = frame_settings(data, views(recipe))
     folder = frames_folder(data, recipe.run_dir)
     try:
         shards = prepare_frames(videos, folder, settings, encoding=data.prepared_encoding, workers=data.num_workers,

@@ -1,4 +1,5 @@
-"""Evaluation: the report does not depend on how many DataLoader workers decode the test clips."""
+"""Evaluation: every test clip is decoded once for both models, and the report does not depend on how many
+DataLoader workers decode them."""
 from dataclasses import asdict
 
 import pytest
@@ -24,14 +25,33 @@ def test_pairs(tmp_path_factory) -> list[tuple[str, str]]:
     return [(pairs[i - i % 2].video, pair.caption) for i, pair in enumerate(pairs)]
 
 
-def test_workers_give_the_same_report(test_pairs, one_thread):
+class CountingDataset(VideoTextDataset):
+    """Counts the clips it decodes (nothing is kept: every read decodes)."""
+
+    def frames(self, index: int):
+        self.reads = getattr(self, "reads", 0) + 1
+        return super().frames(index)
+
+
+def tiny_models() -> dict:
     torch.manual_seed(0)
     teacher = CLIP4Clip(teacher_arch(TeacherConfig(max_frames=4, image_size=32, vision_width=64, vision_layers=1,
                                                    text_width=64, text_layers=1, cross_layers=1), max_words=16))
     student = Student({**asdict(StudentConfig(
         max_frames=3, image_size=16, embed_dim=32, text_width=32, text_layers=1, text_heads=2,
         backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1})), "max_words": 16})
-    models = {"teacher": teacher.eval(), "student": student.eval()}
+    return {"teacher": teacher.eval(), "student": student.eval()}
+
+
+def test_each_clip_is_decoded_once_for_both_models(test_pairs, one_thread):
+    dataset = CountingDataset(test_pairs, {"teacher": View(4, 32), "student": View(3, 16)}, max_words=16)
+    report = evaluate(tiny_models(), dataset, batch_size=2, accelerator=Accelerator(cpu=True))
+    assert report["test_videos"] == 5
+    assert dataset.reads == 5 + 2  # the 5 videos, and one clip for each model's cost count
+
+
+def test_workers_give_the_same_report(test_pairs, one_thread):
+    models = tiny_models()
     reports, decoded_here = [], []
     for workers in (0, 2):
         # keep_decoded shows where clips were decoded: each worker process keeps its own.

@@ -11,7 +11,7 @@ import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, load_frames, normalize, pad_clip, resize_crop
 from teachers.tokenizer import tokenize
 
+if TYPE_CHECKING:
+    from distill.recipe import Recipe
+
 
 @dataclass(frozen=True)
 class View:
@@ -28,6 +31,13 @@ class View:
 
     max_frames: int
     size: int
+
+
+def recipe_views(recipe: Recipe, teacher_size: int | None = None) -> dict[str, View]:
+    """The teacher and student views of a run of `recipe`; `teacher_size`: the input size of a loaded
+    teacher (`teacher.source`), which the teacher view must use instead of `teacher.image_size`."""
+    return {"teacher": View(recipe.teacher.max_frames, teacher_size or recipe.teacher.image_size),
+            "student": View(recipe.student.max_frames, recipe.student.image_size)}
 
 
 class VideoTextDataset(Dataset):
