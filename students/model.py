@@ -38,7 +38,10 @@ class Student(nn.Module):
                                           **config["backbone_kwargs"])
         self.frame_proj = nn.Linear(self.backbone.num_features, dim)
         if config["temporal"] == "transformer":
-            self.frame_position_embeddings = nn.Parameter(torch.randn(config["max_frames"], dim) * 0.01)
+            # On the scale of the frame features (about 0.6 per dimension out of frame_proj), as the
+            # teacher's nn.Embedding (N(0, 1)). At 0.01 the positions stayed too small to train within a
+            # short distillation: the demo student read no order (clips played backwards scored the same).
+            self.frame_position_embeddings = nn.Parameter(torch.randn(config["max_frames"], dim))
             self.temporal_transformer = Transformer(dim, config["temporal_layers"], max(1, dim // 32))
         self.text = TextTransformer(
             context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=config["text_width"],

@@ -101,6 +101,28 @@ def test_frame_order(temporal, order_matters):
         close(forward, backward, atol=1e-6)
 
 
+def test_temporal_transformer_learns_frame_order_quickly():
+    """Eight clips and the same clips played backwards (the same frames), each matched to its own random
+    target embedding, as feature matching does: within 40 steps every clip is nearer its own target than its
+    reversal's. (With positions initialised at 0.01 the two orders stayed within 1e-3 of each other.)"""
+    student = make_student("vit", "transformer").train()
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randn(8, T, 3, 16, 16, generator=g)
+    video, mask = torch.cat([clips, clips.flip(1)]), torch.ones(16, T, dtype=torch.long)
+    target = torch.nn.functional.normalize(torch.randn(16, 64, generator=g), dim=-1)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for _ in range(40):
+        loss = (student.encode_video(video, mask) - target).pow(2).sum(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        sims = student.eval().encode_video(video, mask) @ target.T
+    own, reversal = sims.diagonal(), sims[torch.arange(16), (torch.arange(16) + 8) % 16]
+    assert (own > reversal).all()
+    assert (own - reversal).mean() > 0.3
+
+
 @torch.no_grad()
 def test_text_padding_after_eot_is_invisible():
     student = make_student("vit", "mean")
