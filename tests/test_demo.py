@@ -24,6 +24,8 @@ def test_demo_reaches_the_promised_numbers(tmp_path):
     assert student["t2v"]["R1"] >= 0.7 * teacher["t2v"]["R1"]
     # The captions need the order of frames: the teacher loses most of its score on clips played backwards.
     assert teacher["t2v_reversed_R1"] < 0.5 * teacher["t2v"]["R1"]
+    # ... and the student has learned to read it too (12.5 backwards vs 47.0 forwards when measured).
+    assert student["t2v_reversed_R1"] < 0.5 * student["t2v"]["R1"]
     cost = report["efficiency"]
     assert cost["student"]["gflops_per_video"] < cost["teacher"]["gflops_per_video"]
     assert cost["student"]["params_M"] < cost["teacher"]["params_M"]
