@@ -36,7 +36,10 @@ class Student(nn.Module):
         self.backbone = timm.create_model(config["backbone"], pretrained=weights is not None, num_classes=0,
                                           pretrained_cfg_overlay={"file": weights} if weights else None,
                                           **config["backbone_kwargs"])
-        self.frame_proj = nn.Linear(self.backbone.num_features, dim)
+        # The width of what the backbone returns without a classifier: num_features is the width before a
+        # pre-logits layer, which some families have (MobileNetV3: 960 features, then a 1280-wide conv head).
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.frame_proj = nn.Linear(width, dim)
         if config["temporal"] == "transformer":
             # On the scale of the frame features (about 0.6 per dimension out of frame_proj), as the
             # teacher's nn.Embedding (N(0, 1)). At 0.01 the positions stayed too small to train within a

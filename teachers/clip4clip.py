@@ -16,7 +16,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from open_clip.transformer import LayerNorm, QuickGELU, Transformer
+from open_clip.transformer import LayerNorm, QuickGELU, Transformer, text_global_pool
 from torch import nn
 
 from teachers.tokenizer import pad_ids
@@ -153,9 +153,22 @@ class CLIP4Clip(nn.Module):
     def text_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Unnormalised text features `[N, D]`: the EOT row (largest id) after the causal transformer.
 
-        There is no attention mask, as in CLIP4Clip: the causal mask already hides the padding.
+        There is no attention mask, as in CLIP4Clip: the causal mask already hides the padding. Like the
+        original, the tower runs at the ids' length (max_words) with the first position embeddings and the
+        causal mask cut to it: the EOT row never sees what follows it, so this equals open_clip's
+        `encode_text` on ids padded to the context length, at a fraction of the cost (32 of OpenAI's 77
+        tokens: 2.4x fewer FLOPs). Towers with another mask or pooling (some open_clip models) are padded.
         """
-        return self.clip.encode_text(pad_ids(input_ids, self.context_length)).float()
+        clip, n = self.clip, input_ids.shape[1]
+        causal = isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None and clip.text_pool_type == "argmax"
+        if not causal or n > self.context_length:  # pad_ids names an over-long input
+            return clip.encode_text(pad_ids(input_ids, self.context_length)).float()
+        dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(input_ids).to(dtype) + clip.positional_embedding[:n].to(dtype)
+        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
+        x = text_global_pool(x, input_ids, "argmax")
+        projection = clip.text_projection
+        return (projection(x) if isinstance(projection, nn.Linear) else x @ projection).float()
 
     @in_precision
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 BACKBONES = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 8, "depth": 1}, 16),
     "cnn": ("test_efficientnet", {}, 32),  # timm's tiny registered test architecture (has BatchNorm)
+    # returns its 1024-wide pre-logits layer, not its 576 num_features
+    "mobilenet": ("mobilenetv3_small_050", {}, 32),
 }
 
 

@@ -237,6 +237,24 @@ def test_encode_text_is_open_clip_eot_feature_normalised(teachers):
     assert out.shape == (2, 128) and out.dtype == torch.float32
 
 
+def test_text_tower_runs_at_the_ids_length_unless_its_pooling_needs_all_positions(teachers):
+    """CLIP4Clip runs the text tower at max_words, not at the context length: the cost follows the ids'
+    length (equal outputs: the test above). A tower that pools another way is fed padded ids as before."""
+    from distill.evaluate import count_gflops
+
+    teacher = teachers["meanP"]
+    short, _ = tokenize(["a cat on a mat"], max_words=8)
+    full = F.pad(short, (0, CONTEXT - 8))
+    ratio = count_gflops(teacher.text_features, short) / count_gflops(teacher.text_features, full)
+    assert 0.4 < ratio < 0.55  # 8 of 16 tokens (the projection of the EOT row does not scale)
+    arch = tiny_arch("meanP")
+    arch["text_cfg"] = {**arch["text_cfg"], "pool_type": "last"}
+    torch.manual_seed(0)
+    last = CLIP4Clip(arch).eval()
+    with torch.no_grad():
+        close(last.text_features(short), last.clip.encode_text(full))
+
+
 @torch.no_grad()
 def test_encode_text_ignores_attention_mask(teachers):
     teacher = teachers["seqTransf"]
