@@ -28,7 +28,7 @@ from distill.evaluate import evaluate, model_metrics, write_reports
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, Recipe, TeacherConfig, embedding_term
 from distill.train import OnlineTeacher, end_training, train
-from students import Student, export_student, load_student
+from students import Student, export_student, load_student, round_weights
 from teachers import CLIP4Clip, load_teacher, save_teacher
 
 TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
@@ -247,6 +247,7 @@ class Run:
         self.student = train(student, loss, self.dataset("train", views), r.train, accelerator=self.accelerator,
                              view="student", seed=r.seed, run_dir=self.dir, name="distill", teacher=teacher,
                              num_workers=r.data.num_workers, validate=self.validation("student"))
+        round_weights(self.student, r.export.dtype)  # what ships is what the evaluate stage measures
         self.accelerator.print("distill: student trained")
 
     def stage_evaluate(self) -> None:
@@ -280,7 +281,7 @@ class Run:
             }
             if self.report is not None:
                 metadata["metrics"] = json.dumps(self.report["student"])
-            path = export_student(self.student, self.dir / "student.safetensors", metadata)
+            path = export_student(self.student, self.dir / "student.safetensors", metadata, dtype=r.export.dtype)
             self.accelerator.print(f"export: student saved to {path}")
 
 

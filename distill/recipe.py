@@ -137,6 +137,13 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    # Float type of the weights in student.safetensors (loaded back as float32). The student is rounded to
+    # it when distillation ends, so evaluation measures the weights that ship; fp16 halves the file.
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+
+
+@dataclass
 class Recipe:
     name: str = "demo"
     output_dir: Optional[str] = None  # default runs/<name>
@@ -152,6 +159,7 @@ class Recipe:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -1,5 +1,5 @@
 """Compact students: a timm frame encoder, a temporal head, a small text transformer; export and reload."""
-from students.export import export_student, load_student, read_metadata
+from students.export import export_student, load_student, read_metadata, round_weights
 from students.model import Student
 
-__all__ = ["Student", "export_student", "load_student", "read_metadata"]
+__all__ = ["Student", "export_student", "load_student", "read_metadata", "round_weights"]

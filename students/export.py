@@ -11,15 +11,40 @@ from safetensors.torch import load_file, save_file
 from students.model import Student
 
 FORMAT = "clip4clip-distill/student"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def export_student(student: Student, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Writes float32 weights with `{"format", "config"}` and `metadata` (strings, e.g. JSON) in the header.
+def shipped(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A floating tensor as an export of `dtype` stores it (integer buffers as they are)."""
+    return tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach()
+
+
+@torch.no_grad()
+def round_weights(student: Student, dtype: str) -> None:
+    """Rounds the student's float parameters and buffers to `dtype` ("fp32", "fp16", "bf16") in place,
+    keeping them float32: the model then computes what `load_student` rebuilds from an export of that dtype.
+
+    Raises:
+        ValueError: A value is finite in float32 but not in `dtype` (fp16 ends at 65504), naming the tensor.
+    """
+    for name, tensor in student.state_dict().items():
+        if tensor.is_floating_point():
+            rounded = shipped(tensor, DTYPES[dtype])
+            if not torch.isfinite(rounded).all() and torch.isfinite(tensor).all():
+                raise ValueError(f"export.dtype={dtype}: {name} overflows it (largest magnitude "
+                                 f"{tensor.abs().max().item():.4g}); use fp32 or bf16")
+            tensor.copy_(rounded)
+
+
+def export_student(student: Student, path: str | Path, metadata: dict[str, str] | None = None,
+                   dtype: str = "fp32") -> Path:
+    """Writes the weights as `dtype` ("fp32", "fp16", "bf16"; round them first with `round_weights`) with
+    `{"format", "config"}` and `metadata` (strings, e.g. JSON) in the header.
 
     The file is written under a temporary name and renamed, so a crash never leaves a half-written export.
     """
     path = Path(path)
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in student.state_dict().items()}
+    tensors = {k: shipped(v, DTYPES[dtype]).contiguous().cpu() for k, v in student.state_dict().items()}
     header = {"format": FORMAT, "config": json.dumps(student.config), **(metadata or {})}
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=header)
@@ -44,5 +69,6 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     """Rebuilds a student from one exported file alone, in eval mode."""
     # The weights come from the export, not from the backbone's pretrained file (which may not be here).
     student = Student({**json.loads(read_metadata(path)["config"]), "pretrained": None})
-    student.load_state_dict(load_file(str(path)))  # strict: a missing or extra key is an error naming it
+    # strict: a missing or extra key is an error naming it; fp16/bf16 weights are cast to float32
+    student.load_state_dict(load_file(str(path)))
     return student.to(device).eval()

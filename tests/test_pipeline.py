@@ -47,6 +47,8 @@ def test_demo_writes_run_folder_and_report(demo):
     for name in ("recipe.yaml", "teacher.safetensors", "student.safetensors", "report.json", "report.md",
                  "teacher_log.jsonl", "distill_log.jsonl"):
         assert (run / name).is_file(), name
+    # export.dtype defaults to fp16: half-size floats (the reload test below checks they give the report)
+    assert {v.dtype for v in load_file(run / "student.safetensors").values()} == {torch.float16}
     report = json.loads((run / "report.json").read_text())
     assert report["test_pairs"] == 16
     for model in ("teacher", "student"):

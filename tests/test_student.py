@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from students import Student, export_student, load_student, read_metadata
+from students import Student, export_student, load_student, read_metadata, round_weights
+from students.export import DTYPES
 from teachers import tokenize
 
 T = 4
@@ -181,6 +182,42 @@ def test_export_reloads_in_a_new_process(tmp_path):
         close(got_text, text)
         close(got_video, video)
         close(got_logits, logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_export_reloads_the_rounded_student_exactly(tmp_path, dtype):
+    """round_weights then export: the file stores half-size floats (BatchNorm's integer counters as they
+    are), and load_student gives back float32 weights and outputs equal to the rounded model's."""
+    student = make_student("cnn", "transformer")
+    batch = make_batch(32)
+    with torch.no_grad():
+        student.train()(*batch)  # BatchNorm statistics and counters off their initial values
+    student.eval()
+    before = student.encode_video(*batch[2:])
+    round_weights(student, dtype)
+    after = student.encode_video(*batch[2:])
+    assert 0 < (after - before).abs().max() < 0.02  # rounding moved the embeddings, by a little
+    half = export_student(student, tmp_path / "half.safetensors", dtype=dtype)
+    full = export_student(student, tmp_path / "full.safetensors")
+    assert 0.48 < half.stat().st_size / full.stat().st_size < 0.52
+    stored = load_file(half)
+    assert {v.dtype for v in stored.values()} == {DTYPES[dtype], torch.int64}
+    loaded = load_student(half)
+    for name, value in student.state_dict().items():
+        assert loaded.state_dict()[name].dtype == value.dtype and torch.equal(loaded.state_dict()[name], value), name
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_video(*batch[2:]), after)
+        assert torch.equal(loaded.encode_text(*batch[:2]), student.encode_text(*batch[:2]))
+
+
+def test_round_weights_names_a_tensor_fp16_cannot_hold():
+    student = make_student("vit", "transformer")
+    with torch.no_grad():
+        student.frame_proj.weight[0, 0] = 1e5
+    with pytest.raises(ValueError, match=r"export.dtype=fp16: frame_proj.weight overflows it .*1e\+05.*fp32 or bf16"):
+        round_weights(student, "fp16")
+    round_weights(student, "bf16")  # bf16 has float32's range
+    assert student.frame_proj.weight[0, 0] == 99840  # 1e5 to bf16's 8 bits of mantissa
 
 
 def test_load_student_rejects_other_safetensors(tmp_path):
