@@ -28,7 +28,7 @@ from distill.evaluate import evaluate, model_metrics, write_reports
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, Recipe, TeacherConfig, embedding_term
 from distill.train import OnlineTeacher, end_training, train
-from students import Student, export_student, load_student, round_weights
+from students import Student, export_student, load_student, round_weights, teacher_text_tower
 from teachers import CLIP4Clip, load_teacher, save_teacher
 
 TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
@@ -239,7 +239,16 @@ class Run:
             raise ValueError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
         teacher, views = self.teacher_outputs()
         set_seed(r.seed)
-        student = Student({**asdict(r.student), "max_words": r.data.max_words})
+        config = {**asdict(r.student), "max_words": r.data.max_words}
+        if r.student.text == "teacher":
+            if r.student.embed_dim != self.teacher.arch["embed_dim"]:
+                raise ValueError(f"student.embed_dim: {r.student.embed_dim}, but student.text=teacher embeds "
+                                 f"captions with the teacher's {self.teacher.arch['embed_dim']}-d text tower; set "
+                                 f"student.embed_dim={self.teacher.arch['embed_dim']}")
+            config["teacher_text"], text_weights = teacher_text_tower(self.teacher, r.data.max_words)
+        student = Student(config)
+        if r.student.text == "teacher":
+            student.text.load_state_dict(text_weights)
         if not (r.loss.kl_weight or r.loss.contrastive_weight):
             # No term reads the logit scale, and DDP refuses a parameter that gets no gradient.
             student.logit_scale_log.requires_grad_(False)

@@ -11,7 +11,8 @@ import timm
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from open_clip.transformer import TextTransformer, Transformer
+from open_clip import CLIP
+from open_clip.transformer import QuickGELU, TextTransformer, Transformer
 from torch import nn
 
 from teachers.clip4clip import key_mask_bias, masked_mean
@@ -46,10 +47,26 @@ class Student(nn.Module):
             # short distillation: the demo student read no order (clips played backwards scored the same).
             self.frame_position_embeddings = nn.Parameter(torch.randn(config["max_frames"], dim))
             self.temporal_transformer = Transformer(dim, config["temporal_layers"], max(1, dim // 32))
-        self.text = TextTransformer(
-            context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=config["text_width"],
-            heads=config["text_heads"], layers=config["text_layers"], output_dim=dim)
+        tower = config.get("teacher_text")  # student.text: teacher (sizes from `teacher_text_tower`)
+        if config.get("text", "own") == "teacher" and not tower:
+            raise ValueError("student.text=teacher, but the config has no teacher_text sizes "
+                             "(students.model.teacher_text_tower gives them and the weights)")
+        if tower:
+            self.text = TextTransformer(
+                context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=tower["width"],
+                heads=tower["heads"], layers=tower["layers"], output_dim=dim,
+                act_layer=QuickGELU if tower["quick_gelu"] else nn.GELU).requires_grad_(False)
+        else:
+            self.text = TextTransformer(
+                context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=config["text_width"],
+                heads=config["text_heads"], layers=config["text_layers"], output_dim=dim)
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def train(self, mode: bool = True) -> "Student":
+        super().train(mode)
+        if self.config.get("teacher_text"):
+            self.text.eval()  # frozen: never in training mode
+        return self
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The parameters loaded from `config["pretrained"]` (the backbone's), which train at `coef_lr`."""
@@ -91,3 +108,27 @@ class Student(nn.Module):
             "video_features": self.encode_video(video, video_mask),
             "logit_scale": self.logit_scale(),
         }
+
+
+def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The sizes (`config["teacher_text"]` of a `Student`) and the weights (for `student.text`) of a CLIP4Clip
+    teacher's text tower, cut to `max_words` positions as the teacher runs it: a student with them embeds
+    every caption exactly as the teacher does.
+
+    Raises:
+        ValueError: The teacher's CLIP is not an OpenAI-style tower (causal mask, EOT pooling), e.g. some
+            `open_clip:` models.
+    """
+    clip = teacher.clip
+    if not (isinstance(clip, CLIP) and clip.attn_mask is not None and clip.text_pool_type == "argmax"):
+        raise ValueError("student.text=teacher needs a teacher whose text tower is OpenAI CLIP's (a causal "
+                         f"transformer read at the end token); {type(clip).__name__} is not")
+    block = clip.transformer.resblocks[0]
+    sizes = {"width": clip.transformer.width, "heads": block.attn.num_heads, "layers": len(clip.transformer.resblocks),
+             "quick_gelu": isinstance(block.mlp.gelu, QuickGELU)}
+    weights = {"token_embedding.weight": clip.token_embedding.weight,
+               "positional_embedding": clip.positional_embedding[:max_words],
+               "text_projection": clip.text_projection,
+               **{f"transformer.{k}": v for k, v in clip.transformer.state_dict().items()},
+               **{f"ln_final.{k}": v for k, v in clip.ln_final.state_dict().items()}}
+    return sizes, {k: v.detach().clone() for k, v in weights.items()}

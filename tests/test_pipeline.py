@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from students import read_metadata
-from teachers import load_teacher
+from students import load_student, read_metadata
+from teachers import load_teacher, tokenize
 from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +135,26 @@ def test_reuses_teacher_and_data_and_is_deterministic(demo):
     assert after["teacher"] == before["teacher"]
     a, b = load_file(first / "student.safetensors"), load_file(demo / "again" / "student.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_student_with_the_teachers_text_tower_embeds_captions_as_the_teacher(demo):
+    """student.text=teacher: the teacher's text tower, frozen, ships in the export; the exported student's
+    caption embeddings are the teacher's (to fp16 rounding), after training; a width that differs from the
+    teacher's embeddings is refused, naming the key."""
+    first = demo / "run"
+    common = [str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", "stages=[distill,evaluate,export]",
+              f"teacher.source={first / 'teacher.safetensors'}", *TINY, "student.text=teacher"]
+    done = run_cli(*common, f"output_dir={demo / 'text'}", "student.embed_dim=64", cwd=demo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    student, teacher = load_student(demo / "text" / "student.safetensors"), load_teacher(first / "teacher.safetensors")
+    ids, mask = tokenize(["a small red circle moves left, then it turns blue", "a large green square moves up"])
+    with torch.no_grad():
+        torch.testing.assert_close(student.encode_text(ids, mask), teacher.encode_text(ids, mask), rtol=0, atol=2e-3)
+    assert not any(p.requires_grad for p in student.text.parameters())
+    done = run_cli(*common, f"output_dir={demo / 'text_wrong'}", "student.embed_dim=32", cwd=demo)
+    assert done.returncode != 0
+    assert ("student.embed_dim: 32, but student.text=teacher embeds captions with the teacher's 64-d text tower; "
+            "set student.embed_dim=64") in done.stderr
 
 
 def test_resume_from_checkpoint_ends_with_same_student(demo):

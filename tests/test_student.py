@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from students import Student, export_student, load_student, read_metadata, round_weights
+from students import Student, export_student, load_student, read_metadata, round_weights, teacher_text_tower
 from students.export import DTYPES
 from teachers import tokenize
 
@@ -218,6 +218,29 @@ def test_round_weights_names_a_tensor_fp16_cannot_hold():
         round_weights(student, "fp16")
     round_weights(student, "bf16")  # bf16 has float32's range
     assert student.frame_proj.weight[0, 0] == 99840  # 1e5 to bf16's 8 bits of mantissa
+
+
+def test_teachers_text_tower_is_frozen_and_needs_an_openai_style_teacher():
+    from teachers import CLIP4Clip
+
+    arch = {"embed_dim": 64, "sim_header": "meanP", "cross_layers": 1,
+            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 64, "layers": 1, "head_width": 64},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2}}
+    torch.manual_seed(0)
+    teacher = CLIP4Clip(arch).eval()
+    sizes, weights = teacher_text_tower(teacher, MAX_WORDS)
+    assert sizes == {"width": 64, "heads": 1, "layers": 2, "quick_gelu": True}
+    student = Student({**student_config("vit", "mean"), "text": "teacher", "teacher_text": sizes})
+    student.text.load_state_dict(weights)
+    input_ids, attention_mask, *_ = make_batch(16)
+    close(student.encode_text(input_ids, attention_mask), teacher.encode_text(input_ids, attention_mask))
+    assert not any(p.requires_grad for p in student.text.parameters())
+    assert student.train().training and not student.text.training
+    with pytest.raises(ValueError, match="no teacher_text sizes"):
+        Student({**student_config("vit", "mean"), "text": "teacher"})
+    arch["text_cfg"] = {**arch["text_cfg"], "pool_type": "last"}
+    with pytest.raises(ValueError, match="student.text=teacher needs a teacher whose text tower is OpenAI CLIP's"):
+        teacher_text_tower(CLIP4Clip(arch), MAX_WORDS)
 
 
 def test_load_student_rejects_other_safetensors(tmp_path):
