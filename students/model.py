@@ -62,12 +62,6 @@ class Student(nn.Module):
                 heads=config["text_heads"], layers=config["text_layers"], output_dim=dim)
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def train(self, mode: bool = True) -> "Student":
-        super().train(mode)
-        if self.config.get("teacher_text"):
-            self.text.eval()  # frozen: never in training mode
-        return self
-
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The parameters loaded from `config["pretrained"]` (the backbone's), which train at `coef_lr`."""
         return list(self.backbone.parameters()) if self.config.get("pretrained") else []

@@ -235,7 +235,6 @@ def test_teachers_text_tower_is_frozen_and_needs_an_openai_style_teacher():
     input_ids, attention_mask, *_ = make_batch(16)
     close(student.encode_text(input_ids, attention_mask), teacher.encode_text(input_ids, attention_mask))
     assert not any(p.requires_grad for p in student.text.parameters())
-    assert student.train().training and not student.text.training
     with pytest.raises(ValueError, match="no teacher_text sizes"):
         Student({**student_config("vit", "mean"), "text": "teacher"})
     arch["text_cfg"] = {**arch["text_cfg"], "pool_type": "last"}
