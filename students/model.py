@@ -11,7 +11,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from open_clip import CLIP
 from open_clip.transformer import QuickGELU, TextTransformer, Transformer
 from torch import nn
 
@@ -110,13 +109,13 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[s
     every caption exactly as the teacher does.
 
     Raises:
-        ValueError: The teacher's CLIP is not an OpenAI-style tower (causal mask, EOT pooling), e.g. some
+        ValueError: The teacher's text tower is not OpenAI CLIP's (`teacher.openai_text_tower`), as in some
             `open_clip:` models.
     """
     clip = teacher.clip
-    if not (isinstance(clip, CLIP) and clip.attn_mask is not None and clip.text_pool_type == "argmax"):
+    if not teacher.openai_text_tower:
         raise ValueError("student.text=teacher needs a teacher whose text tower is OpenAI CLIP's (a causal "
-                         f"transformer read at the end token); {type(clip).__name__} is not")
+                         "transformer read at the end token); this teacher's is not")
     block = clip.transformer.resblocks[0]
     sizes = {"width": clip.transformer.width, "heads": block.attn.num_heads, "layers": len(clip.transformer.resblocks),
              "quick_gelu": isinstance(block.mlp.gelu, QuickGELU)}

@@ -138,6 +138,15 @@ class CLIP4Clip(nn.Module):
         return self.clip.context_length
 
     @property
+    def openai_text_tower(self) -> bool:
+        """The text tower is OpenAI CLIP's (a causal transformer read at the EOT token, projected by a
+        matrix): it can run at any length up to the context, which `text_features` and a student's
+        `text=teacher` rely on. Some open_clip models' towers are not."""
+        clip = self.clip
+        return (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None and clip.text_pool_type == "argmax"
+                and isinstance(clip.text_projection, nn.Parameter))
+
+    @property
     def is_tight(self) -> bool:
         """True for the cross-encoder head: scores come from `similarity_logits` only, there are no embeddings."""
         return self.sim_header == "tightTransf"
@@ -160,15 +169,12 @@ class CLIP4Clip(nn.Module):
         tokens: 2.4x fewer FLOPs). Towers with another mask or pooling (some open_clip models) are padded.
         """
         clip, n = self.clip, input_ids.shape[1]
-        causal = isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None and clip.text_pool_type == "argmax"
-        if not causal or n > self.context_length:  # pad_ids names an over-long input
+        if not self.openai_text_tower or n > self.context_length:  # pad_ids names an over-long input
             return clip.encode_text(pad_ids(input_ids, self.context_length)).float()
         dtype = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(input_ids).to(dtype) + clip.positional_embedding[:n].to(dtype)
         x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
-        x = text_global_pool(x, input_ids, "argmax")
-        projection = clip.text_projection
-        return (projection(x) if isinstance(projection, nn.Linear) else x @ projection).float()
+        return (text_global_pool(x, input_ids, "argmax") @ clip.text_projection).float()
 
     @in_precision
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
