@@ -183,8 +183,12 @@ def embedding_term(loss: LossConfig) -> str | None:
     return next((name for name in ("feature_weight", "cross_weight") if getattr(loss, name)), None)
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Reads, overrides and checks a recipe; every problem is a `RecipeError` naming the key or file."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: bool = False) -> Recipe:
+    """Reads, overrides and checks a recipe; every problem is a `RecipeError` naming the key or file.
+
+    `data_only` leaves out the checks of what only training reads (teacher.source, student.pretrained, the
+    stages' needs), for `python -m distill.prepare --check`, which reads only the data.
+    """
     recipe = load_dataclass(Recipe, path, overrides)
     order = [STAGE_ORDER.index(s) for s in recipe.stages]
     if not order or order != sorted(set(order)):
@@ -208,6 +212,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if recipe.data.format == "synthetic" and "data" not in recipe.stages \
             and not (Path(recipe.data.root) / "manifest.json").is_file():
         raise RecipeError(f"data.root: no synthetic dataset in {recipe.data.root}; add the 'data' stage to make it")
+    if data_only:
+        return recipe
     source = recipe.teacher.source
     if source is not None and source.startswith("open_clip:"):
         from teachers import parse_open_clip_source  # torch and open_clip, only for recipes that need them
@@ -238,8 +244,8 @@ def parse_recipe_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.max_steps=20")
     args = parser.parse_args(argv)
-    try:
-        return args, load_recipe(args.recipe, args.overrides)
+    try:  # a --check (distill.prepare) reads only the data
+        return args, load_recipe(args.recipe, args.overrides, data_only=getattr(args, "check", False))
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return args, None

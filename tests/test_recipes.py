@@ -19,6 +19,7 @@ from distill.config import RecipeError
 from distill.data.synthetic import write_mp4
 from distill.data.video import read_clip
 from distill.metrics import retrieval_metrics
+from distill.prepare import main as prepare_main
 from distill.recipe import load_recipe
 from students import load_student
 from teachers import load_teacher, tokenize
@@ -71,6 +72,15 @@ def test_the_recipe_names_each_path_it_lacks(msrvtt):
     recipe = load_recipe(RECIPE, given)
     assert recipe.mixed_precision == "bf16" and recipe.data.format == "msrvtt"
     assert recipe.stages == ["data", "prepare", "teacher", "cache", "distill", "evaluate", "export"]
+
+
+def test_checking_the_data_needs_only_the_data_paths(msrvtt, capsys):
+    """`python -m distill.prepare --check` reads only the data: the teacher's placeholder path may stay."""
+    data = [p for p in paths(msrvtt) if p.startswith("data.")]
+    assert prepare_main(["--check", str(RECIPE), *data]) == 0
+    assert "train: 12 pairs of 6 videos are usable; 0 problems" in capsys.readouterr().out
+    assert prepare_main(["--check", str(RECIPE), data[0]]) == 2  # the videos are data
+    assert "error: data.video_root: no such folder: /data/MSRVTT/videos" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
