@@ -185,7 +185,8 @@ def open_shards(folder: Path, settings: dict) -> tuple[FrameShards | None, str]:
     """
     path = Path(folder) / "manifest.json"
     if not path.is_file():
-        return None, f"no frame shards in {folder} (the prepare stage, or python -m distill.prepare RECIPE, writes them); decoding videos"
+        return None, (f"no frame shards in {folder} (the prepare stage, or python -m distill.prepare RECIPE, "
+                      "writes them); decoding videos")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         return None, (f"the frame shards in {folder} are in {_format_name(manifest)}, this version reads {FORMAT} "
