@@ -239,7 +239,7 @@ class Run:
             raise ValueError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
         teacher, views = self.teacher_outputs()
         set_seed(r.seed)
-        config = {**asdict(r.student), "max_words": r.data.max_words}
+        config, text_weights = {**asdict(r.student), "max_words": r.data.max_words}, None
         if r.student.text == "teacher":
             if r.student.embed_dim != self.teacher.arch["embed_dim"]:
                 raise ValueError(f"student.embed_dim: {r.student.embed_dim}, but student.text=teacher embeds "
@@ -247,7 +247,7 @@ class Run:
                                  f"student.embed_dim={self.teacher.arch['embed_dim']}")
             config["teacher_text"], text_weights = teacher_text_tower(self.teacher, r.data.max_words)
         student = Student(config)
-        if r.student.text == "teacher":
+        if text_weights is not None:
             student.text.load_state_dict(text_weights)
         if not (r.loss.kl_weight or r.loss.contrastive_weight):
             # No term reads the logit scale, and DDP refuses a parameter that gets no gradient.

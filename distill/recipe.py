@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from operator import attrgetter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal, Optional, Sequence, get_args
 

@@ -327,14 +327,17 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
             end_of_epoch = step % len(loader) == 0 or step == total
-            if validate is not None and end_of_epoch:
-                states = rng_states()  # a DataLoader draws its seed from the global generator
+            validating = validate is not None and end_of_epoch
+            if validating:
+                started, states = time.perf_counter(), rng_states()  # a DataLoader seeds from the global generator
                 model.eval()
                 record.update(validate(accelerator.unwrap_model(model)))
                 model.train()
                 set_rng_states(states)
-            if step % config.log_every == 0 or step == total or (validate is not None and end_of_epoch):
-                # Throughput since the previous line: data, teacher, student and optimizer, and any save.
+                clock = (clock[0] + time.perf_counter() - started, clock[1])  # not training time
+            if step % config.log_every == 0 or step == total or validating:
+                # Training throughput since the previous line: data, teacher, student and optimizer, and any
+                # save; not the validation.
                 now = time.perf_counter()
                 record["clips_per_s"] = (step - clock[1]) * config.batch_size / (now - clock[0])
                 clock = (now, step)

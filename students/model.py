@@ -110,12 +110,15 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[s
 
     Raises:
         ValueError: The teacher's text tower is not OpenAI CLIP's (`teacher.openai_text_tower`), as in some
-            `open_clip:` models.
+            `open_clip:` models, or is shorter than `max_words`.
     """
     clip = teacher.clip
     if not teacher.openai_text_tower:
         raise ValueError("student.text=teacher needs a teacher whose text tower is OpenAI CLIP's (a causal "
                          "transformer read at the end token); this teacher's is not")
+    if max_words > teacher.context_length:
+        raise ValueError(f"data.max_words: {max_words}, more than the teacher's text context "
+                         f"({teacher.context_length}), which student.text=teacher reuses")
     block = clip.transformer.resblocks[0]
     sizes = {"width": clip.transformer.width, "heads": block.attn.num_heads, "layers": len(clip.transformer.resblocks),
              "quick_gelu": isinstance(block.mlp.gelu, QuickGELU)}

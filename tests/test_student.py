@@ -221,22 +221,23 @@ def test_round_weights_names_a_tensor_fp16_cannot_hold():
 
 
 def test_teachers_text_tower_is_frozen_and_needs_an_openai_style_teacher():
+    from test_teacher import CONTEXT, make_teacher, tiny_arch
+
     from teachers import CLIP4Clip
 
-    arch = {"embed_dim": 64, "sim_header": "meanP", "cross_layers": 1,
-            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 64, "layers": 1, "head_width": 64},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2}}
-    torch.manual_seed(0)
-    teacher = CLIP4Clip(arch).eval()
+    teacher = make_teacher("meanP")
     sizes, weights = teacher_text_tower(teacher, MAX_WORDS)
-    assert sizes == {"width": 64, "heads": 1, "layers": 2, "quick_gelu": True}
-    student = Student({**student_config("vit", "mean"), "text": "teacher", "teacher_text": sizes})
+    assert sizes == {"width": 128, "heads": 2, "layers": 1, "quick_gelu": True}
+    student = Student({**student_config("vit", "mean"), "embed_dim": 128, "text": "teacher", "teacher_text": sizes})
     student.text.load_state_dict(weights)
     input_ids, attention_mask, *_ = make_batch(16)
     close(student.encode_text(input_ids, attention_mask), teacher.encode_text(input_ids, attention_mask))
     assert not any(p.requires_grad for p in student.text.parameters())
     with pytest.raises(ValueError, match="no teacher_text sizes"):
         Student({**student_config("vit", "mean"), "text": "teacher"})
+    with pytest.raises(ValueError, match=f"data.max_words: {CONTEXT + 1}, more than the teacher's text context"):
+        teacher_text_tower(teacher, CONTEXT + 1)
+    arch = tiny_arch("meanP")
     arch["text_cfg"] = {**arch["text_cfg"], "pool_type": "last"}
     with pytest.raises(ValueError, match="student.text=teacher needs a teacher whose text tower is OpenAI CLIP's"):
         teacher_text_tower(CLIP4Clip(arch), MAX_WORDS)
