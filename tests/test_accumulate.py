@@ -6,54 +6,15 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration
 from torch import nn
-from torch.utils.data import Dataset
 
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
 from distill.train import OnlineTeacher, split_batch, student_outputs, train
-
-
-class Pairs(Dataset):
-    """16 random caption-clip pairs with a teacher view and a student view."""
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(1, 50, (16, 5), generator=g)
-        self.video = torch.randn(16, 2, 3, 4, 4, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        clip, mask = self.video[i], torch.ones(2, dtype=torch.long)
-        return {"index": torch.tensor(i), "input_ids": self.ids[i], "attention_mask": torch.ones(5, dtype=torch.long),
-                "student_video": clip, "student_mask": mask, "teacher_video": clip.flip(0), "teacher_mask": mask}
-
-
-class TwoTower(nn.Module):
-    """Embedding bag for text, a linear layer over frames; `dropout` and BatchNorm make the forward pass
-    random and batch-dependent."""
-
-    is_tight = False
-
-    def __init__(self, dropout: float = 0.0, batch_norm: bool = False):
-        super().__init__()
-        self.embedding = nn.EmbeddingBag(50, 8)
-        self.video = nn.Linear(3 * 4 * 4, 8)
-        self.norm = nn.BatchNorm1d(8) if batch_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
-        self.logit_scale_log = nn.Parameter(torch.tensor(2.0))
-
-    def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
-        frames = self.dropout(self.video(video.flatten(2))).mean(1)
-        return {"text_features": F.normalize(self.dropout(self.embedding(input_ids)), dim=-1),
-                "video_features": F.normalize(self.norm(frames), dim=-1),
-                "logit_scale": self.logit_scale_log.exp()}
+from toy import Pairs, TwoTower
 
 
 def accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -77,7 +38,7 @@ def distill(run_dir, accumulate: int, mixed_precision: str = "no") -> tuple[TwoT
     torch.manual_seed(0)
     student = TwoTower()
     loss = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=8, teacher_dim=8)
-    train(student, loss, Pairs(), TrainConfig(batch_size=8, max_steps=6, log_every=1, lr=1e-2, accumulate=accumulate),
+    train(student, loss, Pairs(16), TrainConfig(batch_size=8, max_steps=6, log_every=1, lr=1e-2, accumulate=accumulate),
           accelerator=accelerator(mixed_precision), view="student", seed=0, run_dir=run_dir, name="distill",
           teacher=OnlineTeacher(teacher))
     return student, [json.loads(line) for line in (run_dir / "distill_log.jsonl").read_text().splitlines()]
@@ -113,7 +74,7 @@ def gradients(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_replay_draws_the_same_dropout_and_updates_running_statistics_once():
     """With dropout and BatchNorm, the gradients equal those of a graph kept over every micro-batch (the
     same random draws in the same order), and the running statistics move once per micro-batch."""
-    batch = {key: torch.stack([Pairs()[i][key] for i in range(8)]) for key in Pairs()[0]}
+    batch = {key: torch.stack([Pairs(16)[i][key] for i in range(8)]) for key in Pairs(16)[0]}
     micro = split_batch(batch, 4)
     loss_fn = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
     models, draws = [], []
@@ -147,5 +108,5 @@ def test_batch_must_split_into_micro_batches(tmp_path):
     loss = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
     with pytest.raises(ValueError, match="batch_size 8 is the global batch and must split evenly over the 1 "
                                          "processes and train.accumulate=3 micro-batches"):
-        train(TwoTower(), loss, Pairs(), TrainConfig(batch_size=8, max_steps=1, accumulate=3),
+        train(TwoTower(), loss, Pairs(16), TrainConfig(batch_size=8, max_steps=1, accumulate=3),
               accelerator=accelerator(), view="student", seed=0, run_dir=tmp_path, name="distill")

@@ -7,46 +7,16 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DataLoaderConfiguration
 from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import Dataset
 
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
 from distill.train import synchronise_batch_norm, train
-
-
-class Pairs(Dataset):
-    """12 random caption-clip pairs in the batch layout of `VideoTextDataset` (student view only)."""
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(1, 50, (12, 5), generator=g)
-        self.video = torch.randn(12, 2, 3, 4, 4, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"index": torch.tensor(i), "input_ids": self.ids[i], "attention_mask": torch.ones(5, dtype=torch.long),
-                "student_video": self.video[i], "student_mask": torch.ones(2, dtype=torch.long)}
-
-
-class TinyModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embedding = nn.EmbeddingBag(50, 8)
-        self.video = nn.Linear(3 * 4 * 4, 8)
-        self.logit_scale_log = nn.Parameter(torch.tensor(2.0))
-
-    def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
-        return {"text_features": F.normalize(self.embedding(input_ids), dim=-1),
-                "video_features": F.normalize(self.video(video.flatten(2)).mean(1), dim=-1),
-                "logit_scale": self.logit_scale_log.exp()}
+from toy import Pairs, TwoTower
 
 
 class FailingLoss(nn.Module):
@@ -65,20 +35,20 @@ class FailingLoss(nn.Module):
         return losses
 
 
-def run(run_dir, loss: nn.Module, model: TinyModel | None = None, **config) -> TinyModel:
+def run(run_dir, loss: nn.Module, model: TwoTower | None = None, **config) -> TwoTower:
     """Six steps of 4 pairs from a model seeded with 0, checkpoints every 2 steps; returns the model."""
     torch.manual_seed(0)
-    model = model or TinyModel()
+    model = model or TwoTower()
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
-    train(model, loss, Pairs(), TrainConfig(batch_size=4, max_steps=6, checkpoint_every=2, log_every=1, **config),
+    train(model, loss, Pairs(12), TrainConfig(batch_size=4, max_steps=6, checkpoint_every=2, log_every=1, **config),
           accelerator=accelerator, view="student", seed=0, run_dir=run_dir, name="distill")
     return model
 
 
 @pytest.mark.parametrize("value, text", [(float("nan"), "nan"), (float("inf"), "inf")])
 def test_non_finite_loss_saves_state_then_stops_naming_step_and_term(tmp_path, value, text):
-    model = TinyModel()
+    model = TwoTower()
     with pytest.raises(FloatingPointError) as error:
         run(tmp_path, FailingLoss(at=4, value=value), model)
     saved = tmp_path / "checkpoints" / "distill" / "checkpoint_3"
@@ -134,7 +104,7 @@ def test_log_lines_go_to_the_trackers(tmp_path):
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     accelerator.init_trackers("test")
     torch.manual_seed(0)
-    train(TinyModel(), FailingLoss(at=0, value=0.0), Pairs(), TrainConfig(batch_size=4, max_steps=6, log_every=2),
+    train(TwoTower(), FailingLoss(at=0, value=0.0), Pairs(12), TrainConfig(batch_size=4, max_steps=6, log_every=2),
           accelerator=accelerator, view="student", seed=0, run_dir=tmp_path, name="distill")
     log = [json.loads(line) for line in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
     assert [step for step, _ in recorder.logged] == [r["step"] for r in log] == [2, 4, 6]
@@ -145,7 +115,7 @@ def test_log_lines_go_to_the_trackers(tmp_path):
     assert recorder.logged[-1][1]["distill/clips_per_s"] > 0
 
 
-class PretrainedText(TinyModel):
+class PretrainedText(TwoTower):
     """Its text embedding stands for weights loaded from a pretrained file."""
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
@@ -162,7 +132,7 @@ def test_pretrained_parameters_train_at_lr_times_coef_lr(tmp_path, coef_lr):
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
     config = TrainConfig(batch_size=4, max_steps=1, lr=0.06, coef_lr=coef_lr, weight_decay=0.0, warmup_ratio=1.0,
                          grad_clip=0.0)
-    train(model, FailingLoss(at=0, value=0.0), Pairs(), config, accelerator=accelerator, view="student", seed=0,
+    train(model, FailingLoss(at=0, value=0.0), Pairs(12), config, accelerator=accelerator, view="student", seed=0,
           run_dir=tmp_path, name="distill")
     step = {k: (v - before[k]).abs().max().item() for k, v in model.state_dict().items()}
     assert step["video.weight"] == pytest.approx(0.06, rel=1e-4)
