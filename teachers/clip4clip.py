@@ -8,6 +8,7 @@ the state dict lines up with `pytorch_model.bin.N` files.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial, wraps
 from typing import Literal, Optional
@@ -76,6 +77,13 @@ class CrossEncoder(nn.Module):
                              f"the cross encoder has {positions.shape[0]}")
         x = self.transformer(x + positions[: x.shape[1]], attn_mask=key_mask_bias(mask, CROSS_HEADS, x.dtype))
         return self.activation(self.pooler["dense"](self.pooler["ln_pool"](x)[:, 0]))
+
+
+def lstm_needs_fp32(x: torch.Tensor) -> bool:
+    """CPU bf16 autocast runs an LSTM through oneDNN's bf16 primitive, which CPUs without native bf16
+    (AVX2-only ones) lack: there the LSTM on `x` leaves autocast and runs in float32 instead of failing."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 Precision = Literal["bf16", "fp32"]
@@ -207,7 +215,8 @@ class CLIP4Clip(nn.Module):
         """The loose similarity head on frame features `[B, T, D]`; keeps the shape."""
         if self.sim_header == "seqLSTM":
             # Valid frames are a prefix, so running the LSTM on the padded sequence equals the packed run.
-            out, _ = self.lstm_visual(x)
+            with torch.autocast("cpu", enabled=False) if lstm_needs_fp32(x) else contextlib.nullcontext():
+                out, _ = self.lstm_visual(x)
             return out + x
         if self.sim_header == "seqTransf":
             heads = self.transformerClip.resblocks[0].attn.num_heads

@@ -59,7 +59,8 @@ def test_raw_shards_give_exactly_the_decoded_clips(recipe, capsys):
             a, b = decoded[i], prepared[i]
             assert a.keys() == b.keys()
             for key in a:
-                assert torch.equal(a[key], b[key]), (split, i, key)
+                # Layout too: on some CPUs a convolution rounds differently for another memory format.
+                assert torch.equal(a[key], b[key]) and a[key].stride() == b[key].stride(), (split, i, key)
     size = (recipe.parent / "run/frames/shard_00000.bin").stat().st_size
     assert size == 10 * 8 * 3 * (32 * 32 + 16 * 16)  # 10 clips of 8 frames at both sizes, uint8
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,6 +208,29 @@ def test_seqLSTM_ignores_frame_position_embeddings(batch):
     before = teacher.encode_video(video, mask)
     teacher.frame_position_embeddings.weight.zero_()
     close(teacher.encode_video(video, mask), before)
+
+
+def test_seqLSTM_under_bf16_runs_on_a_cpu_without_native_bf16():
+    """oneDNN has no bf16 LSTM primitive without native bf16 (AVX2-only CPUs): there the LSTM leaves the
+    autocast and runs in float32. ONEDNN_MAX_CPU_ISA=AVX2 makes any x86-64 CPU such a CPU for oneDNN."""
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_teacher import make_teacher
+assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+teacher = make_teacher("seqLSTM")
+video, mask = torch.randn(2, {T}, 3, 16, 16), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+with torch.no_grad():
+    exact = teacher.encode_video(video, mask)
+    teacher.precision = "bf16"
+    low = teacher.encode_video(video, mask)
+print((low - exact).abs().max().item())
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # bf16 really ran in the frame encoder (an error), and stays near float32 (unit vectors: 0.05 is 5%).
+    assert 0 < float(done.stdout) < 0.05
 
 
 # ---------------------------------------------------------------- text

@@ -233,9 +233,11 @@ def normalize(frames: torch.Tensor) -> torch.Tensor:
     """uint8 `[T, 3, s, s]` -> float32 scaled to [0, 1] and normalised with the CLIP mean/std.
 
     `(x / 255 - mean) / std` as one scale and one shift, in place on the float copy: one float tensor
-    allocated instead of three, which shows when clips come from frame shards rather than a decoder.
+    allocated instead of three. The copy is contiguous whatever the input's layout (a resize hands back
+    channels-last frames, frame shards contiguous ones), so both data paths give the model the same
+    tensors: on some CPUs convolutions pick other kernels, with other rounding, for another layout.
     """
-    return frames.float().mul_(_SCALE).sub_(_SHIFT)
+    return frames.to(torch.float32, memory_format=torch.contiguous_format).mul_(_SCALE).sub_(_SHIFT)
 
 
 def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
