@@ -216,6 +216,12 @@ class TeacherCache:
         self.teacher = teacher if teacher.is_tight else None
         self.device = device
         pairs = key["dataset"]["pairs"]
+        written = torch.zeros(pairs, dtype=torch.bool)
+        written[cat["text_pairs"]] = True
+        if not written.all():
+            missing = (~written).nonzero().flatten().tolist()
+            raise CacheError(f"teacher cache {cache_dir} has no teacher outputs for {len(missing)} of its {pairs} "
+                             f"pairs (first: {missing[:5]}); run the 'cache' stage again to rebuild it")
         # Each pair's text row and video row, from the pair indices the shards store.
         self.text = torch.empty(pairs, cat["text_features"].shape[1])
         self.text[cat["text_pairs"]] = cat["text_features"]

@@ -36,13 +36,16 @@ def tight(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def encode_texts(model: nn.Module, dataset: VideoTextDataset, *, batch_size: int, device) -> torch.Tensor:
-    """One row per caption: embeddings `[N, D]`, or a tight teacher's text features."""
+def encode_texts(model: nn.Module, dataset: VideoTextDataset, *, batch_size: int,
+                 accelerator: Accelerator) -> torch.Tensor:
+    """One row per caption: embeddings `[N, D]`, or a tight teacher's text features; under the run's mixed
+    precision, as `encode_videos` encodes the videos."""
     rows = []
     for start in range(0, len(dataset), batch_size):
-        ids = dataset.input_ids[start:start + batch_size].to(device)
-        mask = dataset.attention_mask[start:start + batch_size].to(device)
-        rows.append((model.text_features(ids) if tight(model) else model.encode_text(ids, mask)).float())
+        ids = dataset.input_ids[start:start + batch_size].to(accelerator.device)
+        mask = dataset.attention_mask[start:start + batch_size].to(accelerator.device)
+        with accelerator.autocast():
+            rows.append((model.text_features(ids) if tight(model) else model.encode_text(ids, mask)).float())
     return torch.cat(rows)
 
 
@@ -155,7 +158,7 @@ def model_metrics(models: dict[str, nn.Module], dataset: VideoTextDataset, *, ba
                             num_workers=num_workers)
     report = {}
     for view, model in models.items():
-        text = encode_texts(model, dataset, batch_size=batch_size, device=accelerator.device).cpu()
+        text = encode_texts(model, dataset, batch_size=batch_size, accelerator=accelerator).cpu()
         metrics = retrieval(scores(model, text, encoded[view], "video"), video_of_text)
         metrics["t2v_reversed_R1"] = retrieval(scores(model, text, encoded[view], "reversed"),
                                                video_of_text)["t2v"]["R1"]

@@ -27,7 +27,7 @@ from distill.data.video import CLIP_MEAN, CLIP_STD
 from distill.evaluate import evaluate, model_metrics, write_reports
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, Recipe, TeacherConfig, embedding_term
-from distill.train import OnlineTeacher, end_training, train
+from distill.train import OnlineTeacher, check_split, end_training, train
 from students import Student, export_student, load_student, round_weights, teacher_text_tower
 from teachers import CLIP4Clip, load_teacher, save_teacher
 
@@ -71,6 +71,13 @@ class Run:
                                        log_with=log_with or None,
                                        project_config=ProjectConfiguration(project_dir=str(self.dir),
                                                                            logging_dir=str(self.dir / "logs")))
+        processes = self.accelerator.num_processes
+        check_split("eval.batch_size", recipe.eval.batch_size, processes)
+        if "distill" in recipe.stages:
+            check_split("train.batch_size", recipe.train.batch_size, processes, recipe.train.accumulate)
+        if "teacher" in recipe.stages and recipe.teacher.source is None:
+            check_split("teacher.train.batch_size", recipe.teacher.train.batch_size, processes,
+                        recipe.teacher.train.accumulate)
         self.teacher: CLIP4Clip | None = None
         self.student: Student | None = None
         self.report: dict | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from operator import attrgetter
 from pathlib import Path
 from typing import Literal, Optional, Sequence, get_args
@@ -227,6 +227,12 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         raise RecipeError(f"teacher.source: no such file: {source}")
     if recipe.student.pretrained is not None and not Path(recipe.student.pretrained).is_file():
         raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
+    if "distill" in recipe.stages:
+        from students import check_student  # timm, only for recipes that train a student
+        try:
+            check_student({**asdict(recipe.student), "max_words": recipe.data.max_words})
+        except ValueError as error:
+            raise RecipeError(str(error)) from None
     if source is None and "teacher" not in recipe.stages and {"cache", "distill", "evaluate"} & set(recipe.stages):
         raise RecipeError("teacher.source: required when the stages do not include 'teacher'")
     if "cache" in recipe.stages and not recipe.teacher.cache:

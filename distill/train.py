@@ -201,6 +201,13 @@ def student_outputs(model: nn.Module, batches: list[dict[str, torch.Tensor]], vi
     return out, replay
 
 
+def check_split(key: str, batch_size: int, processes: int, accumulate: int = 1) -> None:
+    """A batch is global (`split_batches`): it must split evenly over the processes and micro-batches."""
+    if batch_size % (processes * accumulate):
+        raise ValueError(f"{key}: {batch_size} is the global batch and must split evenly over the {processes} "
+                         f"processes" + (f" and {accumulate} micro-batches (accumulate)" if accumulate > 1 else ""))
+
+
 def param_groups(model: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
     """`train.lr` for every parameter but the model's `pretrained_parameters()` (a backbone loaded from
     pretrained weights), which train at `lr * coef_lr`, as CLIP4Clip trains CLIP under its new heads."""
@@ -254,10 +261,7 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     """
     loader = training_loader(dataset, config.batch_size, seed, num_workers=num_workers,
                              pin_memory=accelerator.device.type == "cuda")
-    if config.batch_size % (accelerator.num_processes * config.accumulate):
-        raise ValueError(f"{name}: batch_size {config.batch_size} is the global batch and must split evenly "
-                         f"over the {accelerator.num_processes} processes and train.accumulate="
-                         f"{config.accumulate} micro-batches")
+    check_split(f"{name}: batch_size", config.batch_size, accelerator.num_processes, config.accumulate)
     if config.accumulate > 1 and getattr(model, "is_tight", False):
         raise ValueError(f"{name}: train.accumulate must be 1 for a tightTransf model: its cross encoder scores "
                          "pairs, so there are no embeddings to accumulate over micro-batches")

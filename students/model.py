@@ -5,6 +5,7 @@ a dict), so the training loop, evaluation and export treat both alike.
 """
 from __future__ import annotations
 
+import difflib
 import math
 
 import timm
@@ -101,6 +102,26 @@ class Student(nn.Module):
             "video_features": self.encode_video(video, video_mask),
             "logit_scale": self.logit_scale(),
         }
+
+
+def check_student(config: dict) -> None:
+    """Builds the student of `config` on the meta device (no memory, no weights read), so a recipe whose
+    student cannot be built stops before any work, not after the data and the teacher stages.
+
+    Raises:
+        ValueError: names `student.backbone` (with the closest timm names) or the error building it.
+    """
+    name = config["backbone"]
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
+        raise ValueError(f"student.backbone: no timm model {name!r}"
+                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
+    try:
+        with torch.device("meta"):
+            Student({**config, "pretrained": None, "text": "own"})
+    except Exception as error:  # timm and open_clip raise many kinds for arguments that do not fit
+        raise ValueError(f"student: {name} with backbone_kwargs {config['backbone_kwargs']} cannot be built: "
+                         f"{type(error).__name__}: {error}") from None
 
 
 def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 
 import open_clip
@@ -18,6 +19,10 @@ def parse_open_clip_source(source: str) -> tuple[str, Path]:
     if not source.startswith(PREFIX) or not model or key != "pretrained" or not weights:
         raise ValueError(f"teacher source {source!r}: expected {PREFIX}<MODEL>?pretrained=<local weights file>, "
                          f"e.g. {PREFIX}ViT-B-32-quickgelu?pretrained=/models/vit_b_32.pt")
+    if open_clip.get_model_config(model) is None:
+        close = difflib.get_close_matches(model, open_clip.list_models(), n=3, cutoff=0.7)
+        raise ValueError(f"teacher source {source!r}: no open_clip model {model!r}"
+                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
     return model, Path(weights)
 
 
@@ -28,9 +33,6 @@ def load_open_clip_teacher(source: str) -> CLIP4Clip:
     if not weights.is_file():
         raise FileNotFoundError(f"teacher source {source}: no such weights file: {weights}")
     config = open_clip.get_model_config(model)
-    if config is None:
-        raise ValueError(f"teacher source {source}: unknown open_clip model {model!r}; "
-                         f"known: {', '.join(open_clip.list_models())}")
     try:
         clip = open_clip.create_model(model, pretrained=str(weights), pretrained_text=False)
     except RuntimeError as error:  # strict load_state_dict: missing, unexpected and mis-shaped keys together

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 
 @pytest.fixture(scope="module")
@@ -12,3 +13,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bf16():
+    """bf16 autocast on CPU; Accelerate keeps one precision per process, so its state is reset around it."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield "bf16"
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 
@@ -20,14 +19,6 @@ from toy import Pairs, TwoTower
 def accelerator(mixed_precision: str = "no") -> Accelerator:
     return Accelerator(cpu=True, mixed_precision=mixed_precision,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
-
-
-@pytest.fixture
-def bf16():
-    """bf16 autocast on CPU; Accelerate keeps one precision per process, so its state is reset around it."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield "bf16"
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def distill(run_dir, accumulate: int, mixed_precision: str = "no") -> tuple[TwoTower, list[dict]]:
@@ -106,7 +97,7 @@ def test_replay_draws_the_same_dropout_and_updates_running_statistics_once():
 
 def test_batch_must_split_into_micro_batches(tmp_path):
     loss = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
-    with pytest.raises(ValueError, match="batch_size 8 is the global batch and must split evenly over the 1 "
-                                         "processes and train.accumulate=3 micro-batches"):
+    with pytest.raises(ValueError, match=r"^distill: batch_size: 8 is the global batch and must split evenly over "
+                                         r"the 1 processes and 3 micro-batches \(accumulate\)$"):
         train(TwoTower(), loss, Pairs(16), TrainConfig(batch_size=8, max_steps=1, accumulate=3),
               accelerator=accelerator(), view="student", seed=0, run_dir=tmp_path, name="distill")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import default_collate
 
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest
@@ -106,6 +107,24 @@ def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
     assert build_cache(tmp_path, other, dataset, other_key, accelerator=accelerator, batch_size=4,
                        videos_per_shard=5) == 3
     TeacherCache(tmp_path, other_key, other, device=torch.device("cpu"))
+
+
+def test_a_pair_without_cached_outputs_is_refused(data, tmp_path):
+    """A shard that lost a caption's row (written by another version, or edited) is refused when the cache is
+    read, naming the pair; before, its row was uninitialised memory."""
+    teacher = tiny_teacher("meanP")
+    dataset = VideoTextDataset(train_pairs(data)[:8], {"teacher": View(4, 16)}, max_words=32)
+    key = cache_key(dataset, teacher, SAMPLING)
+    build_cache(tmp_path, teacher, dataset, key, accelerator=Accelerator(cpu=True), batch_size=4, videos_per_shard=4)
+    shard = tmp_path / "shard_00001.safetensors"
+    with safe_open(str(shard), framework="pt") as f:
+        metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+    keep = tensors["text_pairs"] != 6
+    for name in ("text_pairs", "text_videos", "text_features"):
+        tensors[name] = tensors[name][keep]
+    save_file(tensors, str(shard), metadata=metadata)
+    with pytest.raises(CacheError, match=r"no teacher outputs for 1 of its 8 pairs \(first: \[6\]\)"):
+        TeacherCache(tmp_path, key, teacher, device=torch.device("cpu"))
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

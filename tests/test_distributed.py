@@ -260,3 +260,17 @@ if __name__ == "__main__":
         torch.save(result, sys.argv[1])
     accelerator.wait_for_everyone()
     end_training(accelerator)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.batch_size=5", "eval.batch_size: 5 is the global batch and must split evenly over the 2 processes"),
+    ("train.accumulate=3", "train.batch_size: 16 is the global batch and must split evenly over the 2 processes "
+                           "and 3 micro-batches (accumulate)"),
+])
+def test_batches_that_do_not_split_over_the_processes_fail_before_any_work(tmp_path, override, message):
+    """With split_batches every batch is global; its size is checked against the process count at the start."""
+    done = launch(REPO / "distill" / "run.py", str(REPO / "recipes" / "demo.yaml"), f"output_dir={tmp_path / 'run'}",
+                  *TINY, override, processes=2, cwd=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not (tmp_path / "data").exists()  # the data stage never ran

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
-from distill.evaluate import evaluate
+from distill.evaluate import encode_texts, evaluate
 from distill.pipeline import teacher_arch
 from distill.recipe import StudentConfig, SyntheticConfig, TeacherConfig
 from students import Student
@@ -66,3 +66,18 @@ def test_workers_give_the_same_report(test_pairs, one_thread):
         assert reports[0][name] == reports[1][name]
         assert set(reports[0][name]["t2v"]) == {"R1", "R5", "R10", "MdR", "MnR"}
         assert 1 <= reports[0][name]["t2v"]["MnR"] <= 5
+
+
+def test_captions_are_encoded_under_the_runs_mixed_precision(test_pairs, one_thread, bf16):
+    """As the videos are (`accelerator.autocast()`): a bf16 run ranks bf16 captions against bf16 videos."""
+    student = tiny_models()["student"]
+    dataset = VideoTextDataset(test_pairs, {"student": View(3, 16)}, max_words=16)
+    accelerator = Accelerator(cpu=True, mixed_precision=bf16)
+    text = encode_texts(student, dataset, batch_size=4, accelerator=accelerator)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = student.encode_text(dataset.input_ids, dataset.attention_mask)
+        exact = student.encode_text(dataset.input_ids, dataset.attention_mask)
+    # Same computation on the same rows (batching splits rows, which a transformer treats independently).
+    torch.testing.assert_close(text, low.float(), rtol=0, atol=0)
+    assert not torch.equal(text, exact)

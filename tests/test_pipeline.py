@@ -181,6 +181,13 @@ def test_resume_from_checkpoint_ends_with_same_student(demo):
     ("teacher.source=missing.safetensors", "teacher.source: no such file: missing.safetensors"),
     ("student.pretrained=vit.pth", "student.pretrained: no such weights file: vit.pth"),
     ("stages=[evaluate,distill]", "stages:"),
+    # Models that cannot be built: before the data and teacher stages, not minutes later.
+    ("student.backbone=mobilenetv3_smal", "student.backbone: no timm model 'mobilenetv3_smal'; did you mean "
+                                          "'mobilenetv3_small_100'"),
+    ("student.backbone_kwargs={depth: 2, depht: 3}", "student: vit_tiny_patch16_224 with backbone_kwargs "
+                                                         "{'depth': 2, 'depht': 3} cannot be built"),
+    ("teacher.source=open_clip:ViT-B-32-quickgel?pretrained=x.pt", "no open_clip model 'ViT-B-32-quickgel'; did "
+                                                                   "you mean 'ViT-B-32-quickgelu'"),
 ])
 def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"output_dir={tmp_path / 'run'}", override, cwd=tmp_path)

@@ -468,7 +468,7 @@ def test_open_clip_source_errors_name_the_problem(tmp_path, open_clip_weights):
         load_teacher(f"open_clip:{name}")
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         load_teacher(f"open_clip:{name}?pretrained={tmp_path / 'nowhere.safetensors'}")
-    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Nope'"):
+    with pytest.raises(ValueError, match="no open_clip model 'ViT-Nope'"):
         load_teacher(f"open_clip:ViT-Nope?pretrained={path}")
     with pytest.raises(ValueError, match=f"(?s)weights do not fit {name}-wide: .*visual.conv1.weight"):
         load_teacher(f"open_clip:{name}-wide?pretrained={path}")

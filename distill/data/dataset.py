@@ -115,9 +115,24 @@ class VideoTextDataset(Dataset):
         return frames
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.readable(index)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch (a DataLoader hands the dataset the batch's indices): as `__getitem__`, but a failed pair
+        is replaced by the next readable pair that is not in the batch yet. The same pair twice in a batch
+        would be a false negative of the contrastive loss."""
+        taken, items = set(indices), []
+        for index in indices:
+            items.append(self.readable(index, taken))
+            taken.add(items[-1]["index"].item())
+        return items
+
+    def readable(self, index: int, taken: set[int] = frozenset()) -> dict[str, torch.Tensor]:
+        """The item of pair `index`, or when its video fails (with `bad_videos` given) of the next pair after
+        it whose video reads and that is not in `taken`."""
         for offset in range(len(self)):
             i = (index + offset) % len(self)
-            if self.video_ids[i] in self.failed:
+            if self.video_ids[i] in self.failed or (offset and i in taken):
                 continue
             try:
                 frames = self.frames(i)
@@ -127,7 +142,8 @@ class VideoTextDataset(Dataset):
                 self.record_failure(self.video_ids[i], error)
                 continue
             return self.item(i, frames)
-        raise VideoError(f"none of the {len(self)} pairs has a video that decodes; see {self.bad_videos}")
+        raise VideoError(f"no pair left whose video decodes ({len(self.failed)} of the videos of {len(self)} pairs "
+                         f"failed, {len(taken)} pairs already in the batch); see {self.bad_videos}")
 
     def item(self, index: int, frames: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         item = {"index": torch.tensor(index), "input_ids": self.input_ids[index],
