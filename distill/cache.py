@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from distill.data.dataset import VideoTextDataset
+from distill.files import atomic_text, atomic_write, diff_dicts
 
 FORMAT = "clip4clip-distill/teacher-cache"
 
@@ -77,16 +77,9 @@ def first_pairs(dataset: VideoTextDataset) -> list[int]:
     return list(seen.values())
 
 
-def differences(cached: dict, wanted: dict, prefix: str = "") -> list[str]:
+def differences(cached: dict, wanted: dict) -> list[str]:
     """`dotted.key: A in the cache, B in this run` for every leaf that differs."""
-    found = []
-    for name in sorted(set(cached) | set(wanted)):
-        a, b = cached.get(name), wanted.get(name)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += differences(a, b, f"{prefix}{name}.")
-        elif a != b:
-            found.append(f"{prefix}{name}: {a!r} in the cache, {b!r} in this run")
-    return found
+    return [f"{key}: {a!r} in the cache, {b!r} in this run" for key, a, b in diff_dicts(cached, wanted)]
 
 
 def read_manifest(cache_dir: Path) -> dict | None:
@@ -94,15 +87,8 @@ def read_manifest(cache_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_atomic(path: Path, write) -> None:
-    """`write(temporary path)`, then a rename: a kill leaves the old file or none, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.replace(partial, path)
-
-
 def write_manifest(cache_dir: Path, manifest: dict) -> None:
-    write_atomic(cache_dir / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    atomic_text(cache_dir / "manifest.json", json.dumps(manifest, indent=1))
 
 
 @torch.no_grad()
@@ -174,7 +160,7 @@ def build_cache(cache_dir: Path, teacher: nn.Module, dataset: VideoTextDataset, 
         tensors = encode_shard(teacher, dataset, shards[k], captions, batch_size=batch_size,
                                device=accelerator.device, num_workers=num_workers)
         tensors["text_videos"] = torch.tensor([row[dataset.video_ids[i]] for i in captions])
-        write_atomic(cache_dir / names[k], lambda p: save_file(tensors, str(p), metadata={"format": FORMAT,
+        atomic_write(cache_dir / names[k], lambda p: save_file(tensors, str(p), metadata={"format": FORMAT,
                                                                                           "key": shard_key}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -8,6 +8,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from distill.files import atomic_write
 from students.model import Student
 
 FORMAT = "clip4clip-distill/student"
@@ -43,13 +44,9 @@ def export_student(student: Student, path: str | Path, metadata: dict[str, str] 
 
     The file is written under a temporary name and renamed, so a crash never leaves a half-written export.
     """
-    path = Path(path)
     tensors = {k: shipped(v, DTYPES[dtype]).contiguous().cpu() for k, v in student.state_dict().items()}
     header = {"format": FORMAT, "config": json.dumps(student.config), **(metadata or {})}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=header)
-    partial.replace(path)
-    return path
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

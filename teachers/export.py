@@ -7,6 +7,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from distill.files import atomic_write
 from teachers.checkpoint import load_strict
 from teachers.clip4clip import CLIP4Clip
 
@@ -14,9 +15,11 @@ FORMAT = "clip4clip-distill/teacher"
 
 
 def save_teacher(teacher: CLIP4Clip, path: str | Path, **extra: str) -> None:
-    """Writes the float32 weights and `{"format", "arch"}` (plus `extra` strings) as metadata."""
+    """Writes the float32 weights and `{"format", "arch"}` (plus `extra` strings) as metadata, under a
+    temporary name and renamed."""
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in teacher.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": FORMAT, "arch": json.dumps(teacher.arch), **extra})
+    metadata = {"format": FORMAT, "arch": json.dumps(teacher.arch), **extra}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
 def is_teacher_export(path: str | Path) -> bool:

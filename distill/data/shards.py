@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from distill.data.formats import annotation_file
 from distill.data.video import VideoError, load_frames, resize_crop
+from distill.files import atomic_text, atomic_write, diff_dicts
 
 if TYPE_CHECKING:
     from distill.data.dataset import View
@@ -261,7 +262,7 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *,
     for n, index in enumerate(indexes):
         manifest["videos"].update({video: [n, *entry] for video, entry in index["videos"].items()})
         manifest["failed"].update(index["failed"])
-    _write_atomic(folder / "manifest.json", json.dumps(manifest))
+    atomic_text(folder / "manifest.json", json.dumps(manifest))
     return FrameShards(folder, manifest)
 
 
@@ -269,20 +270,22 @@ def _write_shard(folder: Path, n: int, chunk: list[str], encoded: Iterable, sett
                  bar) -> dict:
     index = {"format": FORMAT, "settings": settings, "encoding": encoding, "chunk": chunk, "videos": {},
              "failed": {}}
-    partial = folder / _name(n, ".bin.partial")
-    with open(partial, "wb") as f:
-        for video, result in zip(chunk, encoded):
-            if isinstance(result, str):
-                index["failed"][video] = result
-            else:
-                data, k, lengths = result
-                index["videos"][video] = [f.tell(), k, lengths]
-                f.write(data)
-            bar.update(1)
-        f.flush()
-        os.fsync(f.fileno())
-    partial.rename(folder / _name(n, ".bin"))
-    _write_atomic(folder / _name(n, ".json"), json.dumps(index))
+
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as f:
+            for video, result in zip(chunk, encoded):
+                if isinstance(result, str):
+                    index["failed"][video] = result
+                else:
+                    data, k, lengths = result
+                    index["videos"][video] = [f.tell(), k, lengths]
+                    f.write(data)
+                bar.update(1)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(folder / _name(n, ".bin"), write)
+    atomic_text(folder / _name(n, ".json"), json.dumps(index))
     return index
 
 
@@ -304,9 +307,7 @@ def _finished_shard(folder: Path, n: int, chunk: list[str], settings: dict, enco
 
 
 def _differences(found: dict, wanted: dict) -> str:
-    keys = sorted(set(found) | set(wanted))
-    return "; ".join(f"{key} {found.get(key)} there, {wanted.get(key)} here"
-                     for key in keys if found.get(key) != wanted.get(key))
+    return "; ".join(f"{key} {a} there, {b} here" for key, a, b in diff_dicts(found, wanted))
 
 
 def _format_name(manifest: dict) -> str:
@@ -316,12 +317,6 @@ def _format_name(manifest: dict) -> str:
 
 def _name(n: int, suffix: str) -> str:
     return f"shard_{n:05d}{suffix}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.rename(path)
 
 
 def _encode_star(args: tuple) -> tuple[bytes, int, list[int]] | str:

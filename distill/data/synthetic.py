@@ -12,7 +12,6 @@ and `manifest.json` with the settings, so a later run reuses the dataset or refu
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from distill.files import atomic_dir
 from distill.recipe import SyntheticConfig
 
 COLOURS = {
@@ -155,21 +155,17 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
         return root
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"data.root {root} exists and is not a synthetic dataset (no manifest.json)")
-    partial = root.with_name(root.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "videos").mkdir(parents=True)
     frames = config.fps * config.seconds
-    for split, count, seed_offset in (("train", config.num_train, 0), ("test", config.num_test, 1)):
-        rng = np.random.default_rng([config.seed, seed_offset])
-        lines = []
-        for i in tqdm(range(count), desc=f"synthetic {split}", unit="video"):
-            story, caption = sample_story(rng, config.size)
-            name = f"videos/{split}_{i:05d}.mp4"
-            write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
-            lines.append(json.dumps({"video": name, "caption": caption}))
-        (partial / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    (partial / "manifest.json").write_text(json.dumps({"settings": settings}, indent=1))
-    if root.exists():
-        root.rmdir()
-    partial.rename(root)
+    with atomic_dir(root) as partial:
+        (partial / "videos").mkdir()
+        for split, count, seed_offset in (("train", config.num_train, 0), ("test", config.num_test, 1)):
+            rng = np.random.default_rng([config.seed, seed_offset])
+            lines = []
+            for i in tqdm(range(count), desc=f"synthetic {split}", unit="video"):
+                story, caption = sample_story(rng, config.size)
+                name = f"videos/{split}_{i:05d}.mp4"
+                write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
+                lines.append(json.dumps({"video": name, "caption": caption}))
+            (partial / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+        (partial / "manifest.json").write_text(json.dumps({"settings": settings}, indent=1))
     return root

@@ -1,0 +1,46 @@
+"""Files a kill never leaves half-written, and the comparison of the settings they record."""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(temporary path)`, then a rename onto `path`: a kill leaves the old file or none, never half."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
+    return path
+
+
+def atomic_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A folder filled under a temporary name and renamed to `path` (replacing it) when the block ends
+    without an error; what a killed fill left is deleted by the next one."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+
+
+def diff_dicts(found: dict, wanted: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """`(dotted key, found value, wanted value)` for every leaf that differs; nested dicts by key."""
+    differ = []
+    for key in sorted(set(found) | set(wanted)):
+        a, b = found.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += diff_dicts(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differ.append((f"{prefix}{key}", a, b))
+    return differ
