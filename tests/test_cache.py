@@ -23,7 +23,8 @@ from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.pipeline import Run, teacher_arch
 from distill.recipe import SyntheticConfig, TeacherConfig, load_recipe
-from distill.train import OnlineTeacher, split_batch
+from distill.gradcache import split_batch
+from distill.train import OnlineTeacher
 from teachers import CLIP4Clip, save_teacher
 from tiny import DATA, STUDENT, TRAIN
 

@@ -24,8 +24,8 @@ from torch import nn
 from distill.cache import read_manifest
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig
-from distill.train import (concat_outputs, end_training, gather_outputs, split_batch, student_outputs,
-                           synchronise_batch_norm)
+from distill.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
+from distill.train import end_training, synchronise_batch_norm
 from tiny import TINY as TINY_BASE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,10 +89,9 @@ def one_step(accelerator: Accelerator, accumulate: int) -> dict[str, torch.Tenso
     teacher_out = concat_outputs([gather_outputs({"text_features": b["teacher_text"],
                                                   "video_features": b["teacher_video"],
                                                   "logit_scale": torch.tensor(20.0)}) for b in micro])
-    out, replay = student_outputs(model, micro, "student", accelerator)
-    losses = loss_fn(out, teacher_out)
-    accelerator.backward(sum(losses.values()))
-    replay()
+    grad_cache = GradCache(model, "student", accelerator)
+    losses = loss_fn(grad_cache.forward(micro), teacher_out)
+    grad_cache.backward(sum(losses.values()))
     result = {f"loss/{k}": v.detach() for k, v in losses.items()}
     for prefix, module in (("model", model), ("loss", loss_fn)):
         for name, p in accelerator.unwrap_model(module).named_parameters():

@@ -55,7 +55,6 @@ def test_non_finite_loss_saves_state_then_stops_naming_step_and_term(tmp_path, v
     assert str(error.value) == f"distill: contrastive_loss is {text} at step 4; the training state before that " \
                                f"step is saved in {saved}"
     assert sorted(p.name for p in saved.parent.iterdir()) == ["checkpoint_2", "checkpoint_3"]
-    assert json.loads((saved / "progress.json").read_text())["step"] == 3
     weights = load_file(saved / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # no update at step 4
