@@ -19,9 +19,9 @@ from torch import nn
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key
 from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, write_bad_videos
-from distill.data.dataset import VideoTextDataset, View, recipe_views
+from distill.data.dataset import VideoTextDataset, View, frame_settings, frames_folder, recipe_views
 from distill.data.formats import Annotations, read_split
-from distill.data.shards import frame_settings, frames_folder, open_shards, prepare_frames
+from distill.data.shards import open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import CLIP_MEAN, CLIP_STD
 from distill.evaluate import evaluate, model_metrics, write_reports

@@ -16,10 +16,11 @@ import argparse
 import sys
 
 from distill.data.checks import check_videos, describe
-from distill.data.dataset import View, recipe_views
+from distill.data.dataset import View, frame_settings, frames_folder, recipe_views
 from distill.data.formats import read_split
-from distill.data.shards import frame_settings, frames_folder, prepare_frames
-from distill.recipe import DataConfig, Recipe, parse_recipe_args
+from distill.data.shards import prepare_frames
+from distill.data.config import DataConfig
+from distill.recipe import Recipe, parse_recipe_args
 
 
 def check_data(data: DataConfig) -> int:

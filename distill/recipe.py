@@ -13,46 +13,11 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence, get_args
 
 from distill.config import RecipeError, load_dataclass
-from distill.data.formats import DEFAULT_FILES, annotation_file
+from distill.data.config import DataConfig, SyntheticConfig
+from distill.data.formats import check_data_files
 
 Stage = Literal["data", "prepare", "teacher", "cache", "distill", "evaluate", "export"]
 STAGE_ORDER = get_args(Stage)
-
-
-@dataclass
-class SyntheticConfig:
-    num_train: int = 1600  # training videos (one caption each)
-    num_test: int = 200  # test videos, never trained on
-    size: int = 64  # frame height and width in pixels
-    fps: int = 4  # frames per second of the written .mp4
-    seconds: int = 8  # clip length
-    seed: int = 0  # the dataset depends on this seed only, so runs with other seeds share it
-
-
-@dataclass
-class DataConfig:
-    # Annotation layout (README "Datasets"): synthetic, the generic jsonl and csv, or CLIP4Clip's datasets.
-    format: Literal["synthetic", "jsonl", "csv", "msrvtt", "msvd", "lsmdc", "activitynet", "didemo"] = "synthetic"
-    root: str = "data/demo"  # synthetic: where the dataset is generated (and reused by later runs)
-    annotations: Optional[str] = None  # msrvtt, msvd, lsmdc, activitynet, didemo: folder of the annotation files
-    train: Optional[str] = None  # training annotation file (relative to `annotations` when set); jsonl, csv: required
-    test: Optional[str] = None  # test annotation file; the CLIP4Clip formats default both to CLIP4Clip's files
-    video_root: Optional[str] = None  # every format but synthetic: folder of the videos
-    backend: Literal["decord", "pyav"] = "decord"  # decoder; pyav where decord has no wheel (aarch64, macOS arm64)
-    max_words: int = 32  # caption length in tokens, start and end tokens included (CLIP4Clip: 32)
-    framerate: int = 1  # frames per second kept before slicing to max_frames (CLIP4Clip's feature_framerate)
-    slice_framepos: Literal[0, 1, 2] = 2  # 0 head, 1 tail, 2 uniform (CLIP4Clip's slice_framepos)
-    keep_decoded: bool = False  # hold decoded frames in memory after the first read (small datasets only)
-    # Frame shards written by `python -m distill.prepare RECIPE` or the prepare stage, read instead of the videos
-    # when they were prepared with this recipe's sampling and sizes; unset: <output_dir>/frames.
-    prepared: Optional[str] = None
-    # How prepare stores frames: jpeg (quality 90, about 7x smaller at 224 px), raw uint8 (exactly the decoded
-    # frames), or auto: raw when every view is at most 64 px (small, and 3-4x faster to read), else jpeg.
-    prepared_encoding: Literal["auto", "jpeg", "raw"] = "auto"
-    # DataLoader worker processes for training, the teacher cache and evaluation (and prepare's decoding);
-    # 0: in the main process.
-    num_workers: int = 0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
@@ -198,17 +163,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         value = attrgetter(key)(recipe)
         if value < 0 or (value == 0 and key in POSITIVE):
             raise RecipeError(f"{key}: must be {'positive' if key in POSITIVE else 'zero or more'}, got {value}")
-    data = recipe.data
-    if data.format != "synthetic":
-        for key in ["video_root"] + (["annotations"] if data.format in DEFAULT_FILES else ["train", "test"]):
-            if getattr(data, key) is None:
-                raise RecipeError(f"data.{key}: required when data.format is {data.format}")
-        for key in ("video_root", "annotations"):
-            if getattr(data, key) is not None and not Path(getattr(data, key)).is_dir():
-                raise RecipeError(f"data.{key}: no such folder: {getattr(data, key)}")
-        for split in ("train", "test"):
-            if not annotation_file(data, split).is_file():
-                raise RecipeError(f"data.{split}: no such file: {annotation_file(data, split)}")
+    check_data_files(recipe.data)
     if recipe.data.format == "synthetic" and "data" not in recipe.stages \
             and not (Path(recipe.data.root) / "manifest.json").is_file():
         raise RecipeError(f"data.root: no synthetic dataset in {recipe.data.root}; add the 'data' stage to make it")

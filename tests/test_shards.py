@@ -7,9 +7,9 @@ import torch
 
 import distill.data.shards as shards_module
 from distill.data.checks import check_videos
-from distill.data.dataset import VideoTextDataset, View
+from distill.data.dataset import VideoTextDataset, View, frame_settings
 from distill.data.formats import Pair, read_split
-from distill.data.shards import FORMAT, decode_tile, encode_tile, frame_settings, open_shards, prepare_frames
+from distill.data.shards import FORMAT, decode_tile, encode_tile, open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import VideoError, load_frames, resize_crop
 from distill.pipeline import Run, run_recipe

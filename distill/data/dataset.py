@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from distill.data.config import DataConfig
+from distill.data.formats import annotation_file
 from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, load_frames, normalize, pad_clip, resize_crop
 from teachers.tokenizer import tokenize
@@ -38,6 +40,30 @@ def recipe_views(recipe: Recipe, teacher_size: int | None = None) -> dict[str, V
     teacher (`teacher.source`), which the teacher view must use instead of `teacher.image_size`."""
     return {"teacher": View(recipe.teacher.max_frames, teacher_size or recipe.teacher.image_size),
             "student": View(recipe.student.max_frames, recipe.student.image_size)}
+
+
+def frame_settings(data: DataConfig, views: dict[str, View]) -> dict:
+    """Everything that determines the stored frames: the dataset, the sampling, the decoder and the sizes.
+
+    Shards are used only by a recipe whose settings are equal to those they were prepared with.
+    """
+    root = data.root if data.format == "synthetic" else data.video_root
+    return {
+        "format": data.format,
+        "train": str(annotation_file(data, "train").resolve()),
+        "test": str(annotation_file(data, "test").resolve()),
+        "video_root": str(Path(root).resolve()),
+        "framerate": data.framerate,
+        "slice_framepos": data.slice_framepos,
+        "backend": data.backend,
+        "max_frames": max(view.max_frames for view in views.values()),
+        "sizes": sorted({view.size for view in views.values()}),
+    }
+
+
+def frames_folder(data: DataConfig, run_dir: Path) -> Path:
+    """Where the recipe's frame shards live: `data.prepared`, by default `<output_dir>/frames`."""
+    return Path(data.prepared) if data.prepared else Path(run_dir) / "frames"
 
 
 class VideoTextDataset(Dataset):

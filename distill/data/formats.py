@@ -15,10 +15,10 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
-if TYPE_CHECKING:
-    from distill.recipe import DataConfig
+from distill.config import RecipeError
+from distill.data.config import DataConfig
 
 # CLIP4Clip's file names for (train, test), relative to data.annotations; data.train / data.test override them.
 DEFAULT_FILES = {
@@ -73,6 +73,25 @@ def annotation_file(data: DataConfig, split: str) -> Path | None:
         return Path(data.root) / f"{split}.jsonl"
     name = getattr(data, split) or DEFAULT_FILES.get(data.format, (None, None))[split == "test"]
     return None if name is None else Path(data.annotations or ".") / name
+
+
+def check_data_files(data: DataConfig) -> None:
+    """The folders and annotation files the recipe's format needs are named and exist.
+
+    Raises:
+        RecipeError: names the `data.*` key that is missing, or the folder or file that is not there.
+    """
+    if data.format == "synthetic":
+        return
+    for key in ["video_root"] + (["annotations"] if data.format in DEFAULT_FILES else ["train", "test"]):
+        if getattr(data, key) is None:
+            raise RecipeError(f"data.{key}: required when data.format is {data.format}")
+    for key in ("video_root", "annotations"):
+        if getattr(data, key) is not None and not Path(getattr(data, key)).is_dir():
+            raise RecipeError(f"data.{key}: no such folder: {getattr(data, key)}")
+    for split in ("train", "test"):
+        if not annotation_file(data, split).is_file():
+            raise RecipeError(f"data.{split}: no such file: {annotation_file(data, split)}")
 
 
 def read_split(data: DataConfig, split: str) -> Annotations:

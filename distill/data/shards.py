@@ -42,7 +42,7 @@ import multiprocessing
 import os
 from itertools import accumulate
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -50,13 +50,8 @@ from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 
-from distill.data.formats import annotation_file
 from distill.data.video import VideoError, load_frames, resize_crop
 from distill.files import atomic_text, atomic_write, diff_dicts
-
-if TYPE_CHECKING:
-    from distill.data.dataset import View
-    from distill.recipe import DataConfig
 
 Encoding = Literal["jpeg", "raw"]
 # data.prepared_encoding=auto stores raw frames up to this size: there a raw clip is small (12 frames at
@@ -66,30 +61,6 @@ FORMAT = "clip4clip-distill/frame-shards-2"  # 2: a tile a clip and size; before
 VIDEOS_PER_SHARD = 256  # 12 frames at 224 px: about 30 MB of JPEG a shard, the work a kill can lose
 JPEG_QUALITY = 90  # 12 frames at 224 px: about 100-200 KB a clip, mean error about 1-2 levels of 255
 JPEG_MAX_WIDTH = 65500  # libjpeg's largest side: a JPEG tile holds at most 65500 // size frames (292 at 224 px)
-
-
-def frame_settings(data: DataConfig, views: dict[str, View]) -> dict:
-    """Everything that determines the stored frames: the dataset, the sampling, the decoder and the sizes.
-
-    Shards are used only by a recipe whose settings are equal to those they were prepared with.
-    """
-    root = data.root if data.format == "synthetic" else data.video_root
-    return {
-        "format": data.format,
-        "train": str(annotation_file(data, "train").resolve()),
-        "test": str(annotation_file(data, "test").resolve()),
-        "video_root": str(Path(root).resolve()),
-        "framerate": data.framerate,
-        "slice_framepos": data.slice_framepos,
-        "backend": data.backend,
-        "max_frames": max(view.max_frames for view in views.values()),
-        "sizes": sorted({view.size for view in views.values()}),
-    }
-
-
-def frames_folder(data: DataConfig, run_dir: Path) -> Path:
-    """Where the recipe's frame shards live: `data.prepared`, by default `<output_dir>/frames`."""
-    return Path(data.prepared) if data.prepared else Path(run_dir) / "frames"
 
 
 class FrameShards:

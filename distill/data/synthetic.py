@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distill.files import atomic_dir
-from distill.recipe import SyntheticConfig
+from distill.data.config import SyntheticConfig
 
 COLOURS = {
     "red": (225, 40, 40),
