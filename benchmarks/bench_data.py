@@ -11,6 +11,7 @@ resize and crop (`resize_crop`), nothing else. Every method is timed for `--seco
 interleave the methods, and the table gives medians. The allocator is pinned (MALLOC_MMAP_THRESHOLD_,
 MALLOC_TRIM_THRESHOLD_), so numbers do not move with process history and RSS only grows on a real leak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,11 @@ import decord  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from distill.data.config import SyntheticConfig  # noqa: E402
 from distill.data.dataset import VideoTextDataset, View  # noqa: E402
 from distill.data.shards import prepare_frames  # noqa: E402
 from distill.data.synthetic import generate_synthetic  # noqa: E402
 from distill.data.video import clip4clip_frame_indices, load_frames, resize_crop  # noqa: E402
-from distill.recipe import SyntheticConfig  # noqa: E402
 
 
 def natural_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -43,8 +44,9 @@ def natural_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
     f = np.hypot(fx, fy)
     f[0, 0] = 1
-    channels = [np.fft.irfft2((rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f, s=(h, w))
-                for _ in range(3)]
+    channels = [
+        np.fft.irfft2((rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f, s=(h, w)) for _ in range(3)
+    ]
     img = np.stack([c / c.std() for c in channels], -1)
     img = 0.6 * img + 0.4 * img.mean(-1, keepdims=True)
     return np.clip(128 + 45 * img, 0, 255).astype(np.float32)
@@ -63,7 +65,7 @@ def write_real_like(path: Path, *, width: int, height: int, seconds: int, fps: i
         for i in range(frames):
             scene, j = divmod(i * 3, frames)
             y = 20 + int(15 * np.sin(i / 25))
-            frame = scenes[scene][y:y + height, j:j + width].copy()
+            frame = scenes[scene][y : y + height, j : j + width].copy()
             cx, cy = (i * 4) % width, height // 2 + int(height / 4 * np.sin(i / 15))
             frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (height // 8) ** 2] = (215, 70, 40)
             frame += rng.normal(0, 2, frame.shape).astype(np.float32)
@@ -92,12 +94,20 @@ class Case:
         self.name, self.videos, self.views = name, videos, views
         view = max(views.values(), key=lambda v: (v.size, v.max_frames))
         pairs = [(video, "a caption") for video in videos]
-        settings = {"max_frames": max(v.max_frames for v in views.values()), "framerate": 1, "slice_framepos": 2,
-                    "backend": "decord", "sizes": sorted({v.size for v in views.values()})}
-        self.shards = {encoding: prepare_frames(videos, folder / f"{name}-{encoding}", settings, encoding=encoding)
-                       for encoding in ("jpeg", "raw")}
-        self.clip_kb = {e: sum((s.folder / n).stat().st_size for n in s.shards) / len(videos) / 1e3
-                        for e, s in self.shards.items()}
+        settings = {
+            "max_frames": max(v.max_frames for v in views.values()),
+            "framerate": 1,
+            "slice_framepos": 2,
+            "backend": "decord",
+            "sizes": sorted({v.size for v in views.values()}),
+        }
+        self.shards = {
+            encoding: prepare_frames(videos, folder / f"{name}-{encoding}", settings, encoding=encoding)
+            for encoding in ("jpeg", "raw")
+        }
+        self.clip_kb = {
+            e: sum((s.folder / n).stat().st_size for n in s.shards) / len(videos) / 1e3 for e, s in self.shards.items()
+        }
         decoded = VideoTextDataset(pairs, views, max_words=32)
         jpeg = VideoTextDataset(pairs, views, max_words=32, shards=self.shards["jpeg"])
         raw = VideoTextDataset(pairs, views, max_words=32, shards=self.shards["raw"])
@@ -108,8 +118,11 @@ class Case:
             "dataset on raw uint8 shards": raw.__getitem__,
         }
         self.rates: dict[str, list[float]] = {m: [] for m in self.methods}
-        self.jpeg_error = max((decoded.frames(i)[s].float() - jpeg.frames(i)[s].float()).abs().mean().item()
-                              for i in range(len(videos)) for s in settings["sizes"])  # levels of 255
+        self.jpeg_error = max(
+            (decoded.frames(i)[s].float() - jpeg.frames(i)[s].float()).abs().mean().item()
+            for i in range(len(videos))
+            for s in settings["sizes"]
+        )  # levels of 255
 
     def time_round(self, seconds: float) -> None:
         for method, read in self.methods.items():
@@ -142,20 +155,27 @@ def main(argv: list[str] | None = None) -> None:
     write_real_like(real, width=640, height=360, seconds=20)
     with av.open(str(real)) as container:
         kbps = container.bit_rate / 1e3
-    demo_root = generate_synthetic(folder / "demo", SyntheticConfig(num_train=64, num_test=1, size=64, fps=4,
-                                                                     seconds=8))
+    demo_root = generate_synthetic(
+        folder / "demo", SyntheticConfig(num_train=64, num_test=1, size=64, fps=4, seconds=8)
+    )
     cases = [
         Case("real_like", [str(real)], {"teacher": View(12, 224), "student": View(12, 224)}, folder),
-        Case("demo", sorted(str(p) for p in (demo_root / "videos").glob("train_*.mp4")),
-             {"teacher": View(8, 32), "student": View(8, 32)}, folder),
+        Case(
+            "demo",
+            sorted(str(p) for p in (demo_root / "videos").glob("train_*.mp4")),
+            {"teacher": View(8, 32), "student": View(8, 32)},
+            folder,
+        ),
     ]
     for _ in range(args.rounds):
         for case in cases:
             case.time_round(args.seconds)
 
     print(f"clips/s, one process, one thread; median of {args.rounds} interleaved rounds of {args.seconds:g} s\n")
-    print("| method | real-like 640x360 30 fps 20 s H.264 (%.0f kb/s), 12 frames at 224 px "
-          "| demo clips 64 px 8 s, 8 frames at 32 px |" % kbps)
+    print(
+        f"| method | real-like 640x360 30 fps 20 s H.264 ({kbps:.0f} kb/s), 12 frames at 224 px "
+        "| demo clips 64 px 8 s, 8 frames at 32 px |"
+    )
     print("|---|---:|---:|")
     for method in cases[0].methods:
         cells = []
@@ -164,19 +184,24 @@ def main(argv: list[str] | None = None) -> None:
             base = statistics.median(case.rates["raw decord (open + get_batch + resize)"])
             cells.append(f"{rate:.1f}" + ("" if method.startswith("raw decord") else f" ({rate / base:.2f}x)"))
         print(f"| {method} | {' | '.join(cells)} |")
-    print("| KB per clip on disk: JPEG q90 / raw uint8 | "
-          + " | ".join(f"{c.clip_kb['jpeg']:.0f} / {c.clip_kb['raw']:.0f}" for c in cases) + " |")
-    print("| JPEG error, worst clip mean (levels of 255) | "
-          + " | ".join(f"{c.jpeg_error:.2f}" for c in cases) + " |")
+    print(
+        "| KB per clip on disk: JPEG q90 / raw uint8 | "
+        + " | ".join(f"{c.clip_kb['jpeg']:.0f} / {c.clip_kb['raw']:.0f}" for c in cases)
+        + " |"
+    )
+    print("| JPEG error, worst clip mean (levels of 255) | " + " | ".join(f"{c.jpeg_error:.2f}" for c in cases) + " |")
 
-    print(f"\nRSS over {args.reads} clip reads through the dataset's decoding (load_frames, decord), MB after 50 "
-          "warm-up reads, then every 100:")
+    print(
+        f"\nRSS over {args.reads} clip reads through the dataset's decoding (load_frames, decord), MB after 50 "
+        "warm-up reads, then every 100:"
+    )
     for width, height in ((640, 360), (1280, 720)):
         path = folder / f"memory_{width}x{height}.mp4"
         write_real_like(path, width=width, height=height, seconds=2)
         series = memory(str(path), args.reads)
-        print(f"  {width}x{height} 2 s: {' '.join(f'{r:.0f}' for r in series)}  "
-              f"(growth {series[-1] - series[0]:+.1f} MB)")
+        print(
+            f"  {width}x{height} 2 s: {' '.join(f'{r:.0f}' for r in series)}  (growth {series[-1] - series[0]:+.1f} MB)"
+        )
 
 
 if __name__ == "__main__":

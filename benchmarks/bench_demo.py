@@ -6,6 +6,7 @@ Runs `distill/run.py recipes/demo.yaml` in a child process (a fresh data root an
 directory, so the synthetic data is generated too), reads the stage boundaries from its output, and
 prints a table. Targets (issue 2): the whole demo within 10 minutes on a 2-core CPU, peak memory < 4 GB.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # The line each stage prints when it ends.
-MARKERS = {r"data: \d+ test pairs": "data (generate, check, index)", "teacher: trained": "teacher (train)",
-           r"cache: teacher outputs for": "cache (teacher once over the train clips)",
-           "distill: student trained": "distill", "evaluate: text-to-video": "evaluate",
-           "export: student saved": "export"}
+MARKERS = {
+    r"data: \d+ test pairs": "data (generate, check, index)",
+    "teacher: trained": "teacher (train)",
+    r"cache: teacher outputs for": "cache (teacher once over the train clips)",
+    "distill: student trained": "distill",
+    "evaluate: text-to-video": "evaluate",
+    "export: student saved": "export",
+}
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"),
-                   f"data.root={tmp}/data", f"output_dir={tmp}/run", *sys.argv[1:]]
+        command = [
+            sys.executable,
+            str(REPO / "distill" / "run.py"),
+            str(REPO / "recipes" / "demo.yaml"),
+            f"data.root={tmp}/data",
+            f"output_dir={tmp}/run",
+            *sys.argv[1:],
+        ]
         # glibc hands large buffers back to the system and page-faults them in again every step; pin it.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
         start = time.perf_counter()

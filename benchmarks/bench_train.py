@@ -11,6 +11,7 @@ random weights (its cost does not depend on them); the data is the demo's (`data
 missing), held decoded in memory as the demo recipe asks. Target (issue 5): distillation from the cache at
 least 0.9x the student-only throughput.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def main() -> None:
         set_seed(r.seed)
         # Saved and loaded as a run loads a teacher: its precision (bf16 autocast on CUDA) is the run's.
         save_teacher(CLIP4Clip(teacher_arch(r.teacher, r.data.max_words)), Path(tmp) / "teacher.safetensors")
-        run.teacher = load_teacher(Path(tmp) / "teacher.safetensors", device=run.accelerator.device,
-                                   precision=r.teacher.precision)
+        run.teacher = load_teacher(
+            Path(tmp) / "teacher.safetensors", device=run.accelerator.device, precision=r.teacher.precision
+        )
         pairs = len(run.dataset("train"))
         start = time.perf_counter()
         run.stage_cache()  # also decodes every clip once, which the demo keeps in memory (data.keep_decoded)
@@ -65,8 +67,12 @@ def main() -> None:
         cached, student_views = run.teacher_outputs()
 
         modes = {  # mode: loss, teacher outputs, views read, micro-batches a step
-            "student only (contrastive)": (LossConfig(kl_weight=0, feature_weight=0, contrastive_weight=1),
-                                           None, ("student",), 1),
+            "student only (contrastive)": (
+                LossConfig(kl_weight=0, feature_weight=0, contrastive_weight=1),
+                None,
+                ("student",),
+                1,
+            ),
             "distill, online teacher": (r.loss, OnlineTeacher(run.teacher), ("teacher", "student"), 1),
             "distill, teacher cache": (r.loss, cached, student_views, 1),
             "distill, teacher cache, train.accumulate=4": (r.loss, cached, student_views, 4),
@@ -77,31 +83,43 @@ def main() -> None:
             for mode, (loss_config, teacher, views, accumulate) in modes.items():
                 set_seed(r.seed)
                 student = Student({**asdict(r.student), "max_words": r.data.max_words})
-                loss = DistillationLoss(loss_config, student_dim=r.student.embed_dim,
-                                        teacher_dim=run.teacher.arch["embed_dim"])
+                loss = DistillationLoss(
+                    loss_config, student_dim=r.student.embed_dim, teacher_dim=run.teacher.arch["embed_dim"]
+                )
                 folder = Path(tmp) / f"{round_}-{list(modes).index(mode)}"
                 folder.mkdir()
-                train(student, loss, run.dataset("train", views), replace(config, accumulate=accumulate),
-                      accelerator=run.accelerator, view="student", seed=r.seed, run_dir=folder, name="bench",
-                      teacher=teacher, num_workers=r.data.num_workers)
+                train(
+                    student,
+                    loss,
+                    run.dataset("train", views),
+                    replace(config, accumulate=accumulate),
+                    accelerator=run.accelerator,
+                    view="student",
+                    seed=r.seed,
+                    run_dir=folder,
+                    name="bench",
+                    teacher=teacher,
+                    num_workers=r.data.num_workers,
+                )
                 records = [json.loads(line) for line in (folder / "bench_log.jsonl").read_text().splitlines()]
                 rates[mode] += [record["clips_per_s"] for record in records[2:]]
         run.accelerator.end_training()
 
     batch = r.train.batch_size
     base = statistics.median(rates["student only (contrastive)"])
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{run.accelerator.device}; demo sizes: batch {batch}, teacher {r.teacher.max_frames} frames at "
-          f"{r.teacher.image_size} px, student {r.student.max_frames} frames at {r.student.image_size} px; "
-          f"{args.rounds} rounds of {args.steps} steps, medians over {args.rounds * (args.steps - 2)} steps; "
-          f"5-minute load average {os.getloadavg()[1]:.1f}, this run's own included\n")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{run.accelerator.device}; demo sizes: batch {batch}, teacher {r.teacher.max_frames} frames at "
+        f"{r.teacher.image_size} px, student {r.student.max_frames} frames at {r.student.image_size} px; "
+        f"{args.rounds} rounds of {args.steps} steps, medians over {args.rounds * (args.steps - 2)} steps; "
+        f"5-minute load average {os.getloadavg()[1]:.1f}, this run's own included\n"
+    )
     print("| mode | steps/s | clips/s | clips/s, quartiles | vs student only |\n|---|---:|---:|---:|---:|")
     for mode, values in rates.items():
         clips = statistics.median(values)
         low, _, high = statistics.quantiles(values, n=4)
         print(f"| {mode} | {clips / batch:.2f} | {clips:.0f} | {low:.0f}-{high:.0f} | {clips / base:.2f}x |")
-    print(f"\nteacher cache: {pairs} train pairs in {cache_seconds:.1f} s (one pass of the teacher, "
-          "decoding included)")
+    print(f"\nteacher cache: {pairs} train pairs in {cache_seconds:.1f} s (one pass of the teacher, decoding included)")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ Layout of `output_dir/teacher_cache/`:
     manifest.json              the key the cache was made for, its shards, and whether it is complete
     shard_00000.safetensors    one per `videos_per_shard` videos (in order of first appearance)
 
-A shard holds, for its videos and every caption of them:
-    loose teachers (meanP, seqLSTM, seqTransf): `video_features [v, D]`, `text_features [c, D]` (unit
-        vectors, as `teacher(...)` returns them) and `logit_scale []`;
-    tightTransf: `frame_features [v, T, D]`, `video_mask [v, T]` and `text_features [c, D]` (the cross
-        encoder's inputs: distillation still runs the cross encoder over each global batch, but no frame
-        is encoded again);
+A shard holds, for its videos and every caption of them, what the teacher's scorer (`distill.scorers`) gives:
+    `text.<name> [c, ...]`: a row per caption (`scorer.texts`: unit vectors for two-tower teachers, the
+        cross encoder's text features for tightTransf);
+    `video.<name> [v, ...]`: a row per video (`scorer.videos`: embeddings, or frame features and masks,
+        so distillation runs the cross encoder over each global batch but encodes no frame again);
+    `shared.<name> []`: values every score needs (the logit scale of a two-tower teacher);
     `text_pairs [c]`: the pair (dataset index) of each caption; `text_videos [c]`: the row of its video
         among the cache's videos; `video_pairs [v]`: the first pair of each video; `video_valid [v]`: 0 for
         a video that failed to decode while the cache was built.
@@ -22,6 +22,7 @@ with the same key finishes it (shards are written one by one, each to a temporar
 any other cache in the folder is replaced. Distillation refuses a cache whose key differs, naming what
 differs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,9 @@ from torch.utils.data import DataLoader, Subset
 
 from distill.data.dataset import VideoTextDataset
 from distill.files import atomic_text, atomic_write, diff_dicts
+from distill.scorers import scorer_for
 
-FORMAT = "clip4clip-distill/teacher-cache"
+FORMAT = "clip4clip-distill/teacher-cache-2"  # 2: tensors grouped by text., video., shared.
 
 
 class CacheError(ValueError):
@@ -61,25 +63,28 @@ def cache_key(dataset: VideoTextDataset, teacher: nn.Module, sampling: dict) -> 
     tokens (frames, size, frame rate, slicing, max_words, decoder)."""
     pairs = json.dumps([dataset.video_ids, dataset.captions]).encode()
     return {
-        "dataset": {"pairs": len(dataset), "videos": len(first_pairs(dataset)),
-                    "sha256": hashlib.sha256(pairs).hexdigest()},
+        "dataset": {
+            "pairs": len(dataset),
+            "videos": len(dataset.first_pairs()),
+            "sha256": hashlib.sha256(pairs).hexdigest(),
+        },
         "sampling": sampling,
-        "teacher": {"sim_header": teacher.sim_header, "precision": teacher.precision,
-                    "sha256": teacher_sha256(teacher)},
+        "teacher": {
+            "sim_header": teacher.sim_header,
+            "precision": teacher.precision,
+            "sha256": teacher_sha256(teacher),
+        },
     }
-
-
-def first_pairs(dataset: VideoTextDataset) -> list[int]:
-    """The first pair of every video, in order of appearance: the videos' rows in the cache."""
-    seen: dict[str, int] = {}
-    for index, video in enumerate(dataset.video_ids):
-        seen.setdefault(video, index)
-    return list(seen.values())
 
 
 def differences(cached: dict, wanted: dict) -> list[str]:
     """`dotted.key: A in the cache, B in this run` for every leaf that differs."""
     return [f"{key}: {a!r} in the cache, {b!r} in this run" for key, a, b in diff_dicts(cached, wanted)]
+
+
+def group(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named `<prefix>.<name>`, by name."""
+    return {name.removeprefix(f"{prefix}."): t for name, t in tensors.items() if name.startswith(f"{prefix}.")}
 
 
 def read_manifest(cache_dir: Path) -> dict | None:
@@ -92,54 +97,78 @@ def write_manifest(cache_dir: Path, manifest: dict) -> None:
 
 
 @torch.no_grad()
-def encode_shard(teacher: nn.Module, dataset: VideoTextDataset, videos: list[int], captions: list[int], *,
-                 batch_size: int, device: torch.device, num_workers: int = 0) -> dict[str, torch.Tensor]:
+def encode_shard(
+    teacher: nn.Module,
+    dataset: VideoTextDataset,
+    videos: list[int],
+    captions: list[int],
+    *,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+) -> dict[str, torch.Tensor]:
     """The teacher's outputs for the videos of the pairs `videos` (first pairs) and the captions of the
     pairs `captions`; `num_workers` DataLoader processes decode the clips."""
-    tight = teacher.is_tight
-    out: dict[str, list[torch.Tensor]] = {"text_features": [], "valid": []}
+    scorer = scorer_for(teacher)
+    out: dict[str, list[torch.Tensor]] = {}
+
+    def add(group: str, rows: dict[str, torch.Tensor]) -> None:
+        for name, value in rows.items():
+            out.setdefault(f"{group}.{name}", []).append(value.cpu())
+
     for start in range(0, len(captions), batch_size):
-        rows = captions[start:start + batch_size]
-        ids = dataset.input_ids[rows].to(device)
-        attention = dataset.attention_mask[rows].to(device)
-        text = teacher.text_features(ids) if tight else teacher.encode_text(ids, attention)
-        out["text_features"].append(text.float().cpu())
+        rows = captions[start : start + batch_size]
+        add("text", scorer.texts(dataset.input_ids[rows].to(device), dataset.attention_mask[rows].to(device)))
     loader = DataLoader(Subset(dataset, videos), batch_size=batch_size, num_workers=num_workers)
     for start, batch in zip(range(0, len(videos), batch_size), loader):
         # A video that fails now yields the next readable pair: its row is marked and never looked up,
         # because distillation replaces that video's pairs the same way.
-        valid = torch.tensor([dataset.video_ids[got] == dataset.video_ids[asked]
-                              for got, asked in zip(batch["index"].tolist(), videos[start:start + batch_size])])
+        valid = torch.tensor(
+            [
+                dataset.video_ids[got] == dataset.video_ids[asked]
+                for got, asked in zip(batch["index"].tolist(), videos[start : start + batch_size])
+            ]
+        )
         video, mask = batch["teacher_video"].to(device), batch["teacher_mask"].to(device)
-        if tight:
-            out.setdefault("frame_features", []).append(teacher.frame_features(video).float().cpu())
-            out.setdefault("video_mask", []).append(batch["teacher_mask"])
-        else:
-            out.setdefault("video_features", []).append(teacher.encode_video(video, mask).float().cpu())
-        out["valid"].append(valid)
-    tensors = {name: torch.cat(parts) for name, parts in out.items() if name != "valid"}
-    tensors["video_valid"] = torch.cat(out["valid"]).to(torch.uint8)
+        add("video", scorer.videos(teacher.frame_features(video), mask))
+        add("valid", {"video": valid})
+    tensors = {name: torch.cat(parts) for name, parts in out.items() if name != "valid.video"}
+    tensors["video_valid"] = torch.cat(out["valid.video"]).to(torch.uint8)
     tensors["video_pairs"] = torch.tensor(videos)
     tensors["text_pairs"] = torch.tensor(captions)
-    if not tight:
-        tensors["logit_scale"] = teacher.logit_scale().float().cpu()
+    tensors.update({f"shared.{name}": value.cpu() for name, value in scorer.shared().items()})
     return {name: t.contiguous() for name, t in tensors.items()}
 
 
-def build_cache(cache_dir: Path, teacher: nn.Module, dataset: VideoTextDataset, key: dict, *,
-                accelerator: Accelerator, batch_size: int, videos_per_shard: int, num_workers: int = 0) -> int:
+def build_cache(
+    cache_dir: Path,
+    teacher: nn.Module,
+    dataset: VideoTextDataset,
+    key: dict,
+    *,
+    accelerator: Accelerator,
+    batch_size: int,
+    videos_per_shard: int,
+    num_workers: int = 0,
+) -> int:
     """Writes the teacher's outputs for every pair of `dataset` (which must yield the "teacher" view) and
     returns how many shards were computed now (0: the cache was already complete).
 
     Shards are split over the processes; an unfinished cache with the same key is finished, any other
     cache in `cache_dir` replaced. The teacher computes in its own `precision` (part of the key).
     """
-    videos = first_pairs(dataset)
+    videos = dataset.first_pairs()
     row = {dataset.video_ids[i]: r for r, i in enumerate(videos)}
-    shards = [videos[i:i + videos_per_shard] for i in range(0, len(videos), videos_per_shard)]
+    shards = [videos[i : i + videos_per_shard] for i in range(0, len(videos), videos_per_shard)]
     names = [f"shard_{k:05d}.safetensors" for k in range(len(shards))]
-    manifest = {"format": FORMAT, "key": key, "videos_per_shard": videos_per_shard, "shards": names,
-                "dtype": "float32", "complete": False}
+    manifest = {
+        "format": FORMAT,
+        "key": key,
+        "videos_per_shard": videos_per_shard,
+        "shards": names,
+        "dtype": "float32",
+        "complete": False,
+    }
     found = read_manifest(cache_dir)
     if accelerator.is_main_process:
         if found is None or {**found, "complete": False} != manifest:
@@ -155,13 +184,21 @@ def build_cache(cache_dir: Path, teacher: nn.Module, dataset: VideoTextDataset, 
     if len(todo) < len(names):
         accelerator.print(f"cache: {len(names) - len(todo)} of {len(names)} shards already in {cache_dir}")
     shard_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    for k in todo[accelerator.process_index::accelerator.num_processes]:
+    for k in todo[accelerator.process_index :: accelerator.num_processes]:
         captions = [i for i, video in enumerate(dataset.video_ids) if row[video] // videos_per_shard == k]
-        tensors = encode_shard(teacher, dataset, shards[k], captions, batch_size=batch_size,
-                               device=accelerator.device, num_workers=num_workers)
+        tensors = encode_shard(
+            teacher,
+            dataset,
+            shards[k],
+            captions,
+            batch_size=batch_size,
+            device=accelerator.device,
+            num_workers=num_workers,
+        )
         tensors["text_videos"] = torch.tensor([row[dataset.video_ids[i]] for i in captions])
-        atomic_write(cache_dir / names[k], lambda p: save_file(tensors, str(p), metadata={"format": FORMAT,
-                                                                                          "key": shard_key}))
+        atomic_write(
+            cache_dir / names[k], lambda p: save_file(tensors, str(p), metadata={"format": FORMAT, "key": shard_key})
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_manifest(cache_dir, {**manifest, "complete": True})
@@ -182,40 +219,48 @@ class TeacherCache:
         if manifest is None or manifest.get("format") != FORMAT:
             raise CacheError(f"teacher cache {cache_dir}: no manifest.json of a teacher cache")
         if diff := differences(manifest["key"], key):
-            raise CacheError(f"teacher cache {cache_dir} was made for another run ({'; '.join(diff)}); rebuild it "
-                             "with the 'cache' stage before 'distill', or set teacher.cache=false to run the teacher "
-                             "online")
+            raise CacheError(
+                f"teacher cache {cache_dir} was made for another run ({'; '.join(diff)}); rebuild it "
+                "with the 'cache' stage before 'distill', or set teacher.cache=false to run the teacher "
+                "online"
+            )
         missing = [name for name in manifest["shards"] if not (cache_dir / name).is_file()]
         if not manifest["complete"] or missing:
-            raise CacheError(f"teacher cache {cache_dir} is unfinished ({len(missing)} of {len(manifest['shards'])} "
-                             "shards missing): run the 'cache' stage again to finish it, or set teacher.cache=false")
+            raise CacheError(
+                f"teacher cache {cache_dir} is unfinished ({len(missing)} of {len(manifest['shards'])} "
+                "shards missing): run the 'cache' stage again to finish it, or set teacher.cache=false"
+            )
         shard_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         parts: dict[str, list[torch.Tensor]] = {}
         for name in manifest["shards"]:
             with safe_open(str(cache_dir / name), framework="pt") as f:
                 if f.metadata().get("key") != shard_key:
-                    raise CacheError(f"teacher cache: {cache_dir / name} belongs to another cache; run the "
-                                     "'cache' stage again")
+                    raise CacheError(
+                        f"teacher cache: {cache_dir / name} belongs to another cache; run the 'cache' stage again"
+                    )
             for tensor_name, tensor in load_file(str(cache_dir / name)).items():
                 parts.setdefault(tensor_name, []).append(tensor)
         cat = {name: torch.cat(ts) if ts[0].ndim else ts[0] for name, ts in parts.items()}
-        self.teacher = teacher if teacher.is_tight else None
-        self.device = device
+        self.scorer, self.device = scorer_for(teacher), device
         pairs = key["dataset"]["pairs"]
         written = torch.zeros(pairs, dtype=torch.bool)
         written[cat["text_pairs"]] = True
         if not written.all():
             missing = (~written).nonzero().flatten().tolist()
-            raise CacheError(f"teacher cache {cache_dir} has no teacher outputs for {len(missing)} of its {pairs} "
-                             f"pairs (first: {missing[:5]}); run the 'cache' stage again to rebuild it")
-        # Each pair's text row and video row, from the pair indices the shards store.
-        self.text = torch.empty(pairs, cat["text_features"].shape[1])
-        self.text[cat["text_pairs"]] = cat["text_features"]
+            raise CacheError(
+                f"teacher cache {cache_dir} has no teacher outputs for {len(missing)} of its {pairs} "
+                f"pairs (first: {missing[:5]}); run the 'cache' stage again to rebuild it"
+            )
+        # Each pair's text rows and video row, from the pair indices the shards store.
+        self.text = {}
+        for name, value in group(cat, "text").items():
+            self.text[name] = value.new_empty((pairs, *value.shape[1:]))
+            self.text[name][cat["text_pairs"]] = value
         self.video_row = torch.empty(pairs, dtype=torch.long)
         self.video_row[cat["text_pairs"]] = cat["text_videos"]
         self.valid = cat["video_valid"].bool()
-        self.video = {name: cat[name] for name in ("video_features", "frame_features", "video_mask") if name in cat}
-        self.logit_scale = cat["logit_scale"].to(device) if "logit_scale" in cat else None
+        self.video = group(cat, "video")
+        self.shared = {name: value.to(device) for name, value in group(cat, "shared").items()}
 
     @torch.no_grad()
     def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -224,11 +269,13 @@ class TeacherCache:
         rows = self.video_row[index]
         if not self.valid[rows].all():
             bad = index[~self.valid[rows]].tolist()
-            raise CacheError(f"teacher cache: pairs {bad} have no teacher outputs: their video failed to decode "
-                             "while the cache was built but decodes now; run the 'cache' stage again")
-        text = self.text[index].to(self.device)
-        if self.teacher is not None:
-            frames, mask = self.video["frame_features"][rows], self.video["video_mask"][rows]
-            return {"logits": self.teacher.cross_scores(text, frames.to(self.device), mask.to(self.device))}
-        return {"text_features": text, "video_features": self.video["video_features"][rows].to(self.device),
-                "logit_scale": self.logit_scale}
+            raise CacheError(
+                f"teacher cache: pairs {bad} have no teacher outputs: their video failed to decode "
+                "while the cache was built but decodes now; run the 'cache' stage again"
+            )
+        outputs = {
+            **{name: value[index].to(self.device) for name, value in self.text.items()},
+            **{name: value[rows].to(self.device) for name, value in self.video.items()},
+            **self.shared,
+        }
+        return self.scorer.loss_inputs(outputs)

@@ -4,6 +4,7 @@ the prepared LR scheduler, random states), the step in the folder's name.
 A folder is written as `partial_<step>` and renamed, so a kill during a save never leaves a newest
 checkpoint that cannot be loaded (accelerate's own checkpoint naming writes in place).
 """
+
 from __future__ import annotations
 
 import shutil

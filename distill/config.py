@@ -4,14 +4,16 @@ The loader knows nothing of the recipe: the dataclass annotations are the schema
 the parsed YAML before anything is checked, so a key from the command line goes through the same checks as
 a key from the file, and every problem is a `RecipeError` naming the file or the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 

@@ -4,6 +4,7 @@ Every caption is a query over the test videos, and every video is encoded once e
 share it (multi-sentence metrics then, as CLIP4Clip's MSVD evaluation). A tightTransf teacher has no
 embeddings: its text and frame features are encoded once and the cross encoder scores every pair.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from distill.data.dataset import VideoTextDataset
 from distill.metrics import multi_sentence_metrics, retrieval_metrics
+from distill.scorers import scorer_for
 
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 
@@ -31,49 +33,53 @@ def reverse_time(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return video[torch.arange(len(video), device=video.device)[:, None], order]
 
 
-def tight(model: nn.Module) -> bool:
-    return getattr(model, "is_tight", False)
-
-
 @torch.no_grad()
-def encode_texts(model: nn.Module, dataset: VideoTextDataset, *, batch_size: int,
-                 accelerator: Accelerator) -> torch.Tensor:
-    """One row per caption: embeddings `[N, D]`, or a tight teacher's text features; under the run's mixed
-    precision, as `encode_videos` encodes the videos."""
-    rows = []
+def encode_texts(
+    model: nn.Module, dataset: VideoTextDataset, *, batch_size: int, accelerator: Accelerator
+) -> dict[str, torch.Tensor]:
+    """The scorer's rows for every caption (embeddings, or a cross encoder's text features), on the CPU;
+    under the run's mixed precision, as `encode_videos` encodes the videos."""
+    scorer, parts = scorer_for(model), {}
     for start in range(0, len(dataset), batch_size):
-        ids = dataset.input_ids[start:start + batch_size].to(accelerator.device)
-        mask = dataset.attention_mask[start:start + batch_size].to(accelerator.device)
+        ids = dataset.input_ids[start : start + batch_size].to(accelerator.device)
+        mask = dataset.attention_mask[start : start + batch_size].to(accelerator.device)
         with accelerator.autocast():
-            rows.append((model.text_features(ids) if tight(model) else model.encode_text(ids, mask)).float())
-    return torch.cat(rows)
+            for name, rows in scorer.texts(ids, mask).items():
+                parts.setdefault(name, []).append(rows.float().cpu())
+    return {name: torch.cat(rows) for name, rows in parts.items()}
 
 
 @torch.no_grad()
-def encode_videos(models: dict[str, nn.Module], dataset: VideoTextDataset, first_pairs: list[int], *,
-                  batch_size: int, accelerator: Accelerator, num_workers: int = 0
-                  ) -> dict[str, dict[str, torch.Tensor]]:
-    """Per model (keyed by the view it reads): one row per video, in the order of `first_pairs` (the first
-    pair of each video), on every process. One pass over the clips serves every model, so each clip is
-    decoded once; `num_workers` DataLoader processes decode them.
-
-    Returns per model `video` and `reversed` (the clips played backwards): embeddings `[V, D]`, or for a
-    tight teacher frame features `[V, T, D]` together with `mask [V, T]`.
-    """
-    loader = accelerator.prepare_data_loader(DataLoader(Subset(dataset, first_pairs), batch_size=batch_size,
-                                                        num_workers=num_workers))
+def encode_videos(
+    models: dict[str, nn.Module],
+    dataset: VideoTextDataset,
+    first_pairs: list[int],
+    *,
+    batch_size: int,
+    accelerator: Accelerator,
+    num_workers: int = 0,
+) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """Per model (keyed by the view it reads), `{"video": rows, "reversed": rows}`: the scorer's rows for
+    every video in the order of `first_pairs` (the first pair of each video), and for the clips played
+    backwards, on the CPU of every process. One pass over the clips serves every model, so each clip is
+    decoded once; `num_workers` DataLoader processes decode them."""
+    loader = accelerator.prepare_data_loader(
+        DataLoader(Subset(dataset, first_pairs), batch_size=batch_size, num_workers=num_workers)
+    )
     parts: dict[str, dict[str, list[torch.Tensor]]] = {view: {} for view in models}
-    for batch in tqdm(loader, desc=f"encode {', '.join(models)}", unit="batch",
-                      disable=not accelerator.is_local_main_process):
+    for batch in tqdm(
+        loader, desc=f"encode {', '.join(models)}", unit="batch", disable=not accelerator.is_local_main_process
+    ):
         for view, model in models.items():
             video, mask = batch[f"{view}_video"], batch[f"{view}_mask"]
-            out = {"mask": mask, "index": batch["index"]}
+            out = {"index": batch["index"]}
             with accelerator.autocast():
                 # Frame encoders see one frame at a time, so backwards is the same features in reverse order
                 # and only the temporal head runs twice (a 3D-patch teacher's features keep their forward mixing).
                 frames = model.frame_features(video)
                 for key, f in (("video", frames), ("reversed", reverse_time(frames, mask))):
-                    out[key] = (f if tight(model) else model.pool_frames(f, mask)).float()
+                    for name, rows in scorer_for(model).videos(f, mask).items():
+                        out[f"{key}/{name}"] = rows.float() if rows.is_floating_point() else rows
             # Per batch: gather_for_metrics drops the padding of the last, uneven batch only as it happens.
             for key, value in accelerator.gather_for_metrics(out).items():
                 parts[view].setdefault(key, []).append(value.cpu())
@@ -81,17 +87,21 @@ def encode_videos(models: dict[str, nn.Module], dataset: VideoTextDataset, first
     for view, lists in parts.items():
         gathered = {k: torch.cat(v) for k, v in lists.items()}
         order = gathered.pop("index").argsort()  # dataset order, whatever the sharding
-        encoded[view] = {k: v[order] for k, v in gathered.items()}
+        encoded[view] = {"video": {}, "reversed": {}}
+        for key, value in gathered.items():
+            which, name = key.split("/")
+            encoded[view][which][name] = value[order]
     return encoded
 
 
-def scores(model: nn.Module, text: torch.Tensor, videos: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    """Text × video score matrix `[N, V]` (ranks only: the logit scale does not matter)."""
-    if tight(model):
+@torch.no_grad()
+def scores(model: nn.Module, texts: dict[str, torch.Tensor], videos: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Text × video score matrix `[N, V]` on the CPU, for ranks (the logit scale does not matter)."""
+    scorer = scorer_for(model)
+    if scorer.pairwise:  # the cross encoder runs where the model is
         device = next(model.parameters()).device
-        with torch.no_grad():
-            return model.cross_scores(text.to(device), videos[key].to(device), videos["mask"].to(device)).cpu()
-    return text @ videos[key].T
+        texts, videos = ({k: v.to(device) for k, v in rows.items()} for rows in (texts, videos))
+    return scorer.scores(texts, videos).cpu()
 
 
 def retrieval(sim: torch.Tensor, video_of_text: torch.Tensor) -> dict:
@@ -113,24 +123,32 @@ def count_gflops(fn, *args) -> float:
 
 
 def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict[str, float]:
-    """Parameter counts (millions) and GFLOPs for one video and one caption (a tight teacher: features only;
-    its cross encoder then runs once per caption-video pair)."""
+    """Parameter counts (millions) and GFLOPs for one video and one caption: what the scorer keeps of each (a
+    cross encoder's features only: it then runs once per caption-video pair)."""
     item = dataset[0]
     device = next(model.parameters()).device
     video, mask = item[f"{view}_video"][None].to(device), item[f"{view}_mask"][None].to(device)
     ids, ids_mask = item["input_ids"][None].to(device), item["attention_mask"][None].to(device)
-    if tight(model):
-        video_cost = count_gflops(model.frame_features, video)
-        text_cost = count_gflops(model.text_features, ids)
-    else:
-        video_cost = count_gflops(model.encode_video, video, mask)
-        text_cost = count_gflops(model.encode_text, ids, ids_mask)
-    return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "gflops_per_video": video_cost,
-            "gflops_per_caption": text_cost, "frames": int(video.shape[1]), "resolution": int(video.shape[-1])}
+    scorer = scorer_for(model)
+    video_cost = count_gflops(lambda v, m: scorer.videos(model.frame_features(v), m), video, mask)
+    text_cost = count_gflops(scorer.texts, ids, ids_mask)
+    return {
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflops_per_video": video_cost,
+        "gflops_per_caption": text_cost,
+        "frames": int(video.shape[1]),
+        "resolution": int(video.shape[-1]),
+    }
 
 
-def evaluate(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_size: int,
-             accelerator: Accelerator, num_workers: int = 0) -> dict:
+def evaluate(
+    models: dict[str, nn.Module],
+    dataset: VideoTextDataset,
+    *,
+    batch_size: int,
+    accelerator: Accelerator,
+    num_workers: int = 0,
+) -> dict:
     """`{"<model>": {"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}, "efficiency": {...}}`.
 
     `models` maps a view name of the dataset ("teacher", "student") to its model; `num_workers` DataLoader
@@ -139,30 +157,35 @@ def evaluate(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_s
     most of its score there.
     """
     report: dict = {"test_pairs": len(dataset), "test_videos": len(set(dataset.video_ids)), "efficiency": {}}
-    report.update(model_metrics(models, dataset, batch_size=batch_size, accelerator=accelerator,
-                                num_workers=num_workers))
+    report.update(
+        model_metrics(models, dataset, batch_size=batch_size, accelerator=accelerator, num_workers=num_workers)
+    )
     for name, model in models.items():
         report["efficiency"][name] = efficiency(model, dataset, name)
     return report
 
 
-def model_metrics(models: dict[str, nn.Module], dataset: VideoTextDataset, *, batch_size: int,
-                  accelerator: Accelerator, num_workers: int = 0) -> dict[str, dict]:
+def model_metrics(
+    models: dict[str, nn.Module],
+    dataset: VideoTextDataset,
+    *,
+    batch_size: int,
+    accelerator: Accelerator,
+    num_workers: int = 0,
+) -> dict[str, dict]:
     """Per model (keyed by the view it reads): `{"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}`."""
-    first: dict[str, int] = {}  # video -> its first pair; videos are numbered in that order
-    for i, video in enumerate(dataset.video_ids):
-        first.setdefault(video, i)
-    column = {video: c for c, video in enumerate(first)}
+    first = dataset.first_pairs()  # videos are numbered in the order of their first pairs
+    column = {dataset.video_ids[pair]: c for c, pair in enumerate(first)}
     video_of_text = torch.tensor([column[v] for v in dataset.video_ids])
-    encoded = encode_videos(models, dataset, list(first.values()), batch_size=batch_size, accelerator=accelerator,
-                            num_workers=num_workers)
+    encoded = encode_videos(
+        models, dataset, first, batch_size=batch_size, accelerator=accelerator, num_workers=num_workers
+    )
     report = {}
     for view, model in models.items():
-        text = encode_texts(model, dataset, batch_size=batch_size, accelerator=accelerator).cpu()
-        metrics = retrieval(scores(model, text, encoded[view], "video"), video_of_text)
-        metrics["t2v_reversed_R1"] = retrieval(scores(model, text, encoded[view], "reversed"),
-                                               video_of_text)["t2v"]["R1"]
-        report[view] = metrics
+        texts = encode_texts(model, dataset, batch_size=batch_size, accelerator=accelerator)
+        metrics = retrieval(scores(model, texts, encoded[view]["video"]), video_of_text)
+        reversed_ = retrieval(scores(model, texts, encoded[view]["reversed"]), video_of_text)
+        report[view] = {**metrics, "t2v_reversed_R1": reversed_["t2v"]["R1"]}
     return report
 
 
@@ -170,12 +193,15 @@ def write_reports(report: dict, run_dir: Path) -> None:
     """`report.json` and a readable `report.md` in the run folder."""
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     models = [m for m in ("teacher", "student") if m in report]
-    lines = [f"# Evaluation: {report.get('name', run_dir.name)}", "",
-             f"Test split: {report['test_pairs']} captions of {report['test_videos']} videos. R@K in percent; "
-             "MdR and MnR are ranks (1 is best).", ""]
+    lines = [
+        f"# Evaluation: {report.get('name', run_dir.name)}",
+        "",
+        f"Test split: {report['test_pairs']} captions of {report['test_videos']} videos. R@K in percent; "
+        "MdR and MnR are ranks (1 is best).",
+        "",
+    ]
     for direction, title in (("t2v", "Text to video"), ("v2t", "Video to text")):
-        lines += [f"## {title}", "", "| model | " + " | ".join(METRICS) + " |",
-                  "|---|" + "---:|" * len(METRICS)]
+        lines += [f"## {title}", "", "| model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
         for m in models:
             lines.append(f"| {m} | " + " | ".join(f"{report[m][direction][k]:.1f}" for k in METRICS) + " |")
         lines.append("")
@@ -184,10 +210,17 @@ def write_reports(report: dict, run_dir: Path) -> None:
         lines += [f"Student keeps {kept:.1f}% of the teacher's text-to-video R@1.", ""]
     lines += ["## Order of frames", "", "Text-to-video R@1 with every test clip played backwards:", ""]
     lines += [f"- {m}: {report[m]['t2v_reversed_R1']:.1f} (forwards {report[m]['t2v']['R1']:.1f})" for m in models]
-    lines += ["", "## Cost", "", "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m in models:
         e = report["efficiency"][m]
-        lines.append(f"| {m} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | {e['gflops_per_caption']:.3f} "
-                     f"| {e['frames']} | {e['resolution']} |")
+        lines.append(
+            f"| {m} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | {e['gflops_per_caption']:.3f} "
+            f"| {e['frames']} | {e['resolution']} |"
+        )
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,11 +1,13 @@
 """Files a kill never leaves half-written, and the comparison of the settings they record."""
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

@@ -7,6 +7,7 @@ gradient of that slice. DDP then averages the parameter gradients over the proce
 factor back out. Parameters used after the gather (the logit scale, the loss's projections) see the whole
 batch on every process, get the one-process gradient everywhere, and the average leaves it unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +28,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def gather_with_grad(local: torch.Tensor) -> torch.Tensor:

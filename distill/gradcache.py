@@ -7,10 +7,11 @@ are computed over the whole batch, then each micro-batch runs again with a graph
 slice of those gradients. The gradients equal those of one pass over the whole batch, for one extra
 forward pass; batch-statistics layers (BatchNorm) see micro-batch statistics.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from accelerate import Accelerator
@@ -18,8 +19,9 @@ from torch import nn
 
 from distill.gather import gather_with_grad
 
-# Outputs with one row per pair, gathered over the processes; any other output (the logit scale) is shared.
-PER_SAMPLE = frozenset({"text_features", "video_features"})
+# Outputs with one row per pair, gathered over the processes (embeddings, or a cross encoder's inputs); any
+# other output (the logit scale) is shared.
+PER_SAMPLE = frozenset({"text_features", "video_features", "frame_features", "video_mask"})
 
 
 def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -29,8 +31,9 @@ def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def concat_outputs(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The outputs of a step's micro-batches as one batch: rows concatenated, shared values taken once."""
-    return {key: torch.cat([part[key] for part in parts]) if key in PER_SAMPLE else value
-            for key, value in parts[0].items()}
+    return {
+        key: torch.cat([part[key] for part in parts]) if key in PER_SAMPLE else value for key, value in parts[0].items()
+    }
 
 
 def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
@@ -83,8 +86,10 @@ class GradCache:
                 parts.append(gather_outputs(self.run(batch)))
         for saved, buffer in zip(buffers, self.model.buffers()):
             buffer.copy_(saved)
-        self.outputs = {key: value.detach().requires_grad_(value.is_floating_point())
-                        for key, value in concat_outputs(parts).items()}
+        self.outputs = {
+            key: value.detach().requires_grad_(value.is_floating_point())
+            for key, value in concat_outputs(parts).items()
+        }
         return self.outputs
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -107,7 +112,7 @@ class GradCache:
                     tensors.append(value)
                     # Per-pair rows: the gradient scaled by the process count as `gather_with_grad` does (DDP
                     # averages it back); a shared value: its gradient spread over the micro-batches.
-                    grads.append(grad[start:start + rows] * world if key in PER_SAMPLE else grad / n)
+                    grads.append(grad[start : start + rows] * world if key in PER_SAMPLE else grad / n)
                 torch.autograd.backward(tensors, grads)
         set_rng_states(after)
         self.outputs = {}

@@ -3,6 +3,7 @@
 Model outputs are dicts `{"text_features", "video_features", "logit_scale"}` with L2-normalised features;
 the similarity matrix has text rows and video columns, and row i holds the true pair (i, i).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,7 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def similarity_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                       temperature: float) -> torch.Tensor:
+def similarity_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) over each t2v row and each v2t column, averaged over both directions.
 
     Both models keep their own logit scale; `temperature` divides both. The `temperature**2` factor keeps
@@ -36,8 +36,14 @@ def similarity_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     """
     terms = []
     for s, t in ((student_logits, teacher_logits), (student_logits.T, teacher_logits.T)):
-        terms.append(F.kl_div(F.log_softmax(s / temperature, dim=1), F.log_softmax(t / temperature, dim=1),
-                              log_target=True, reduction="batchmean"))
+        terms.append(
+            F.kl_div(
+                F.log_softmax(s / temperature, dim=1),
+                F.log_softmax(t / temperature, dim=1),
+                log_target=True,
+                reduction="batchmean",
+            )
+        )
     return (terms[0] + terms[1]) / 2 * temperature**2
 
 
@@ -50,8 +56,9 @@ def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor)
     return (F.normalize(student_features, dim=-1) - teacher_features).pow(2).sum(-1).mean()
 
 
-def cross_model_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
-                     scale: torch.Tensor) -> torch.Tensor:
+def cross_model_loss(
+    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], scale: torch.Tensor
+) -> torch.Tensor:
     """CLIP-KD's interactive contrastive loss: each student video picks its caption among the teacher's
     text embeddings, and each student caption its video among the teacher's video embeddings (cross
     entropy, `scale` times cosine similarity; student features already in the teacher's width)."""
@@ -85,8 +92,9 @@ class DistillationLoss(nn.Module):
         if config.cross_weight:
             self.cross_scale_log = nn.Parameter(torch.tensor(math.log(1 / config.cross_temperature)))
 
-    def forward(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor] | None
-                ) -> dict[str, torch.Tensor]:
+    def forward(
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
         c = self.config
         logits = similarity(student)
         losses = {}
@@ -95,16 +103,22 @@ class DistillationLoss(nn.Module):
         if teacher is None:
             return losses
         if c.kl_weight:
-            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, similarity(teacher).detach(),
-                                                                 c.kl_temperature)
+            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, similarity(teacher).detach(), c.kl_temperature)
         if not (c.feature_weight or c.cross_weight):
             return losses
-        projected = {"text_features": self.text_projection(student["text_features"]),
-                     "video_features": self.video_projection(student["video_features"])}
+        projected = {
+            "text_features": self.text_projection(student["text_features"]),
+            "video_features": self.video_projection(student["video_features"]),
+        }
         if c.feature_weight:
-            losses["feature_loss"] = c.feature_weight * (
-                feature_loss(projected["text_features"], teacher["text_features"])
-                + feature_loss(projected["video_features"], teacher["video_features"])) / 2
+            losses["feature_loss"] = (
+                c.feature_weight
+                * (
+                    feature_loss(projected["text_features"], teacher["text_features"])
+                    + feature_loss(projected["video_features"], teacher["video_features"])
+                )
+                / 2
+            )
         if c.cross_weight:
             scale = self.cross_scale_log.clamp(max=math.log(100)).exp()
             losses["cross_loss"] = c.cross_weight * cross_model_loss(projected, teacher, scale)

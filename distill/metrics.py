@@ -10,9 +10,10 @@ the query; NaN scores of other items never count as higher.
 Ranks are counted in chunks of query rows, so a 50k x 50k evaluation needs neither a full argsort nor, with
 `retrieval_metrics_from_embeddings`, the full matrix. Half-precision scores are compared in float32.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -3,17 +3,19 @@
 `load_recipe` reads a YAML file strictly (see `distill.config`), applies `dotted.key=value` overrides and
 checks what only the whole recipe can tell (files that must exist, stage combinations).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Literal, Optional, Sequence, get_args
+from typing import Literal, get_args
 
 from distill.config import RecipeError, load_dataclass
-from distill.data.config import DataConfig, SyntheticConfig
+from distill.data.config import DataConfig
 from distill.data.formats import check_data_files
 
 Stage = Literal["data", "prepare", "teacher", "cache", "distill", "evaluate", "export"]
@@ -24,7 +26,7 @@ STAGE_ORDER = get_args(Stage)
 class TrainConfig:
     batch_size: int = 64  # global batch: the same whatever the number of processes
     epochs: int = 10
-    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
     # Micro-batches per optimizer step; the losses still span the whole batch (GradCache: one extra
     # forward pass of the student per step), so a large batch fits in memory at the cost of time.
     accumulate: int = 1
@@ -34,13 +36,13 @@ class TrainConfig:
     warmup_ratio: float = 0.1  # fraction of the steps with a linear warmup, then cosine decay
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: only at the end
-    resume: Optional[Literal["auto"]] = None  # auto: continue from the newest checkpoint in output_dir
+    resume: Literal["auto"] | None = None  # auto: continue from the newest checkpoint in output_dir
     log_every: int = 10  # optimizer steps between log lines
 
 
 @dataclass
 class TeacherConfig:
-    source: Optional[str] = None  # anything load_teacher takes; unset: the teacher stage trains one
+    source: str | None = None  # anything load_teacher takes; unset: the teacher stage trains one
     max_frames: int = 8  # frames the teacher sees per video
     # How the frozen teacher computes (online, cache, evaluation): auto is bf16 autocast on CUDA, float32
     # elsewhere; fp32 gives the original CLIP4Clip numbers exactly on any device.
@@ -69,7 +71,7 @@ class StudentConfig:
     backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (img_size, depth, ...)
     # Local timm weights for the backbone (.safetensors, .pth, .bin: e.g. ImageNet ViT-Tiny); timm adapts
     # them (position embeddings to img_size, classifier dropped). Trained at train.lr * train.coef_lr.
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     max_frames: int = 8
     image_size: int = 32
     temporal: Literal["mean", "transformer"] = "transformer"  # how frame features become one video vector
@@ -115,7 +117,7 @@ class ExportConfig:
 @dataclass
 class Recipe:
     name: str = "demo"
-    output_dir: Optional[str] = None  # default runs/<name>
+    output_dir: str | None = None  # default runs/<name>
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # for every stage: teacher training, distillation, eval
     # Accelerate trackers for the training curves, each used when its package is installed (pip install
@@ -136,11 +138,29 @@ class Recipe:
 
 
 # Values that must be above zero (a zero batch or temperature fails late and obscurely) or at least zero.
-POSITIVE = ("train.batch_size", "train.accumulate", "train.lr", "teacher.train.batch_size", "teacher.train.accumulate",
-            "teacher.train.lr", "teacher.max_frames", "teacher.cache_videos_per_shard", "student.max_frames",
-            "loss.kl_temperature", "loss.cross_temperature", "eval.batch_size")
-NON_NEGATIVE = ("eval.val_pairs", "loss.kl_weight", "loss.feature_weight", "loss.cross_weight",
-                "loss.contrastive_weight", "train.coef_lr", "teacher.train.coef_lr")
+POSITIVE = (
+    "train.batch_size",
+    "train.accumulate",
+    "train.lr",
+    "teacher.train.batch_size",
+    "teacher.train.accumulate",
+    "teacher.train.lr",
+    "teacher.max_frames",
+    "teacher.cache_videos_per_shard",
+    "student.max_frames",
+    "loss.kl_temperature",
+    "loss.cross_temperature",
+    "eval.batch_size",
+)
+NON_NEGATIVE = (
+    "eval.val_pairs",
+    "loss.kl_weight",
+    "loss.feature_weight",
+    "loss.cross_weight",
+    "loss.contrastive_weight",
+    "train.coef_lr",
+    "teacher.train.coef_lr",
+)
 
 
 def embedding_term(loss: LossConfig) -> str | None:
@@ -158,20 +178,25 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
     order = [STAGE_ORDER.index(s) for s in recipe.stages]
     if not order or order != sorted(set(order)):
         raise RecipeError(
-            f"stages: {recipe.stages} must be a non-empty list of distinct stages in the order {list(STAGE_ORDER)}")
+            f"stages: {recipe.stages} must be a non-empty list of distinct stages in the order {list(STAGE_ORDER)}"
+        )
     for key in POSITIVE + NON_NEGATIVE:
         value = attrgetter(key)(recipe)
         if value < 0 or (value == 0 and key in POSITIVE):
             raise RecipeError(f"{key}: must be {'positive' if key in POSITIVE else 'zero or more'}, got {value}")
     check_data_files(recipe.data)
-    if recipe.data.format == "synthetic" and "data" not in recipe.stages \
-            and not (Path(recipe.data.root) / "manifest.json").is_file():
+    if (
+        recipe.data.format == "synthetic"
+        and "data" not in recipe.stages
+        and not (Path(recipe.data.root) / "manifest.json").is_file()
+    ):
         raise RecipeError(f"data.root: no synthetic dataset in {recipe.data.root}; add the 'data' stage to make it")
     if data_only:
         return recipe
     source = recipe.teacher.source
     if source is not None and source.startswith("open_clip:"):
         from teachers import parse_open_clip_source  # torch and open_clip, only for recipes that need them
+
         try:
             _, weights = parse_open_clip_source(source)
         except ValueError as error:
@@ -184,6 +209,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
     if "distill" in recipe.stages:
         from students import check_student  # timm, only for recipes that train a student
+
         try:
             check_student({**asdict(recipe.student), "max_words": recipe.data.max_words})
         except ValueError as error:
@@ -192,14 +218,19 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         raise RecipeError("teacher.source: required when the stages do not include 'teacher'")
     if "cache" in recipe.stages and not recipe.teacher.cache:
         raise RecipeError("teacher.cache: false, but the stages include 'cache'; drop one of them")
-    if source is None and recipe.teacher.sim_header == "tightTransf" and "distill" in recipe.stages \
-            and (term := embedding_term(recipe.loss)):
+    if (
+        source is None
+        and recipe.teacher.sim_header == "tightTransf"
+        and "distill" in recipe.stages
+        and (term := embedding_term(recipe.loss))
+    ):
         raise RecipeError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe
 
 
-def parse_recipe_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
-                      ) -> tuple[argparse.Namespace, Recipe | None]:
+def parse_recipe_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, Recipe | None]:
     """Adds the `RECIPE.yaml [dotted.key=value ...]` arguments, parses `argv` and loads the recipe; on a
     `RecipeError` prints it and gives `None`, for the caller to exit with 2 before any work."""
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")

@@ -2,6 +2,7 @@
 
 Parses, loads the recipe and runs its stages; the work lives in `distill.pipeline`.
 """
+
 from __future__ import annotations
 
 import argparse

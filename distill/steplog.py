@@ -1,11 +1,12 @@
 """The training log: a JSON line per logged step in `<name>_log.jsonl`, the trackers, and throughput."""
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from accelerate import Accelerator
 
@@ -32,8 +33,11 @@ class StepLog:
 
     def write(self, step: int, record: dict[str, float]) -> None:
         now = time.perf_counter()
-        record = {"step": step, **record,
-                  "clips_per_s": (step - self.clock[1]) * self.batch_size / (now - self.clock[0])}
+        record = {
+            "step": step,
+            **record,
+            "clips_per_s": (step - self.clock[1]) * self.batch_size / (now - self.clock[0]),
+        }
         self.clock = (now, step)
         if self.accelerator.is_main_process:
             with self.path.open("a") as f:

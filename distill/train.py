@@ -7,12 +7,13 @@ embeddings of the whole global batch (`distill.gather`) and computes the same lo
 and gradients equal those of one process holding the whole batch; `train.accumulate` micro-batches keep
 that (`distill.gradcache`).
 """
+
 from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -21,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from distill.checkpoints import resume, save_checkpoint
-from distill.gather import gather_with_grad
 from distill.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
 from distill.recipe import TrainConfig
+from distill.scorers import scorer_for
 from distill.steplog import StepLog
 
 
@@ -44,12 +45,20 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
-def training_loader(dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0,
-                    pin_memory: bool = False) -> DataLoader:
+def training_loader(
+    dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """Batches in the `EpochSampler` order: the same batches whatever the number of workers (the items hold
     no randomness). Workers stay alive between epochs; pinned memory speeds up copies to a GPU."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed), drop_last=True,
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed),
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float):
@@ -70,40 +79,37 @@ TeacherOutputs = Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tenso
 
 class OnlineTeacher:
     """Runs the frozen teacher on the "teacher" view of a step's micro-batches and gathers its outputs over
-    the processes, in the order of `GradCache.forward`: micro-batch by micro-batch, rank order within each.
-
-    A cross encoder (tightTransf) has no embeddings: its text and frame features are gathered and it scores
-    every pair of the step itself.
-    """
+    the processes, in the order of `GradCache.forward` (micro-batch by micro-batch, rank order within each),
+    as its scorer gives them to the losses (a cross encoder scores every pair of the step)."""
 
     def __init__(self, teacher: nn.Module):
-        self.teacher = teacher
+        self.teacher, self.scorer = teacher, scorer_for(teacher)
 
     @torch.no_grad()
     def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        teacher = self.teacher
-        if teacher.is_tight:
-            text = torch.cat([gather_with_grad(teacher.text_features(b["input_ids"])) for b in batches])
-            frames = torch.cat([gather_with_grad(teacher.frame_features(b["teacher_video"])) for b in batches])
-            mask = torch.cat([gather_with_grad(b["teacher_mask"]) for b in batches])
-            return {"logits": teacher.cross_scores(text, frames, mask)}
-        return concat_outputs([gather_outputs(teacher(b["input_ids"], b["attention_mask"], b["teacher_video"],
-                                                      b["teacher_mask"])) for b in batches])
+        parts = [
+            self.teacher(b["input_ids"], b["attention_mask"], b["teacher_video"], b["teacher_mask"]) for b in batches
+        ]
+        return self.scorer.loss_inputs(concat_outputs([gather_outputs(part) for part in parts]))
 
 
 def check_split(key: str, batch_size: int, processes: int, accumulate: int = 1) -> None:
     """A batch is global (`split_batches`): it must split evenly over the processes and micro-batches."""
     if batch_size % (processes * accumulate):
-        raise ValueError(f"{key}: {batch_size} is the global batch and must split evenly over the {processes} "
-                         f"processes" + (f" and {accumulate} micro-batches (accumulate)" if accumulate > 1 else ""))
+        raise ValueError(
+            f"{key}: {batch_size} is the global batch and must split evenly over the {processes} "
+            f"processes" + (f" and {accumulate} micro-batches (accumulate)" if accumulate > 1 else "")
+        )
 
 
 def param_groups(model: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
     """`train.lr` for every parameter but the model's `pretrained_parameters()` (a backbone loaded from
     pretrained weights), which train at `lr * coef_lr`, as CLIP4Clip trains CLIP under its new heads."""
     pretrained = {id(p) for p in getattr(model, "pretrained_parameters", list)()}
-    groups = [{"params": [p for p in params if id(p) not in pretrained], "lr": config.lr},
-              {"params": [p for p in params if id(p) in pretrained], "lr": config.lr * config.coef_lr}]
+    groups = [
+        {"params": [p for p in params if id(p) not in pretrained], "lr": config.lr},
+        {"params": [p for p in params if id(p) in pretrained], "lr": config.lr * config.coef_lr},
+    ]
     return [group for group in groups if group["params"]]
 
 
@@ -111,13 +117,16 @@ def synchronise_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Mod
     """BatchNorm layers that compute their statistics over the global batch when several GPU processes
     train (torch's SyncBatchNorm), so N processes train the model one process would. torch synchronises
     on GPUs only: CPU processes keep per-process statistics, with a warning."""
-    if accelerator.num_processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                 for m in model.modules()):
+    if accelerator.num_processes == 1 or not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
         return model
     if accelerator.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    accelerator.print(f"warning: BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs): "
-                      f"{accelerator.num_processes} processes train a slightly different model than one")
+    accelerator.print(
+        f"warning: BatchNorm statistics stay per process on CPU (SyncBatchNorm needs GPUs): "
+        f"{accelerator.num_processes} processes train a slightly different model than one"
+    )
     return model
 
 
@@ -139,10 +148,21 @@ def non_finite(losses: dict[str, torch.Tensor]) -> str:
     return ", ".join(f"{term} is {value.item()}" for term, value in losses.items() if not torch.isfinite(value))
 
 
-def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainConfig, *,
-          accelerator: Accelerator, view: str, seed: int, run_dir: Path, name: str,
-          teacher: TeacherOutputs | None = None, num_workers: int = 0,
-          validate: Callable[[nn.Module], dict[str, float]] | None = None) -> nn.Module:
+def train(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    accelerator: Accelerator,
+    view: str,
+    seed: int,
+    run_dir: Path,
+    name: str,
+    teacher: TeacherOutputs | None = None,
+    num_workers: int = 0,
+    validate: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> nn.Module:
     """Trains `model` (and the learnable parts of `loss_fn`) and returns the unwrapped model.
 
     Args:
@@ -154,12 +174,16 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
         validate: metrics of the model (in eval mode, on every process) at the end of each epoch and of
             training, added to that step's log line; the random state is kept around it.
     """
-    loader = training_loader(dataset, config.batch_size, seed, num_workers=num_workers,
-                             pin_memory=accelerator.device.type == "cuda")
+    loader = training_loader(
+        dataset, config.batch_size, seed, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda"
+    )
     check_split(f"{name}: batch_size", config.batch_size, accelerator.num_processes, config.accumulate)
-    if config.accumulate > 1 and getattr(model, "is_tight", False):
-        raise ValueError(f"{name}: train.accumulate must be 1 for a tightTransf model: its cross encoder scores "
-                         "pairs, so there are no embeddings to accumulate over micro-batches")
+    scorer = scorer_for(model)
+    if config.accumulate > 1 and scorer.pairwise:
+        raise ValueError(
+            f"{name}: train.accumulate must be 1 for a cross-encoder (tightTransf) model: it scores pairs, so "
+            "there are no embeddings to accumulate over micro-batches"
+        )
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
     total = config.max_steps or config.epochs * len(loader)
@@ -168,8 +192,9 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     # Prepared: with split_batches it steps once per optimizer step (not once per process), skips the steps
     # a mixed-precision scaler skipped, and is saved with the checkpoints.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))
-    model, optimizer, scheduler, loader = accelerator.prepare(synchronise_batch_norm(model, accelerator), optimizer,
-                                                              scheduler, loader)
+    model, optimizer, scheduler, loader = accelerator.prepare(
+        synchronise_batch_norm(model, accelerator), optimizer, scheduler, loader
+    )
     if any(p.requires_grad for p in loss_fn.parameters()):
         # Only then: on CPU accelerate wraps every module in DDP, which refuses one without parameters.
         loss_fn = accelerator.prepare(loss_fn)
@@ -179,8 +204,9 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
     saved = step if latest else None  # the step of the newest checkpoint `latest`
     if latest:
         accelerator.print(f"{name}: resumed from {latest} at step {step}")
-    accelerator.print(f"{name}: {total} steps of {config.batch_size} pairs split over "
-                      f"{accelerator.num_processes} process(es)")
+    accelerator.print(
+        f"{name}: {total} steps of {config.batch_size} pairs split over {accelerator.num_processes} process(es)"
+    )
     log = StepLog(accelerator, run_dir / f"{name}_log.jsonl", name, step=step, batch_size=config.batch_size)
     student = GradCache(model, view, accelerator)
     bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not accelerator.is_local_main_process)
@@ -192,13 +218,14 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
         for batch in batches:
             micro = split_batch(batch, config.accumulate)
             teacher_out = teacher(micro) if teacher is not None else None  # in the teacher's own precision
-            losses = loss_fn(student.forward(micro), teacher_out)
+            losses = loss_fn(scorer.loss_inputs(student.forward(micro)), teacher_out)
             # Every process holds the same global losses, so all of them stop here together.
             if bad := non_finite(losses):
                 if saved != step:
                     latest = save_checkpoint(accelerator, checkpoints, step)
-                raise FloatingPointError(f"{name}: {bad} at step {step + 1}; the training state before that "
-                                         f"step is saved in {latest}")
+                raise FloatingPointError(
+                    f"{name}: {bad} at step {step + 1}; the training state before that step is saved in {latest}"
+                )
             loss = sum(losses.values())
             student.backward(loss)
             if config.grad_clip:
@@ -211,8 +238,11 @@ def train(model: nn.Module, loss_fn: nn.Module, dataset: Dataset, config: TrainC
 
             validating = validate is not None and (step % len(loader) == 0 or step == total)
             if step % config.log_every == 0 or step == total or validating:
-                record = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                          **{term: value.item() for term, value in losses.items()}}
+                record = {
+                    "loss": loss.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    **{term: value.item() for term, value in losses.items()},
+                }
                 bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
                 if validating:
                     # A DataLoader seeds its workers from the global generator: validation must not move it.

@@ -1,4 +1,5 @@
 """The student's shipping format: one self-describing .safetensors file."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,16 @@ def round_weights(student: Student, dtype: str) -> None:
         if tensor.is_floating_point():
             rounded = shipped(tensor, DTYPES[dtype])
             if not torch.isfinite(rounded).all() and torch.isfinite(tensor).all():
-                raise ValueError(f"export.dtype={dtype}: {name} overflows it (largest magnitude "
-                                 f"{tensor.abs().max().item():.4g}); use fp32 or bf16")
+                raise ValueError(
+                    f"export.dtype={dtype}: {name} overflows it (largest magnitude "
+                    f"{tensor.abs().max().item():.4g}); use fp32 or bf16"
+                )
             tensor.copy_(rounded)
 
 
-def export_student(student: Student, path: str | Path, metadata: dict[str, str] | None = None,
-                   dtype: str = "fp32") -> Path:
+def export_student(
+    student: Student, path: str | Path, metadata: dict[str, str] | None = None, dtype: str = "fp32"
+) -> Path:
     """Writes the weights as `dtype` ("fp32", "fp16", "bf16"; round them first with `round_weights`) with
     `{"format", "config"}` and `metadata` (strings, e.g. JSON) in the header.
 
@@ -57,8 +61,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except SafetensorError as error:
         raise ValueError(f"{path}: not a safetensors file ({error})") from error
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a clip4clip-distill student export (metadata format "
-                         f"{metadata.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"{path}: not a clip4clip-distill student export (metadata format "
+            f"{metadata.get('format')!r}, expected {FORMAT!r})"
+        )
     return metadata
 
 

@@ -3,6 +3,7 @@
 It has the same face as a teacher (`encode_text`, `encode_video`, `similarity_logits`, `forward` returning
 a dict), so the training loop, evaluation and export treat both alike.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -34,32 +35,47 @@ class Student(nn.Module):
         self.config = config
         dim = config["embed_dim"]
         weights = config.get("pretrained")
-        self.backbone = timm.create_model(config["backbone"], pretrained=weights is not None, num_classes=0,
-                                          pretrained_cfg_overlay={"file": weights} if weights else None,
-                                          **config["backbone_kwargs"])
+        self.backbone = timm.create_model(
+            config["backbone"],
+            pretrained=weights is not None,
+            num_classes=0,
+            pretrained_cfg_overlay={"file": weights} if weights else None,
+            **config["backbone_kwargs"],
+        )
         # The width of what the backbone returns without a classifier: num_features is the width before a
         # pre-logits layer, which some families have (MobileNetV3: 960 features, then a 1280-wide conv head).
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.frame_proj = nn.Linear(width, dim)
         if config["temporal"] == "transformer":
-            # On the scale of the frame features (about 0.6 per dimension out of frame_proj), as the
-            # teacher's nn.Embedding (N(0, 1)). At 0.01 the positions stayed too small to train within a
-            # short distillation: the demo student read no order (clips played backwards scored the same).
+            # N(0, 1), the scale of the frame features out of frame_proj and of the teacher's nn.Embedding:
+            # much smaller positions do not train within a short distillation (BENCHMARKS.md).
             self.frame_position_embeddings = nn.Parameter(torch.randn(config["max_frames"], dim))
             self.temporal_transformer = Transformer(dim, config["temporal_layers"], max(1, dim // 32))
         tower = config.get("teacher_text")  # student.text: teacher (sizes from `teacher_text_tower`)
         if config.get("text", "own") == "teacher" and not tower:
-            raise ValueError("student.text=teacher, but the config has no teacher_text sizes "
-                             "(students.model.teacher_text_tower gives them and the weights)")
+            raise ValueError(
+                "student.text=teacher, but the config has no teacher_text sizes "
+                "(students.model.teacher_text_tower gives them and the weights)"
+            )
         if tower:
             self.text = TextTransformer(
-                context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=tower["width"],
-                heads=tower["heads"], layers=tower["layers"], output_dim=dim,
-                act_layer=QuickGELU if tower["quick_gelu"] else nn.GELU).requires_grad_(False)
+                context_length=config["max_words"],
+                vocab_size=VOCAB_SIZE,
+                width=tower["width"],
+                heads=tower["heads"],
+                layers=tower["layers"],
+                output_dim=dim,
+                act_layer=QuickGELU if tower["quick_gelu"] else nn.GELU,
+            ).requires_grad_(False)
         else:
             self.text = TextTransformer(
-                context_length=config["max_words"], vocab_size=VOCAB_SIZE, width=config["text_width"],
-                heads=config["text_heads"], layers=config["text_layers"], output_dim=dim)
+                context_length=config["max_words"],
+                vocab_size=VOCAB_SIZE,
+                width=config["text_width"],
+                heads=config["text_heads"],
+                layers=config["text_layers"],
+                output_dim=dim,
+            )
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
@@ -114,14 +130,18 @@ def check_student(config: dict) -> None:
     name = config["backbone"]
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
-        raise ValueError(f"student.backbone: no timm model {name!r}"
-                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
+        raise ValueError(
+            f"student.backbone: no timm model {name!r}"
+            + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+        )
     try:
         with torch.device("meta"):
             Student({**config, "pretrained": None, "text": "own"})
     except Exception as error:  # timm and open_clip raise many kinds for arguments that do not fit
-        raise ValueError(f"student: {name} with backbone_kwargs {config['backbone_kwargs']} cannot be built: "
-                         f"{type(error).__name__}: {error}") from None
+        raise ValueError(
+            f"student: {name} with backbone_kwargs {config['backbone_kwargs']} cannot be built: "
+            f"{type(error).__name__}: {error}"
+        ) from None
 
 
 def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -135,17 +155,27 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[s
     """
     clip = teacher.clip
     if not teacher.openai_text_tower:
-        raise ValueError("student.text=teacher needs a teacher whose text tower is OpenAI CLIP's (a causal "
-                         "transformer read at the end token); this teacher's is not")
+        raise ValueError(
+            "student.text=teacher needs a teacher whose text tower is OpenAI CLIP's (a causal "
+            "transformer read at the end token); this teacher's is not"
+        )
     if max_words > teacher.context_length:
-        raise ValueError(f"data.max_words: {max_words}, more than the teacher's text context "
-                         f"({teacher.context_length}), which student.text=teacher reuses")
+        raise ValueError(
+            f"data.max_words: {max_words}, more than the teacher's text context "
+            f"({teacher.context_length}), which student.text=teacher reuses"
+        )
     block = clip.transformer.resblocks[0]
-    sizes = {"width": clip.transformer.width, "heads": block.attn.num_heads, "layers": len(clip.transformer.resblocks),
-             "quick_gelu": isinstance(block.mlp.gelu, QuickGELU)}
-    weights = {"token_embedding.weight": clip.token_embedding.weight,
-               "positional_embedding": clip.positional_embedding[:max_words],
-               "text_projection": clip.text_projection,
-               **{f"transformer.{k}": v for k, v in clip.transformer.state_dict().items()},
-               **{f"ln_final.{k}": v for k, v in clip.ln_final.state_dict().items()}}
+    sizes = {
+        "width": clip.transformer.width,
+        "heads": block.attn.num_heads,
+        "layers": len(clip.transformer.resblocks),
+        "quick_gelu": isinstance(block.mlp.gelu, QuickGELU),
+    }
+    weights = {
+        "token_embedding.weight": clip.token_embedding.weight,
+        "positional_embedding": clip.positional_embedding[:max_words],
+        "text_projection": clip.text_projection,
+        **{f"transformer.{k}": v for k, v in clip.transformer.state_dict().items()},
+        **{f"ln_final.{k}": v for k, v in clip.ln_final.state_dict().items()},
+    }
     return sizes, {k: v.detach().clone() for k, v in weights.items()}

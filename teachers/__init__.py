@@ -1,4 +1,5 @@
 """CLIP4Clip teachers: the model, loading every supported source, and the CLIP4Clip tokenizer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +14,19 @@ from teachers.open_clip_source import PREFIX as OPEN_CLIP_PREFIX
 from teachers.open_clip_source import load_open_clip_teacher, parse_open_clip_source
 from teachers.tokenizer import tokenize
 
-__all__ = ["CLIP4Clip", "load_teacher", "parse_open_clip_source", "save_original_checkpoint", "save_teacher",
-           "tokenize"]
+__all__ = [
+    "CLIP4Clip",
+    "load_teacher",
+    "parse_open_clip_source",
+    "save_original_checkpoint",
+    "save_teacher",
+    "tokenize",
+]
 
 
-def load_teacher(source: str | Path, device: str | torch.device = "cpu",
-                 precision: Literal["auto", "bf16", "fp32"] = "auto") -> CLIP4Clip:
+def load_teacher(
+    source: str | Path, device: str | torch.device = "cpu", precision: Literal["auto", "bf16", "fp32"] = "auto"
+) -> CLIP4Clip:
     """Loads a frozen teacher in eval mode with float32 parameters (fp16 checkpoints are computed in float32).
 
     `precision`: how it computes; auto is bf16 autocast on CUDA (twice the speed of float32 there, and

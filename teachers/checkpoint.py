@@ -5,14 +5,15 @@ The architecture rules are CLIP4Clip's and OpenAI's (see shared/clip4clip-spec.m
 and grid from tensor shapes, layer counts from the distinct block indices, heads = width // 64, the head
 from the key names.
 """
+
 from __future__ import annotations
 
 import math
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import load_file
@@ -21,10 +22,20 @@ from teachers.clip4clip import CLIP4Clip
 
 OPENAI_ONLY = ("input_resolution", "context_length", "vocab_size")  # OpenAI attributes that are not weights
 # Checked in this order: a model trained without --loose_type also holds cross.* whatever its sim_header.
-HEAD_PREFIXES = (("cross.", "tightTransf"), ("similarity_dense.", "tightTransf"), ("lstm_visual.", "seqLSTM"),
-                 ("transformerClip.", "seqTransf"))
-NEEDED = ("visual.conv1.weight", "visual.positional_embedding", "text_projection", "positional_embedding",
-          "token_embedding.weight", "ln_final.weight")  # the CLIP tensors the shapes are read from
+HEAD_PREFIXES = (
+    ("cross.", "tightTransf"),
+    ("similarity_dense.", "tightTransf"),
+    ("lstm_visual.", "seqLSTM"),
+    ("transformerClip.", "seqTransf"),
+)
+NEEDED = (
+    "visual.conv1.weight",
+    "visual.positional_embedding",
+    "text_projection",
+    "positional_embedding",
+    "token_embedding.weight",
+    "ln_final.weight",
+)  # the CLIP tensors the shapes are read from
 LISTED = 10  # keys shown per kind in a mismatch error
 
 
@@ -53,13 +64,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt files, and pickles the weights-only unpickler refuses
-        raise ValueError(f"{path}: not a readable checkpoint of tensors (safetensors, a weights-only torch.save "
-                         f"or TorchScript): {error}") from error
+        raise ValueError(
+            f"{path}: not a readable checkpoint of tensors (safetensors, a weights-only torch.save "
+            f"or TorchScript): {error}"
+        ) from error
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (or {{'state_dict': ...}}), "
-                         f"got {type(state).__name__}")
+        raise ValueError(
+            f"{path}: expected a state dict of tensors (or {{'state_dict': ...}}), got {type(state).__name__}"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -80,8 +94,7 @@ def infer_arch(state: Mapping[str, torch.Tensor], source) -> dict:
     """The CLIP4Clip architecture of a state dict with `clip.`-prefixed backbone keys."""
     missing = [f"clip.{k}" for k in NEEDED if f"clip.{k}" not in state]
     if missing:
-        raise ValueError(f"{source}: not a CLIP4Clip checkpoint or an OpenAI CLIP (ViT) state dict: "
-                         f"missing {missing}")
+        raise ValueError(f"{source}: not a CLIP4Clip checkpoint or an OpenAI CLIP (ViT) state dict: missing {missing}")
     conv1 = state["clip.visual.conv1.weight"]  # [width, 3, patch, patch]
     grid = round(math.sqrt(state["clip.visual.positional_embedding"].shape[0] - 1))
     text_width = state["clip.ln_final.weight"].shape[0]
@@ -89,11 +102,20 @@ def infer_arch(state: Mapping[str, torch.Tensor], source) -> dict:
     cross_prefix = {"seqTransf": "transformerClip.resblocks.", "tightTransf": "cross.transformer.resblocks."}
     return {
         "embed_dim": state["clip.text_projection"].shape[1],
-        "vision_cfg": {"image_size": conv1.shape[-1] * grid, "patch_size": conv1.shape[-1], "width": conv1.shape[0],
-                       "layers": _layers(state, "clip.visual.transformer.resblocks."), "head_width": 64},
-        "text_cfg": {"context_length": state["clip.positional_embedding"].shape[0],
-                     "vocab_size": state["clip.token_embedding.weight"].shape[0], "width": text_width,
-                     "heads": max(1, text_width // 64), "layers": _layers(state, "clip.transformer.resblocks.")},
+        "vision_cfg": {
+            "image_size": conv1.shape[-1] * grid,
+            "patch_size": conv1.shape[-1],
+            "width": conv1.shape[0],
+            "layers": _layers(state, "clip.visual.transformer.resblocks."),
+            "head_width": 64,
+        },
+        "text_cfg": {
+            "context_length": state["clip.positional_embedding"].shape[0],
+            "vocab_size": state["clip.token_embedding.weight"].shape[0],
+            "width": text_width,
+            "heads": max(1, text_width // 64),
+            "layers": _layers(state, "clip.transformer.resblocks."),
+        },
         "sim_header": sim_header,
         "cross_layers": _layers(state, cross_prefix[sim_header]) if sim_header in cross_prefix else 0,
         "linear_patch": "3d" if "clip.visual.conv2.weight" in state else "2d",
@@ -111,11 +133,16 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sourc
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
-    mis_shaped = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                  for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in sorted(expected.keys() & state.keys())
+        if state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or mis_shaped:
-        raise ValueError(f"{source}: the weights do not fit the model: missing keys {_listed(missing)}, "
-                         f"unexpected keys {_listed(unexpected)}, mis-shaped keys {_listed(mis_shaped)}")
+        raise ValueError(
+            f"{source}: the weights do not fit the model: missing keys {_listed(missing)}, "
+            f"unexpected keys {_listed(unexpected)}, mis-shaped keys {_listed(mis_shaped)}"
+        )
     model.load_state_dict(state)
 
 
@@ -140,10 +167,14 @@ def save_original_checkpoint(teacher: CLIP4Clip, path: str | Path) -> None:
     model's shapes (ViT-B/32, B/16); its heads also need the embedding width equal to the text width.
     """
     if "open_clip_model" in teacher.arch:
-        raise ValueError(f"{teacher.arch['open_clip_model']}: an open_clip-built teacher has no original "
-                         "CLIP4Clip layout (its CLIP is not OpenAI's QuickGELU ViT)")
+        raise ValueError(
+            f"{teacher.arch['open_clip_model']}: an open_clip-built teacher has no original "
+            "CLIP4Clip layout (its CLIP is not OpenAI's QuickGELU ViT)"
+        )
     embed_dim, text_width = teacher.arch["embed_dim"], teacher.arch["text_cfg"]["width"]
     if embed_dim != text_width:
-        raise ValueError(f"the original CLIP4Clip layout needs embed_dim == text width; this teacher has "
-                         f"embed_dim {embed_dim} and text width {text_width}")
+        raise ValueError(
+            f"the original CLIP4Clip layout needs embed_dim == text width; this teacher has "
+            f"embed_dim {embed_dim} and text width {text_width}"
+        )
     torch.save({k: v.detach().float().cpu().contiguous() for k, v in teacher.state_dict().items()}, path)

@@ -6,12 +6,13 @@ pair jointly and has no embeddings. Parameter names follow the original checkpoi
 `frame_position_embeddings.*`, `transformerClip.*`, `lstm_visual.*`, `cross.*`, `similarity_dense.*`), so
 the state dict lines up with `pytorch_model.bin.N` files.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 from functools import partial, wraps
-from typing import Literal, Optional
+from typing import Literal
 
 import open_clip
 import torch
@@ -73,8 +74,10 @@ class CrossEncoder(nn.Module):
         """Pooled output `[P, D]` for sequences `x [P, S, D]` with key mask `[P, S]` (1 = attend)."""
         positions = self.embeddings["position_embeddings"].weight
         if x.shape[1] > positions.shape[0]:
-            raise ValueError(f"tightTransf: a text token and {x.shape[1] - 1} frames need {x.shape[1]} positions, "
-                             f"the cross encoder has {positions.shape[0]}")
+            raise ValueError(
+                f"tightTransf: a text token and {x.shape[1] - 1} frames need {x.shape[1]} positions, "
+                f"the cross encoder has {positions.shape[0]}"
+            )
         x = self.transformer(x + positions[: x.shape[1]], attn_mask=key_mask_bias(mask, CROSS_HEADS, x.dtype))
         return self.activation(self.pooler["dense"](self.pooler["ln_pool"](x)[:, 0]))
 
@@ -82,8 +85,9 @@ class CrossEncoder(nn.Module):
 def lstm_needs_fp32(x: torch.Tensor) -> bool:
     """CPU bf16 autocast runs an LSTM through oneDNN's bf16 primitive, which CPUs without native bf16
     (AVX2-only ones) lack: there the LSTM on `x` leaves autocast and runs in float32 instead of failing."""
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return (
+        x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 Precision = Literal["bf16", "fp32"]
@@ -93,13 +97,14 @@ def in_precision(method):
     """Runs a feature method under the model's `precision`: bf16 autocast, or float32 even inside an outer
     autocast (e.g. the student's mixed precision); floating outputs are float32 either way. A model with
     `precision` None (one in training) computes as its caller's autocast says."""
+
     @wraps(method)
     def run(self, *args, **kwargs):
         if self.precision is None:
             return method(self, *args, **kwargs)
-        with torch.autocast(self.clip.logit_scale.device.type, dtype=torch.bfloat16,
-                            enabled=self.precision == "bf16"):
+        with torch.autocast(self.clip.logit_scale.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return method(self, *args, **kwargs).float()
+
     return run
 
 
@@ -119,7 +124,7 @@ class CLIP4Clip(nn.Module):
             raise ValueError(f"sim_header {arch['sim_header']!r} is not one of {SIM_HEADERS}")
         self.arch = arch
         self.sim_header = arch["sim_header"]
-        self.precision: Optional[Precision] = None  # how a frozen teacher computes: see `in_precision`
+        self.precision: Precision | None = None  # how a frozen teacher computes: see `in_precision`
         self.linear_patch = arch.get("linear_patch", "2d")
         self.clip = clip if clip is not None else build_clip(arch)
         width = arch["embed_dim"]
@@ -128,9 +133,14 @@ class CLIP4Clip(nn.Module):
         if self.linear_patch == "3d":
             # The original's Conv3d patch embedding over (3 frames, p, p); `conv1` stays in the state dict, unused.
             v = arch["vision_cfg"]
-            self.clip.visual.conv2 = nn.Conv3d(3, v["width"], (3, v["patch_size"], v["patch_size"]),
-                                               stride=(1, v["patch_size"], v["patch_size"]), padding=(1, 0, 0),
-                                               bias=False)
+            self.clip.visual.conv2 = nn.Conv3d(
+                3,
+                v["width"],
+                (3, v["patch_size"], v["patch_size"]),
+                stride=(1, v["patch_size"], v["patch_size"]),
+                padding=(1, 0, 0),
+                bias=False,
+            )
         if self.sim_header in ("seqLSTM", "seqTransf"):
             self.frame_position_embeddings = nn.Embedding(positions, width)
         if self.sim_header == "seqLSTM":
@@ -140,6 +150,8 @@ class CLIP4Clip(nn.Module):
         if self.sim_header == "tightTransf":
             self.cross = CrossEncoder(width, arch["cross_layers"], positions)
             self.similarity_dense = nn.Linear(width, 1)
+            # The cross encoder's scores are raw: CLIP's logit scale gets no gradient, which DDP refuses.
+            self.clip.logit_scale.requires_grad_(False)
 
     @property
     def context_length(self) -> int:
@@ -151,8 +163,12 @@ class CLIP4Clip(nn.Module):
         matrix): it can run at any length up to the context, which `text_features` and a student's
         `text=teacher` rely on. Some open_clip models' towers are not."""
         clip = self.clip
-        return (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None and clip.text_pool_type == "argmax"
-                and isinstance(clip.text_projection, nn.Parameter))
+        return (
+            isinstance(clip, open_clip.CLIP)
+            and clip.attn_mask is not None
+            and clip.text_pool_type == "argmax"
+            and isinstance(clip.text_projection, nn.Parameter)
+        )
 
     @property
     def is_tight(self) -> bool:
@@ -161,8 +177,10 @@ class CLIP4Clip(nn.Module):
 
     def _require_loose(self, name: str) -> None:
         if self.is_tight:
-            raise RuntimeError(f"{name}: a tightTransf teacher has no text or video embeddings; use "
-                               "similarity_logits (or text_features + frame_features + cross_scores)")
+            raise RuntimeError(
+                f"{name}: a tightTransf teacher has no text or video embeddings; use "
+                "similarity_logits (or text_features + frame_features + cross_scores)"
+            )
 
     # ------------------------------------------------------------ features shared by every head
 
@@ -243,8 +261,9 @@ class CLIP4Clip(nn.Module):
     # ------------------------------------------------------------ tight head
 
     @in_precision
-    def cross_scores(self, text: torch.Tensor, frames: torch.Tensor, video_mask: torch.Tensor, *,
-                     chunk_pairs: int = 4096) -> torch.Tensor:
+    def cross_scores(
+        self, text: torch.Tensor, frames: torch.Tensor, video_mask: torch.Tensor, *, chunk_pairs: int = 4096
+    ) -> torch.Tensor:
         """tightTransf scores `[N, B]` from `text_features [N, D]` and `frame_features [B, T, D]`.
 
         Each pair (i, j) is the sequence `[text_i; frames_j]` with key mask `[1; video_mask_j]`, pooled at the
@@ -266,20 +285,29 @@ class CLIP4Clip(nn.Module):
     # ------------------------------------------------------------ the shared face
 
     @in_precision
-    def similarity_logits(self, input_ids, attention_mask, video, video_mask, *, chunk_pairs: int = 4096
-                          ) -> torch.Tensor:
+    def similarity_logits(
+        self, input_ids, attention_mask, video, video_mask, *, chunk_pairs: int = 4096
+    ) -> torch.Tensor:
         """`[N, B]` (text rows, video columns): `logit_scale * text @ video.T` for the loose heads, the cross
         encoder's raw scores for tightTransf (`chunk_pairs`: see `cross_scores`)."""
         if self.is_tight:
-            return self.cross_scores(self.text_features(input_ids), self.frame_features(video), video_mask,
-                                     chunk_pairs=chunk_pairs)
+            return self.cross_scores(
+                self.text_features(input_ids), self.frame_features(video), video_mask, chunk_pairs=chunk_pairs
+            )
         text = self.encode_text(input_ids, attention_mask)
         return self.logit_scale() * text @ self.encode_video(video, video_mask).T
 
     def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
-        """Loose heads: `{"text_features", "video_features", "logit_scale"}`; tightTransf: `{"logits"}`."""
+        """The outputs of a batch of pairs. Loose heads: `{"text_features", "video_features", "logit_scale"}`
+        (embeddings); tightTransf: `{"text_features", "frame_features", "video_mask"}`, the cross encoder's
+        inputs, which `cross_scores` scores for every caption against every video (of the global batch, in
+        training)."""
         if self.is_tight:
-            return {"logits": self.similarity_logits(input_ids, attention_mask, video, video_mask)}
+            return {
+                "text_features": self.text_features(input_ids),
+                "frame_features": self.frame_features(video),
+                "video_mask": video_mask,
+            }
         return {
             "text_features": self.encode_text(input_ids, attention_mask),
             "video_features": self.encode_video(video, video_mask),

@@ -1,4 +1,5 @@
 """Our own teacher format: one .safetensors file whose metadata carries the architecture."""
+
 from __future__ import annotations
 
 import json

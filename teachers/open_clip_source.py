@@ -1,4 +1,5 @@
 """`open_clip:<MODEL>?pretrained=<local file>` teacher sources: any open_clip model as a zero-shot meanP teacher."""
+
 from __future__ import annotations
 
 import copy
@@ -17,12 +18,16 @@ def parse_open_clip_source(source: str) -> tuple[str, Path]:
     model, _, query = source.removeprefix(PREFIX).partition("?")
     key, _, weights = query.partition("=")
     if not source.startswith(PREFIX) or not model or key != "pretrained" or not weights:
-        raise ValueError(f"teacher source {source!r}: expected {PREFIX}<MODEL>?pretrained=<local weights file>, "
-                         f"e.g. {PREFIX}ViT-B-32-quickgelu?pretrained=/models/vit_b_32.pt")
+        raise ValueError(
+            f"teacher source {source!r}: expected {PREFIX}<MODEL>?pretrained=<local weights file>, "
+            f"e.g. {PREFIX}ViT-B-32-quickgelu?pretrained=/models/vit_b_32.pt"
+        )
     if open_clip.get_model_config(model) is None:
         close = difflib.get_close_matches(model, open_clip.list_models(), n=3, cutoff=0.7)
-        raise ValueError(f"teacher source {source!r}: no open_clip model {model!r}"
-                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ""))
+        raise ValueError(
+            f"teacher source {source!r}: no open_clip model {model!r}"
+            + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+        )
     return model, Path(weights)
 
 
@@ -37,7 +42,12 @@ def load_open_clip_teacher(source: str) -> CLIP4Clip:
         clip = open_clip.create_model(model, pretrained=str(weights), pretrained_text=False)
     except RuntimeError as error:  # strict load_state_dict: missing, unexpected and mis-shaped keys together
         raise ValueError(f"teacher source {source}: the weights do not fit {model}: {error}") from error
-    arch = {"open_clip_model": model, "embed_dim": config["embed_dim"],
-            "vision_cfg": copy.deepcopy(config["vision_cfg"]), "text_cfg": copy.deepcopy(config["text_cfg"]),
-            "sim_header": "meanP", "cross_layers": 0}
+    arch = {
+        "open_clip_model": model,
+        "embed_dim": config["embed_dim"],
+        "vision_cfg": copy.deepcopy(config["vision_cfg"]),
+        "text_cfg": copy.deepcopy(config["text_cfg"]),
+        "sim_header": "meanP",
+        "cross_layers": 0,
+    }
     return CLIP4Clip(arch, clip=clip)

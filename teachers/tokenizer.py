@@ -1,8 +1,9 @@
 """The CLIP4Clip tokenizer: CLIP BPE, start token, at most max_words-2 word pieces, end token, zero padding."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
@@ -26,6 +27,8 @@ def pad_ids(input_ids: torch.Tensor, length: int) -> torch.Tensor:
     Longer ids are an error rather than a crop: cropping could drop the EOT token the feature is read at.
     """
     if input_ids.shape[1] > length:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)}: {input_ids.shape[1]} tokens, more than the "
-                         f"model's context length {length}; tokenize with max_words <= {length}")
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)}: {input_ids.shape[1]} tokens, more than the "
+            f"model's context length {length}; tokenize with max_words <= {length}"
+        )
     return torch.nn.functional.pad(input_ids, (0, length - input_ids.shape[1]))

@@ -1,5 +1,6 @@
 """Gradient accumulation keeps the losses over the whole batch: the same training as one pass over the
 batch, with dropout replayed identically and running statistics updated once per micro-batch."""
+
 from __future__ import annotations
 
 import json
@@ -9,17 +10,18 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from torch import nn
+from toy import Pairs, TwoTower
 
+from distill.gradcache import GradCache, split_batch
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
-from distill.gradcache import GradCache, split_batch
 from distill.train import OnlineTeacher, train
-from toy import Pairs, TwoTower
 
 
 def accelerator(mixed_precision: str = "no") -> Accelerator:
-    return Accelerator(cpu=True, mixed_precision=mixed_precision,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+    return Accelerator(
+        cpu=True, mixed_precision=mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
+    )
 
 
 def distill(run_dir, accumulate: int, mixed_precision: str = "no") -> tuple[TwoTower, list[dict]]:
@@ -30,9 +32,18 @@ def distill(run_dir, accumulate: int, mixed_precision: str = "no") -> tuple[TwoT
     torch.manual_seed(0)
     student = TwoTower()
     loss = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=8, teacher_dim=8)
-    train(student, loss, Pairs(16), TrainConfig(batch_size=8, max_steps=6, log_every=1, lr=1e-2, accumulate=accumulate),
-          accelerator=accelerator(mixed_precision), view="student", seed=0, run_dir=run_dir, name="distill",
-          teacher=OnlineTeacher(teacher))
+    train(
+        student,
+        loss,
+        Pairs(16),
+        TrainConfig(batch_size=8, max_steps=6, log_every=1, lr=1e-2, accumulate=accumulate),
+        accelerator=accelerator(mixed_precision),
+        view="student",
+        seed=0,
+        run_dir=run_dir,
+        name="distill",
+        teacher=OnlineTeacher(teacher),
+    )
     return student, [json.loads(line) for line in (run_dir / "distill_log.jsonl").read_text().splitlines()]
 
 
@@ -79,9 +90,11 @@ def test_replay_draws_the_same_dropout_and_updates_running_statistics_once():
             grad_cache.backward(sum(loss_fn(grad_cache.forward(micro), None).values()))
         else:
             parts = [model(b["input_ids"], b["attention_mask"], b["student_video"], b["student_mask"]) for b in micro]
-            out = {"text_features": torch.cat([p["text_features"] for p in parts]),
-                   "video_features": torch.cat([p["video_features"] for p in parts]),
-                   "logit_scale": parts[0]["logit_scale"]}
+            out = {
+                "text_features": torch.cat([p["text_features"] for p in parts]),
+                "video_features": torch.cat([p["video_features"] for p in parts]),
+                "logit_scale": parts[0]["logit_scale"],
+            }
             sum(loss_fn(out, None).values()).backward()
         models.append(model)
         draws.append(torch.rand(3))  # the replay leaves the random state where the first pass left it
@@ -97,7 +110,19 @@ def test_replay_draws_the_same_dropout_and_updates_running_statistics_once():
 
 def test_batch_must_split_into_micro_batches(tmp_path):
     loss = DistillationLoss(LossConfig(), student_dim=8, teacher_dim=8)
-    with pytest.raises(ValueError, match=r"^distill: batch_size: 8 is the global batch and must split evenly over "
-                                         r"the 1 processes and 3 micro-batches \(accumulate\)$"):
-        train(TwoTower(), loss, Pairs(16), TrainConfig(batch_size=8, max_steps=1, accumulate=3),
-              accelerator=accelerator(), view="student", seed=0, run_dir=tmp_path, name="distill")
+    with pytest.raises(
+        ValueError,
+        match=r"^distill: batch_size: 8 is the global batch and must split evenly over "
+        r"the 1 processes and 3 micro-batches \(accumulate\)$",
+    ):
+        train(
+            TwoTower(),
+            loss,
+            Pairs(16),
+            TrainConfig(batch_size=8, max_steps=1, accumulate=3),
+            accelerator=accelerator(),
+            view="student",
+            seed=0,
+            run_dir=tmp_path,
+            name="distill",
+        )

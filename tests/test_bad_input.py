@@ -1,12 +1,12 @@
 """Missing, empty, truncated and undecodable videos and empty captions: skipped, counted and listed, never
 trained on as zeros, and a video that breaks during training does not stop the epoch."""
+
 import json
 import shutil
 
 import av
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from distill.data.checks import check_videos, write_bad_videos
@@ -64,8 +64,11 @@ def test_bad_videos_file_lists_one_video_a_line(clips, tmp_path):
     write_bad_videos(tmp_path / "bad_videos.txt", problems)
     write_bad_videos(tmp_path / "bad_videos.txt", problems, append=True)
     lines = (tmp_path / "bad_videos.txt").read_text().splitlines()
-    assert lines == [f"{clips / 'missing.mp4'}\ta.jsonl, line 3: video file not found: {clips / 'missing.mp4'}; "
-                     "1 pair skipped"] * 2
+    assert (
+        lines
+        == [f"{clips / 'missing.mp4'}\ta.jsonl, line 3: video file not found: {clips / 'missing.mp4'}; 1 pair skipped"]
+        * 2
+    )
 
 
 def test_video_failing_during_an_epoch_is_replaced_and_listed(clips, tmp_path):
@@ -94,29 +97,52 @@ def test_video_failing_during_an_epoch_is_replaced_and_listed(clips, tmp_path):
 
 
 def test_all_videos_failing_is_an_error(clips, tmp_path):
-    dataset = VideoTextDataset([(str(clips / "garbage.mp4"), "a"), (str(clips / "empty.mp4"), "b")], VIEWS,
-                               max_words=16, bad_videos=tmp_path / "bad_videos.txt")
+    dataset = VideoTextDataset(
+        [(str(clips / "garbage.mp4"), "a"), (str(clips / "empty.mp4"), "b")],
+        VIEWS,
+        max_words=16,
+        bad_videos=tmp_path / "bad_videos.txt",
+    )
     with pytest.raises(VideoError, match="no pair left whose video decodes \\(2 of the videos of 2 pairs failed"):
         dataset[0]
     assert len(dataset.failed) == 2
 
 
 def jsonl_recipe(tmp_path, clips, lines):
-    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(line) if isinstance(line, dict) else line
-                                                    for line in lines) + "\n")
+    (tmp_path / "train.jsonl").write_text(
+        "\n".join(json.dumps(line) if isinstance(line, dict) else line for line in lines) + "\n"
+    )
     (tmp_path / "test.jsonl").write_text(json.dumps({"video": "good3.mp4", "caption": "test"}) + "\n")
-    (tmp_path / "recipe.yaml").write_text(json.dumps({
-        "name": "bad", "output_dir": str(tmp_path / "run"),
-        "data": {"format": "jsonl", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl"),
-                 "video_root": str(clips)}}))
+    (tmp_path / "recipe.yaml").write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "output_dir": str(tmp_path / "run"),
+                "data": {
+                    "format": "jsonl",
+                    "train": str(tmp_path / "train.jsonl"),
+                    "test": str(tmp_path / "test.jsonl"),
+                    "video_root": str(clips),
+                },
+            }
+        )
+    )
     return load_recipe(tmp_path / "recipe.yaml")
 
 
 def test_run_skips_bad_pairs_lists_them_in_the_run_folder_and_the_log(clips, tmp_path, capsys):
-    recipe = jsonl_recipe(tmp_path, clips, [
-        {"video": "good0.mp4", "caption": "fine"}, {"video": "missing.mp4", "caption": "gone"},
-        {"video": "good1.mp4", "caption": ""}, {"video": "truncated.mp4", "caption": "cut"},
-        {"video": "good2.mp4", "caption": "fine too"}, {"video": "missing.mp4", "caption": "gone again"}])
+    recipe = jsonl_recipe(
+        tmp_path,
+        clips,
+        [
+            {"video": "good0.mp4", "caption": "fine"},
+            {"video": "missing.mp4", "caption": "gone"},
+            {"video": "good1.mp4", "caption": ""},
+            {"video": "truncated.mp4", "caption": "cut"},
+            {"video": "good2.mp4", "caption": "fine too"},
+            {"video": "missing.mp4", "caption": "gone again"},
+        ],
+    )
     run = Run(recipe)
     train = run.dataset("train")
     assert train.captions == ["fine", "fine too"]

@@ -2,6 +2,7 @@
 interrupted cache is finished and not recomputed, a cache made for another run is refused naming what
 differs, and distillation from the cache gives the losses and the student of online distillation through
 the real CLI."""
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,19 @@ import torch
 from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny import DATA, STUDENT, TRAIN
 from torch.utils.data import default_collate
 
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest
+from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
-from distill.pipeline import Run, teacher_arch
-from distill.recipe import SyntheticConfig, TeacherConfig, load_recipe
 from distill.gradcache import split_batch
+from distill.pipeline import Run, teacher_arch
+from distill.recipe import TeacherConfig, load_recipe
 from distill.train import OnlineTeacher
 from teachers import CLIP4Clip, save_teacher
-from tiny import DATA, STUDENT, TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = SyntheticConfig(num_train=48, num_test=16, size=32, fps=4, seconds=4)
@@ -38,8 +40,16 @@ SAMPLING = {"max_frames": 4, "image_size": 16}
 def tiny_teacher(sim_header: str) -> CLIP4Clip:
     """A random (untrained) tiny teacher: the cache must give whatever it computes."""
     torch.manual_seed(0)
-    config = TeacherConfig(max_frames=4, sim_header=sim_header, image_size=16, vision_width=64, vision_layers=1,
-                           text_width=64, text_layers=1, cross_layers=1)
+    config = TeacherConfig(
+        max_frames=4,
+        sim_header=sim_header,
+        image_size=16,
+        vision_width=64,
+        vision_layers=1,
+        text_width=64,
+        text_layers=1,
+        cross_layers=1,
+    )
     return CLIP4Clip(teacher_arch(config, max_words=32)).eval().requires_grad_(False)
 
 
@@ -58,12 +68,23 @@ def train_pairs(root: Path, shared: int = 1) -> list:
 def test_cached_outputs_equal_the_online_teacher(data, tmp_path, sim_header):
     """Several captions a video and several shards; batches looked up in any order, whole or in micro-batches."""
     teacher = tiny_teacher(sim_header)
-    dataset = VideoTextDataset(train_pairs(data, shared=3)[:30], {"teacher": View(4, 16), "student": View(3, 16)},
-                               max_words=32)
+    dataset = VideoTextDataset(
+        train_pairs(data, shared=3)[:30], {"teacher": View(4, 16), "student": View(3, 16)}, max_words=32
+    )
     key = cache_key(dataset, teacher, SAMPLING)
     accelerator = Accelerator(cpu=True)
-    assert build_cache(tmp_path, teacher, dataset.select_views(["teacher"]), key, accelerator=accelerator,
-                       batch_size=4, videos_per_shard=4) == 3  # 10 videos
+    assert (
+        build_cache(
+            tmp_path,
+            teacher,
+            dataset.select_views(["teacher"]),
+            key,
+            accelerator=accelerator,
+            batch_size=4,
+            videos_per_shard=4,
+        )
+        == 3
+    )  # 10 videos
     cache = TeacherCache(tmp_path, key, teacher, device=torch.device("cpu"))
     for rows in ([5, 0, 29, 17, 3, 4], list(range(30))):
         batch = default_collate([dataset[i] for i in rows])
@@ -79,8 +100,7 @@ def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
     dataset = VideoTextDataset(train_pairs(data)[:12], {"teacher": View(4, 16)}, max_words=32)
     key = cache_key(dataset, teacher, SAMPLING)
     accelerator = Accelerator(cpu=True)
-    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4,
-                       videos_per_shard=5) == 3
+    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4, videos_per_shard=5) == 3
     first = {p.name: load_file(p) for p in tmp_path.glob("shard_*.safetensors")}
     assert sorted(first) == ["shard_00000.safetensors", "shard_00001.safetensors", "shard_00002.safetensors"]
     assert read_manifest(tmp_path)["complete"]
@@ -91,10 +111,13 @@ def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(CacheError, match="unfinished .1 of 3 shards missing.: run the 'cache' stage again"):
         TeacherCache(tmp_path, key, teacher, device=torch.device("cpu"))
-    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4, num_workers=2,
-                       videos_per_shard=5) == 1  # decoded by worker processes this time
-    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4,
-                       videos_per_shard=5) == 0
+    assert (
+        build_cache(
+            tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4, num_workers=2, videos_per_shard=5
+        )
+        == 1
+    )  # decoded by worker processes this time
+    assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4, videos_per_shard=5) == 0
     for name, tensors in first.items():
         again = load_file(tmp_path / name)
         assert all(torch.equal(again[k], v) for k, v in tensors.items()), name
@@ -102,11 +125,15 @@ def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
     # Another teacher: refused by the reader, replaced by the cache stage.
     other = tiny_teacher("seqTransf")
     other_key = cache_key(dataset, other, SAMPLING)
-    with pytest.raises(CacheError, match=r"teacher.sha256: '[0-9a-f]{64}' in the cache, '[0-9a-f]{64}' in this run; "
-                                         r"teacher.sim_header: 'meanP' in the cache, 'seqTransf' in this run\)"):
+    with pytest.raises(
+        CacheError,
+        match=r"teacher.sha256: '[0-9a-f]{64}' in the cache, '[0-9a-f]{64}' in this run; "
+        r"teacher.sim_header: 'meanP' in the cache, 'seqTransf' in this run\)",
+    ):
         TeacherCache(tmp_path, other_key, other, device=torch.device("cpu"))
-    assert build_cache(tmp_path, other, dataset, other_key, accelerator=accelerator, batch_size=4,
-                       videos_per_shard=5) == 3
+    assert (
+        build_cache(tmp_path, other, dataset, other_key, accelerator=accelerator, batch_size=4, videos_per_shard=5) == 3
+    )
     TeacherCache(tmp_path, other_key, other, device=torch.device("cpu"))
 
 
@@ -121,7 +148,7 @@ def test_a_pair_without_cached_outputs_is_refused(data, tmp_path):
     with safe_open(str(shard), framework="pt") as f:
         metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
     keep = tensors["text_pairs"] != 6
-    for name in ("text_pairs", "text_videos", "text_features"):
+    for name in ("text_pairs", "text_videos", "text.text_features"):
         tensors[name] = tensors[name][keep]
     save_file(tensors, str(shard), metadata=metadata)
     with pytest.raises(CacheError, match=r"no teacher outputs for 1 of its 8 pairs \(first: \[6\]\)"):
@@ -130,8 +157,14 @@ def test_a_pair_without_cached_outputs_is_refused(data, tmp_path):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf_home")}
-    return subprocess.run([sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"),
-                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +184,25 @@ def runs(data, tmp_path_factory) -> Path:
 
 
 def test_distillation_from_the_cache_equals_online_distillation(runs):
-    logs = [[json.loads(line) for line in (runs / name / "distill_log.jsonl").read_text().splitlines()]
-            for name in ("online", "cached")]
+    logs = [
+        [json.loads(line) for line in (runs / name / "distill_log.jsonl").read_text().splitlines()]
+        for name in ("online", "cached")
+    ]
     assert [r["step"] for r in logs[1]] == [1, 2, 3, 4, 5, 6]
     for online, cached in zip(*logs):
         # Epochs end at steps 3 and 6 (48 pairs, batches of 16), with R@1 on the validation pairs.
         validation = {f"val_{model}_{direction}_R1" for model in ("teacher", "student") for direction in ("t2v", "v2t")}
         validation = validation if cached["step"] in (3, 6) else set()
-        assert set(cached) == {"step", "loss", "lr", "kl_loss", "feature_loss", "contrastive_loss", "clips_per_s",
-                               *validation}
+        assert set(cached) == {
+            "step",
+            "loss",
+            "lr",
+            "kl_loss",
+            "feature_loss",
+            "contrastive_loss",
+            "clips_per_s",
+            *validation,
+        }
         for term in ("kl_loss", "feature_loss", "contrastive_loss", *validation):
             assert cached[term] == pytest.approx(online[term], rel=1e-5, abs=1e-6), (cached["step"], term)
     a, b = (load_file(runs / name / "student.safetensors") for name in ("online", "cached"))
@@ -169,8 +212,13 @@ def test_distillation_from_the_cache_equals_online_distillation(runs):
 
 
 def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_sampling(runs, data):
-    common = [f"data.root={data}", f"teacher.source={runs / 'teacher.safetensors'}", f"output_dir={runs / 'cached'}",
-              "stages=[distill]", *TINY]
+    common = [
+        f"data.root={data}",
+        f"teacher.source={runs / 'teacher.safetensors'}",
+        f"output_dir={runs / 'cached'}",
+        "stages=[distill]",
+        *TINY,
+    ]
     recipe_path = REPO / "recipes" / "demo.yaml"
     run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=4"]))
     run.stage_teacher()
@@ -183,8 +231,11 @@ def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_s
         run.stage_distill()
     message = str(error.value)
     assert message.startswith(f"distill: teacher cache {runs / 'cached' / 'teacher_cache'} was made for another run")
-    for part in ("sampling.max_frames: 4 in the cache, 2 in this run",
-                 "sampling.max_words: 32 in the cache, 16 in this run", "set teacher.cache=false"):
+    for part in (
+        "sampling.max_frames: 4 in the cache, 2 in this run",
+        "sampling.max_words: 32 in the cache, 16 in this run",
+        "set teacher.cache=false",
+    ):
         assert part in message
     run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "teacher.cache=false"]))
     run.stage_teacher()

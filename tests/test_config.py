@@ -1,9 +1,10 @@
 """Strict recipe loading: defaults, nesting, overrides, error messages and the save/load round trip."""
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -20,7 +21,7 @@ class Inner:
 @dataclass
 class Outer:
     count: int = 3
-    label: Optional[str] = "x"
+    label: str | None = "x"
     flag: bool = False
     tags: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
@@ -207,15 +208,19 @@ def test_load_recipe_uses_the_strict_loader(tmp_path):
     assert load_recipe(path, ["stages=[data,teacher]"]).stages == ["data", "teacher"]
     with pytest.raises(RecipeError, match=r"^unknown key 'train.bach_size'; did you mean 'train.batch_size'\?$"):
         load_recipe(path, ["train.bach_size=1"])
-    with pytest.raises(RecipeError, match=r"^stages: \['distill', 'data'\] must be a non-empty list of distinct stages in the order"):
+    message = r"^stages: \['distill', 'data'\] must be a non-empty list of distinct stages in the order"
+    with pytest.raises(RecipeError, match=message):
         load_recipe(path, ["stages=[distill,data]"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.accumulate=0", "train.accumulate: must be positive, got 0"),
-    ("loss.kl_temperature=0.0", "loss.kl_temperature: must be positive, got 0.0"),
-    ("loss.cross_weight=-1.0", "loss.cross_weight: must be zero or more, got -1.0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.accumulate=0", "train.accumulate: must be positive, got 0"),
+        ("loss.kl_temperature=0.0", "loss.kl_temperature: must be positive, got 0.0"),
+        ("loss.cross_weight=-1.0", "loss.cross_weight: must be zero or more, got -1.0"),
+    ],
+)
 def test_values_out_of_range_name_the_key(tmp_path, override, message):
     (tmp_path / "r.yaml").write_text("stages: [data]\n")
     with pytest.raises(RecipeError, match=f"^{re.escape(message)}$"):

@@ -4,11 +4,11 @@ import shutil
 import pytest
 import torch
 
+from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import VideoError, load_frames, preprocess
-from distill.recipe import SyntheticConfig
 from teachers.tokenizer import tokenize
 
 # 8 s at 4 fps: one frame a second gives 8 frames, enough for the teacher's 8.
@@ -36,8 +36,15 @@ def train(root):
 def test_item_keys_and_shapes(train):
     assert len(train) == 6
     item = train[2]
-    assert set(item) == {"index", "input_ids", "attention_mask", "teacher_video", "teacher_mask",
-                         "student_video", "student_mask"}
+    assert set(item) == {
+        "index",
+        "input_ids",
+        "attention_mask",
+        "teacher_video",
+        "teacher_mask",
+        "student_video",
+        "student_mask",
+    }
     assert item["index"].item() == 2
     assert item["input_ids"].shape == item["attention_mask"].shape == (MAX_WORDS,)
     assert item["teacher_video"].shape == (8, 3, 32, 32) and item["teacher_video"].dtype == torch.float32
@@ -68,8 +75,9 @@ def test_student_view_is_a_subset_of_the_teacher_decode(root):
 
 
 def test_short_clip_is_padded_and_masked(root):
-    dataset = VideoTextDataset(pairs(root / "test.jsonl", root), {"teacher": View(12, 32), "student": View(4, 16)},
-                               max_words=MAX_WORDS)
+    dataset = VideoTextDataset(
+        pairs(root / "test.jsonl", root), {"teacher": View(12, 32), "student": View(4, 16)}, max_words=MAX_WORDS
+    )
     assert len(dataset) == 4
     item = dataset[0]
     assert item["teacher_mask"].tolist() == [1] * 8 + [0] * 4
@@ -101,7 +109,9 @@ def test_keep_decoded_reads_each_video_once(root, tmp_path):
     assert list(kept.decoded) == [str(clip)]
     kept_frames = kept.decoded[str(clip)]  # resized once per view size
     assert {size: (f.dtype, f.shape) for size, f in kept_frames.items()} == {
-        16: (torch.uint8, (8, 3, 16, 16)), 32: (torch.uint8, (8, 3, 32, 32))}
+        16: (torch.uint8, (8, 3, 16, 16)),
+        32: (torch.uint8, (8, 3, 32, 32)),
+    }
 
     clip.unlink()  # a second read can only come from memory now
     again, other_caption = kept[0], kept[1]

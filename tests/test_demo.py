@@ -1,4 +1,5 @@
 """The demo recipe as shipped, at full size (about 5 minutes on 2 cores): `pytest -m slow`."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_demo_reaches_the_promised_numbers(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"),
-                           f"data.root={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "distill" / "run.py"),
+            str(REPO / "recipes" / "demo.yaml"),
+            f"data.root={tmp_path / 'data'}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     teacher, student = report["teacher"], report["student"]

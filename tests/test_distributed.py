@@ -5,6 +5,7 @@ same teacher cache, and distillation from it, through the CLI.
 Run as a script (`accelerate launch ... tests/test_distributed.py OUT`), this file is the worker of the
 gradient test.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file
+from tiny import TINY as TINY_BASE
 from torch import nn
 
 from distill.cache import read_manifest
-from distill.losses import DistillationLoss
-from distill.recipe import LossConfig
 from distill.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
+from distill.losses import DistillationLoss
+from distill.pipeline import teacher_arch
+from distill.recipe import LossConfig, TeacherConfig
+from distill.scorers import scorer_for
 from distill.train import end_training, synchronise_batch_norm
-from tiny import TINY as TINY_BASE
+from teachers import CLIP4Clip, tokenize
 
 REPO = Path(__file__).resolve().parents[1]
 # 13 test pairs in batches of 8: the last batch (5) does not split evenly over 2 processes.
@@ -46,11 +50,25 @@ def launch(script: Path, *args: str, processes: int, cwd: Path) -> subprocess.Co
     launcher = [sys.executable]
     if processes > 1:
         env.update(ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo")
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                    "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    return subprocess.run([*launcher, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+        ]
+    return subprocess.run(
+        [*launcher, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 # One step of a tiny model
@@ -63,9 +81,11 @@ class TwoTower(nn.Module):
         self.logit_scale_log = nn.Parameter(torch.tensor(1.5))
 
     def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
-        return {"text_features": F.normalize(self.text(input_ids), dim=-1),
-                "video_features": F.normalize(self.video(video), dim=-1),
-                "logit_scale": self.logit_scale_log.exp()}
+        return {
+            "text_features": F.normalize(self.text(input_ids), dim=-1),
+            "video_features": F.normalize(self.video(video), dim=-1),
+            "logit_scale": self.logit_scale_log.exp(),
+        }
 
 
 def one_step(accelerator: Accelerator, accumulate: int) -> dict[str, torch.Tensor]:
@@ -78,17 +98,30 @@ def one_step(accelerator: Accelerator, accumulate: int) -> dict[str, torch.Tenso
     model = TwoTower()
     loss_fn = DistillationLoss(LossConfig(kl_temperature=2.0), student_dim=4, teacher_dim=3)
     g = torch.Generator().manual_seed(1)
-    batch = {"input_ids": torch.randn(8, 6, generator=g), "attention_mask": torch.ones(8),
-             "student_video": torch.randn(8, 5, generator=g), "student_mask": torch.ones(8),
-             "teacher_text": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
-             "teacher_video": F.normalize(torch.randn(8, 3, generator=g), dim=-1)}
+    batch = {
+        "input_ids": torch.randn(8, 6, generator=g),
+        "attention_mask": torch.ones(8),
+        "student_video": torch.randn(8, 5, generator=g),
+        "student_mask": torch.ones(8),
+        "teacher_text": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
+        "teacher_video": F.normalize(torch.randn(8, 3, generator=g), dim=-1),
+    }
     model, loss_fn = accelerator.prepare(model, loss_fn)
     n = 8 // accelerator.num_processes
-    micro = split_batch({k: v[accelerator.process_index * n:][:n] for k, v in batch.items()}, accumulate)
+    micro = split_batch({k: v[accelerator.process_index * n :][:n] for k, v in batch.items()}, accumulate)
     # The teacher's outputs in the order of the student's: micro-batch by micro-batch, ranks within each.
-    teacher_out = concat_outputs([gather_outputs({"text_features": b["teacher_text"],
-                                                  "video_features": b["teacher_video"],
-                                                  "logit_scale": torch.tensor(20.0)}) for b in micro])
+    teacher_out = concat_outputs(
+        [
+            gather_outputs(
+                {
+                    "text_features": b["teacher_text"],
+                    "video_features": b["teacher_video"],
+                    "logit_scale": torch.tensor(20.0),
+                }
+            )
+            for b in micro
+        ]
+    )
     grad_cache = GradCache(model, "student", accelerator)
     losses = loss_fn(grad_cache.forward(micro), teacher_out)
     grad_cache.backward(sum(losses.values()))
@@ -111,14 +144,70 @@ def test_two_processes_give_the_one_process_gradients(tmp_path, accumulate):
     one = one_step(Accelerator(cpu=True), accumulate=1)
     assert two.pop("processes").item() == 2 and one.pop("processes").item() == 1
     assert two.keys() == one.keys()
-    assert {"loss/contrastive_loss", "loss/kl_loss", "loss/feature_loss", "grad/model.logit_scale_log",
-            "grad/loss.text_projection.weight"} <= set(one)
+    assert {
+        "loss/contrastive_loss",
+        "loss/kl_loss",
+        "loss/feature_loss",
+        "grad/model.logit_scale_log",
+        "grad/loss.text_projection.weight",
+    } <= set(one)
     # Micro-batches put the global batch in another order (micro-batch by micro-batch, ranks within each):
     # the same sums in another order, so rounding differs (up to 1.4e-6 on gradients of about 1).
     rtol = 1e-5 if accumulate > 1 else 0
     for key in one:
         assert one[key].abs().max() > 0, key
         torch.testing.assert_close(two[key], one[key], rtol=rtol, atol=1e-6, msg=key)
+
+
+def cross_encoder_step(accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """Loss and gradients of one contrastive step of a tiny tightTransf CLIP4Clip on a global batch of 4
+    pairs, of which this process holds its share: the cross encoder scores every caption of the global
+    batch against every video, as one process does."""
+    torch.manual_seed(0)
+    config = TeacherConfig(
+        max_frames=2,
+        sim_header="tightTransf",
+        image_size=16,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=1,
+        text_width=64,
+        text_layers=1,
+        cross_layers=1,
+    )
+    model = CLIP4Clip(teacher_arch(config, max_words=8))
+    ids, attention = tokenize(["a red circle", "a blue square", "two green stars", "nothing moves"], max_words=8)
+    batch = {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "teacher_video": torch.randn(4, 2, 3, 16, 16),
+        "teacher_mask": torch.ones(4, 2, dtype=torch.long),
+    }
+    scorer = scorer_for(model)
+    loss_fn = DistillationLoss(LossConfig(contrastive_weight=1.0), student_dim=0, teacher_dim=0)
+    model = accelerator.prepare(model)
+    n = 4 // accelerator.num_processes
+    local = {k: v[accelerator.process_index * n :][:n] for k, v in batch.items()}
+    grad_cache = GradCache(model, "teacher", accelerator)
+    losses = loss_fn(scorer.loss_inputs(grad_cache.forward([local])), None)
+    grad_cache.backward(sum(losses.values()))
+    result = {f"loss/{k}": v.detach() for k, v in losses.items()}
+    for name, p in accelerator.unwrap_model(model).named_parameters():
+        if p.grad is not None:
+            result[f"grad/{name}"] = p.grad
+    return result
+
+
+def test_two_processes_train_a_cross_encoder_as_one(tmp_path):
+    """tightTransf teacher training over the global batch: the text and frame features are gathered and
+    every process scores all pairs, so the loss and the gradients equal those of one process."""
+    done = launch(Path(__file__), str(tmp_path / "two.pt"), "cross", processes=2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two, one = torch.load(tmp_path / "two.pt"), cross_encoder_step(Accelerator(cpu=True))
+    assert two.keys() == one.keys() and {"grad/cross.pooler.dense.weight", "grad/clip.visual.proj"} <= set(one)
+    for key in one:
+        assert one[key].abs().max() > 0, key
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("accumulate", [2, 4, 8])
@@ -138,21 +227,31 @@ def runs(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("distributed")
     run_py, recipe = REPO / "distill" / "run.py", str(REPO / "recipes" / "demo.yaml")
     data = f"data.root={tmp / 'data'}"
-    done = launch(run_py, recipe, data, f"output_dir={tmp / 'teacher'}", "stages=[data,teacher]", *TINY,
-                  processes=1, cwd=tmp)
+    done = launch(
+        run_py, recipe, data, f"output_dir={tmp / 'teacher'}", "stages=[data,teacher]", *TINY, processes=1, cwd=tmp
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for processes in (1, 2):
-        done = launch(run_py, recipe, data, f"output_dir={tmp / str(processes)}", "stages=[distill,evaluate,export]",
-                      f"teacher.source={tmp / 'teacher' / 'teacher.safetensors'}", *TINY,
-                      processes=processes, cwd=tmp)
+        done = launch(
+            run_py,
+            recipe,
+            data,
+            f"output_dir={tmp / str(processes)}",
+            "stages=[distill,evaluate,export]",
+            f"teacher.source={tmp / 'teacher' / 'teacher.safetensors'}",
+            *TINY,
+            processes=processes,
+            cwd=tmp,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"distill: 6 steps of 16 pairs split over {processes} process(es)" in done.stdout
     return tmp
 
 
 def test_same_logged_losses(runs):
-    one, two = ([json.loads(line) for line in (runs / p / "distill_log.jsonl").read_text().splitlines()]
-                for p in ("1", "2"))
+    one, two = (
+        [json.loads(line) for line in (runs / p / "distill_log.jsonl").read_text().splitlines()] for p in ("1", "2")
+    )
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
     assert one[0].keys() == {"step", "loss", "lr", "contrastive_loss", "kl_loss", "feature_loss", "clips_per_s"}
     for a, b in zip(one, two, strict=True):
@@ -197,15 +296,21 @@ def cache_runs(runs) -> Path:
     """The tiny teacher of `runs` caches its outputs for the 48 train videos in 6 shards of 8, and a student
     is distilled from that cache and exported, with 1 and with 2 processes (3 shards each)."""
     run_py, recipe = REPO / "distill" / "run.py", str(REPO / "recipes" / "demo.yaml")
-    common = [f"data.root={runs / 'data'}", f"teacher.source={runs / 'teacher' / 'teacher.safetensors'}", *TINY,
-              "teacher.cache_videos_per_shard=8"]
+    common = [
+        f"data.root={runs / 'data'}",
+        f"teacher.source={runs / 'teacher' / 'teacher.safetensors'}",
+        *TINY,
+        "teacher.cache_videos_per_shard=8",
+    ]
     for processes in (1, 2):
         out = runs / f"cache_{processes}"
-        done = launch(run_py, recipe, f"output_dir={out}", "stages=[cache,distill,export]", *common,
-                      processes=processes, cwd=runs)
+        done = launch(
+            run_py, recipe, f"output_dir={out}", "stages=[cache,distill,export]", *common, processes=processes, cwd=runs
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        assert (f"cache: teacher outputs for 48 train pairs in {out / 'teacher_cache'} "
-                "(shards computed now: 6)") in done.stdout
+        assert (
+            f"cache: teacher outputs for 48 train pairs in {out / 'teacher_cache'} (shards computed now: 6)"
+        ) in done.stdout
         assert f"distill: teacher outputs from {out / 'teacher_cache'}" in done.stdout
         assert f"distill: 6 steps of 16 pairs split over {processes} process(es)" in done.stdout
     return runs
@@ -221,8 +326,19 @@ def test_two_processes_write_the_one_process_cache(cache_runs):
     assert sorted(p.name for p in two.iterdir()) == ["manifest.json", *manifest["shards"]]
     for k, name in enumerate(manifest["shards"]):
         a, b = load_file(one / name), load_file(two / name)
-        assert a.keys() == b.keys() == {"video_features", "text_features", "logit_scale", "video_pairs",
-                                        "text_pairs", "text_videos", "video_valid"}
+        assert (
+            a.keys()
+            == b.keys()
+            == {
+                "video.video_features",
+                "text.text_features",
+                "shared.logit_scale",
+                "video_pairs",
+                "text_pairs",
+                "text_videos",
+                "video_valid",
+            }
+        )
         # One caption a video: pair i is video row i.
         for index in ("video_pairs", "text_pairs", "text_videos"):
             assert b[index].tolist() == list(range(8 * k, 8 * k + 8)), (name, index)
@@ -254,22 +370,38 @@ if __name__ == "__main__":
     accelerator = Accelerator()
     norm = nn.BatchNorm1d(2)
     assert synchronise_batch_norm(norm, accelerator) is norm  # on CPU, with the warning the test reads
-    result = one_step(accelerator, accumulate=int(sys.argv[2]))
+    if sys.argv[2] == "cross":
+        result = cross_encoder_step(accelerator)
+    else:
+        result = one_step(accelerator, accumulate=int(sys.argv[2]))
     if accelerator.is_main_process:
         torch.save(result, sys.argv[1])
     accelerator.wait_for_everyone()
     end_training(accelerator)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("eval.batch_size=5", "eval.batch_size: 5 is the global batch and must split evenly over the 2 processes"),
-    ("train.accumulate=3", "train.batch_size: 16 is the global batch and must split evenly over the 2 processes "
-                           "and 3 micro-batches (accumulate)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("eval.batch_size=5", "eval.batch_size: 5 is the global batch and must split evenly over the 2 processes"),
+        (
+            "train.accumulate=3",
+            "train.batch_size: 16 is the global batch and must split evenly over the 2 processes "
+            "and 3 micro-batches (accumulate)",
+        ),
+    ],
+)
 def test_batches_that_do_not_split_over_the_processes_fail_before_any_work(tmp_path, override, message):
     """With split_batches every batch is global; its size is checked against the process count at the start."""
-    done = launch(REPO / "distill" / "run.py", str(REPO / "recipes" / "demo.yaml"), f"output_dir={tmp_path / 'run'}",
-                  *TINY, override, processes=2, cwd=tmp_path)
+    done = launch(
+        REPO / "distill" / "run.py",
+        str(REPO / "recipes" / "demo.yaml"),
+        f"output_dir={tmp_path / 'run'}",
+        *TINY,
+        override,
+        processes=2,
+        cwd=tmp_path,
+    )
     assert done.returncode != 0
     assert message in done.stderr
     assert not (tmp_path / "data").exists()  # the data stage never ran

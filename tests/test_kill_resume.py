@@ -5,6 +5,7 @@ The runs go through the real command line (`distill.run.main`). To kill at a cho
 pauses there (an optimizer step, or a checkpoint whose model file is half written) and writes a marker
 file; the test then sends SIGKILL from outside, so nothing in the child can clean up.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,24 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from distill.data.synthetic import generate_synthetic
-from distill.pipeline import teacher_arch
-from distill.recipe import SyntheticConfig, TeacherConfig
-from teachers import CLIP4Clip, save_teacher
 from tiny import DATA, STUDENT, TRAIN
 
+from distill.data.config import SyntheticConfig
+from distill.data.synthetic import generate_synthetic
+from distill.pipeline import teacher_arch
+from distill.recipe import TeacherConfig
+from teachers import CLIP4Clip, save_teacher
+
 REPO = Path(__file__).resolve().parents[1]
-TINY = [*DATA, "teacher.max_frames=4", *STUDENT, *TRAIN, "train.log_every=1", "train.checkpoint_every=2",
-        "stages=[distill,export]"]
+TINY = [
+    *DATA,
+    "teacher.max_frames=4",
+    *STUDENT,
+    *TRAIN,
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "stages=[distill,export]",
+]
 # Runs distill/run.py's main, pausing where PAUSE_AT says: "step:N" before the N-th optimizer step of this
 # process, "save:N" inside the N-th checkpoint save, after the model file is written and cut in half.
 CHILD = """
@@ -72,11 +81,16 @@ def setup(tmp_path_factory) -> tuple[Path, list[str]]:
     tmp = tmp_path_factory.mktemp("kill")
     data = generate_synthetic(tmp / "data", SyntheticConfig(num_train=48, num_test=16, size=32, seconds=4))
     torch.manual_seed(0)
-    config = TeacherConfig(max_frames=4, image_size=16, vision_width=64, vision_layers=1, text_width=64,
-                           text_layers=1, cross_layers=1)
+    config = TeacherConfig(
+        max_frames=4, image_size=16, vision_width=64, vision_layers=1, text_width=64, text_layers=1, cross_layers=1
+    )
     save_teacher(CLIP4Clip(teacher_arch(config, max_words=32)), tmp / "teacher.safetensors")
-    return tmp, [str(REPO / "recipes" / "demo.yaml"), f"data.root={data}",
-                 f"teacher.source={tmp / 'teacher.safetensors'}", *TINY]
+    return tmp, [
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={data}",
+        f"teacher.source={tmp / 'teacher.safetensors'}",
+        *TINY,
+    ]
 
 
 def environment(cwd: Path) -> dict[str, str]:
@@ -84,8 +98,14 @@ def environment(cwd: Path) -> dict[str, str]:
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(REPO / "distill" / "run.py"), *args], cwd=cwd, env=environment(cwd),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "distill" / "run.py"), *args],
+        cwd=cwd,
+        env=environment(cwd),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -93,8 +113,14 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def run_and_kill(args: list[str], cwd: Path, pause_at: str) -> None:
     marker = cwd / f"paused-{pause_at.replace(':', '-')}"
     env = {**environment(cwd), "PAUSE_AT": pause_at, "PAUSE_MARKER": str(marker)}
-    with subprocess.Popen([sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True) as child:
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
         deadline = time.monotonic() + 120
         while not marker.exists():
             assert child.poll() is None, f"the run ended before pausing at {pause_at}: {child.stderr.read()[-3000:]}"
@@ -131,7 +157,9 @@ def test_killed_runs_resume_to_the_uninterrupted_student(setup):
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)  # bitwise
-    logs = [[json.loads(line) for line in (d / "distill_log.jsonl").read_text().splitlines()]
-            for d in (tmp / "whole", killed)]
+    logs = [
+        [json.loads(line) for line in (d / "distill_log.jsonl").read_text().splitlines()]
+        for d in (tmp / "whole", killed)
+    ]
     for a, b in zip(*logs, strict=True):
         assert b["loss"] == a["loss"], b["step"]

@@ -5,13 +5,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses import (DistillationLoss, contrastive_loss, cross_model_loss, feature_loss, similarity,
-                            similarity_kl_loss)
+from distill.losses import (
+    DistillationLoss,
+    contrastive_loss,
+    cross_model_loss,
+    feature_loss,
+    similarity,
+    similarity_kl_loss,
+)
 from distill.recipe import LossConfig
 
-LOGITS = [[2.0, 0.0, 1.0],
-          [0.5, 3.0, 0.0],
-          [1.0, -1.0, 1.5]]
+LOGITS = [[2.0, 0.0, 1.0], [0.5, 3.0, 0.0], [1.0, -1.0, 1.5]]
 
 
 def log_softmax(values: list[float], i: int) -> float:
@@ -52,6 +56,7 @@ def test_contrastive_near_zero_for_diagonal_logits():
 
 def explicit_kl(student: list[list[float]], teacher: list[list[float]], temperature: float) -> float:
     """KL(teacher || student) summed per row, averaged over rows, both directions averaged, times T^2."""
+
     def softmax(values):
         exps = [math.exp(v / temperature) for v in values]
         return [e / sum(exps) for e in exps]
@@ -69,9 +74,7 @@ def explicit_kl(student: list[list[float]], teacher: list[list[float]], temperat
     return (direction(student, teacher) + direction(transpose(student), transpose(teacher))) / 2 * temperature**2
 
 
-TEACHER = [[3.0, 0.5, -1.0],
-           [0.0, 2.0, 1.0],
-           [1.0, 0.0, 0.5]]
+TEACHER = [[3.0, 0.5, -1.0], [0.0, 2.0, 1.0], [1.0, 0.0, 0.5]]
 
 
 def test_kl_zero_for_equal_logits():
@@ -94,7 +97,8 @@ def test_kl_temperature_divides_logits_and_multiplies_by_its_square():
         assert scaled.item() == pytest.approx(temperature**2 * similarity_kl_loss(s, t, 1.0).item(), rel=1e-5)
         divided = similarity_kl_loss(s, t, temperature)
         assert divided.item() == pytest.approx(
-            temperature**2 * similarity_kl_loss(s / temperature, t / temperature, 1.0).item(), rel=1e-5)
+            temperature**2 * similarity_kl_loss(s / temperature, t / temperature, 1.0).item(), rel=1e-5
+        )
 
 
 def test_kl_gradient_reaches_student_logits_only():
@@ -154,8 +158,10 @@ def test_with_teacher_three_weighted_terms():
     assert all(value.ndim == 0 and value.item() > 0 for value in losses.values())
     kl = similarity_kl_loss(similarity(student), similarity(teacher), 1.0)
     assert losses["kl_loss"].item() == pytest.approx(kl.item(), rel=1e-6)
-    features = (feature_loss(student["text_features"], teacher["text_features"])
-                + feature_loss(student["video_features"], teacher["video_features"])) / 2
+    features = (
+        feature_loss(student["text_features"], teacher["text_features"])
+        + feature_loss(student["video_features"], teacher["video_features"])
+    ) / 2
     assert losses["feature_loss"].item() == pytest.approx(features.item(), rel=1e-6)
 
 
@@ -192,8 +198,11 @@ def test_terms_are_multiplied_by_their_weights():
     student, teacher = outputs(4, 6), outputs(4, 8, seed=1)
     torch.manual_seed(0)
     ones = DistillationLoss(LossConfig(kl_temperature=2.0, cross_weight=1.0), student_dim=6, teacher_dim=8)
-    twos = DistillationLoss(LossConfig(kl_weight=2.0, feature_weight=2.0, contrastive_weight=2.0, cross_weight=2.0,
-                                       kl_temperature=2.0), student_dim=6, teacher_dim=8)
+    twos = DistillationLoss(
+        LossConfig(kl_weight=2.0, feature_weight=2.0, contrastive_weight=2.0, cross_weight=2.0, kl_temperature=2.0),
+        student_dim=6,
+        teacher_dim=8,
+    )
     twos.load_state_dict(ones.state_dict())
     single, double = ones(student, teacher), twos(student, teacher)
     assert set(single) == set(double) == {"contrastive_loss", "kl_loss", "feature_loss", "cross_loss"}
@@ -210,8 +219,10 @@ def test_cross_model_matches_hand_computation():
     cos = lambda a, b: [[sum(x * y for x, y in zip(r, c)) for c in b.tolist()] for r in a.tolist()]  # noqa: E731
     video_rows = [[5.0 * v for v in row] for row in cos(student["video_features"], teacher["text_features"])]
     text_rows = [[5.0 * v for v in row] for row in cos(student["text_features"], teacher["video_features"])]
-    expected = (sum(-log_softmax(video_rows[i], i) for i in range(3)) / 3
-                + sum(-log_softmax(text_rows[i], i) for i in range(3)) / 3) / 2
+    expected = (
+        sum(-log_softmax(video_rows[i], i) for i in range(3)) / 3
+        + sum(-log_softmax(text_rows[i], i) for i in range(3)) / 3
+    ) / 2
     loss = cross_model_loss(student, teacher, torch.tensor(5.0))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -224,8 +235,12 @@ def test_cross_model_term_has_a_learned_scale_and_projections():
     student, teacher = outputs(4, 6, grad=True), outputs(4, 8, seed=1)
     losses = loss(student, teacher)
     assert set(losses) == {"contrastive_loss", "kl_loss", "cross_loss"}
-    projected = {key: loss.text_projection(student["text_features"]) if key == "text_features"
-                 else loss.video_projection(student["video_features"]) for key in ("text_features", "video_features")}
+    projected = {
+        key: loss.text_projection(student["text_features"])
+        if key == "text_features"
+        else loss.video_projection(student["video_features"])
+        for key in ("text_features", "video_features")
+    }
     expected = 0.5 * cross_model_loss(projected, teacher, torch.tensor(20.0))
     assert losses["cross_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     losses["cross_loss"].backward()

@@ -1,4 +1,5 @@
 """distill.metrics against transcriptions of CLIP4Clip's metrics and hand-checked matrices."""
+
 import numpy as np
 import pytest
 import torch

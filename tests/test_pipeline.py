@@ -1,5 +1,6 @@
 """The whole pipeline through the real command line, at tiny sizes: data, teacher, distill, evaluate,
 export; reuse of the data and the teacher; resume; reload of the exported student in a new process."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY
 
 from students import load_student, read_metadata
 from teachers import load_teacher, tokenize
-from tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,16 +28,34 @@ def run_cli(*args: str, launcher: list[str] | None = None, cwd: Path = REPO) -> 
 
 
 def accelerate_launch() -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """One tiny run of recipes/demo.yaml through `accelerate launch`, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("demo")
-    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={tmp / 'data'}", f"output_dir={tmp / 'run'}",
-                   "train.checkpoint_every=2", *TINY, launcher=accelerate_launch(), cwd=tmp)
+    done = run_cli(
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={tmp / 'data'}",
+        f"output_dir={tmp / 'run'}",
+        "train.checkpoint_every=2",
+        *TINY,
+        launcher=accelerate_launch(),
+        cwd=tmp,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"report.md: {tmp / 'run' / 'report.md'}" in done.stdout
     return tmp
@@ -44,8 +63,15 @@ def demo(tmp_path_factory) -> Path:
 
 def test_demo_writes_run_folder_and_report(demo):
     run = demo / "run"
-    for name in ("recipe.yaml", "teacher.safetensors", "student.safetensors", "report.json", "report.md",
-                 "teacher_log.jsonl", "distill_log.jsonl"):
+    for name in (
+        "recipe.yaml",
+        "teacher.safetensors",
+        "student.safetensors",
+        "report.json",
+        "report.md",
+        "teacher_log.jsonl",
+        "distill_log.jsonl",
+    ):
         assert (run / name).is_file(), name
     # export.dtype defaults to fp16: half-size floats (the reload test below checks they give the report)
     assert {v.dtype for v in load_file(run / "student.safetensors").values()} == {torch.float16}
@@ -70,10 +96,20 @@ def test_training_logs_every_loss_term_and_checkpoints(demo):
     last = records[-1]
     assert last["loss"] == pytest.approx(last["kl_loss"] + last["feature_loss"] + last["contrastive_loss"], rel=1e-5)
     teacher_records = [json.loads(line) for line in (demo / "run" / "teacher_log.jsonl").read_text().splitlines()]
-    assert set(teacher_records[-1]) == {"step", "loss", "lr", "contrastive_loss", "clips_per_s",
-                                        "val_teacher_t2v_R1", "val_teacher_v2t_R1"}
-    assert sorted(p.name for p in (demo / "run" / "checkpoints" / "distill").iterdir()) == \
-        ["checkpoint_2", "checkpoint_4", "checkpoint_6"]
+    assert set(teacher_records[-1]) == {
+        "step",
+        "loss",
+        "lr",
+        "contrastive_loss",
+        "clips_per_s",
+        "val_teacher_t2v_R1",
+        "val_teacher_v2t_R1",
+    }
+    assert sorted(p.name for p in (demo / "run" / "checkpoints" / "distill").iterdir()) == [
+        "checkpoint_2",
+        "checkpoint_4",
+        "checkpoint_6",
+    ]
 
 
 def test_each_epoch_logs_validation_r1_of_teacher_and_student(demo):
@@ -99,10 +135,10 @@ from distill.data.formats import read_jsonl
 from distill.metrics import retrieval_metrics_from_embeddings
 from students import load_student, read_metadata
 import torch
-path = {str(run / 'student.safetensors')!r}
+path = {str(run / "student.safetensors")!r}
 student = load_student(path)
 pre = json.loads(read_metadata(path)["preprocessing"])
-root = Path({str(demo / 'data')!r})
+root = Path({str(demo / "data")!r})
 data = VideoTextDataset(read_jsonl(root / "test.jsonl", root, root).pairs,
                         {{"student": View(pre["max_frames"], pre["image_size"])}}, max_words=pre["max_words"])
 batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
@@ -125,9 +161,16 @@ def test_reuses_teacher_and_data_and_is_deterministic(demo):
     """stages=[distill,evaluate,export] with teacher.source: same data, same teacher numbers, and with the
     same seed the very same student."""
     first = demo / "run"
-    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'again'}",
-                   "stages=[distill,evaluate,export]", f"teacher.source={first / 'teacher.safetensors'}",
-                   "train.checkpoint_every=2", *TINY, cwd=demo)
+    done = run_cli(
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={demo / 'data'}",
+        f"output_dir={demo / 'again'}",
+        "stages=[distill,evaluate,export]",
+        f"teacher.source={first / 'teacher.safetensors'}",
+        "train.checkpoint_every=2",
+        *TINY,
+        cwd=demo,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (demo / "again" / "teacher.safetensors").exists()
     before = json.loads((first / "report.json").read_text())
@@ -142,8 +185,14 @@ def test_student_with_the_teachers_text_tower_embeds_captions_as_the_teacher(dem
     caption embeddings are the teacher's (to fp16 rounding), after training; a width that differs from the
     teacher's embeddings is refused, naming the key."""
     first = demo / "run"
-    common = [str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", "stages=[distill,evaluate,export]",
-              f"teacher.source={first / 'teacher.safetensors'}", *TINY, "student.text=teacher"]
+    common = [
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={demo / 'data'}",
+        "stages=[distill,evaluate,export]",
+        f"teacher.source={first / 'teacher.safetensors'}",
+        *TINY,
+        "student.text=teacher",
+    ]
     done = run_cli(*common, f"output_dir={demo / 'text'}", "student.embed_dim=64", cwd=demo)
     assert done.returncode == 0, done.stderr[-3000:]
     student, teacher = load_student(demo / "text" / "student.safetensors"), load_teacher(first / "teacher.safetensors")
@@ -153,8 +202,10 @@ def test_student_with_the_teachers_text_tower_embeds_captions_as_the_teacher(dem
     assert not any(p.requires_grad for p in student.text.parameters())
     done = run_cli(*common, f"output_dir={demo / 'text_wrong'}", "student.embed_dim=32", cwd=demo)
     assert done.returncode != 0
-    assert ("student.embed_dim: 32, but student.text=teacher embeds captions with the teacher's 64-d text tower; "
-            "set student.embed_dim=64") in done.stderr
+    assert (
+        "student.embed_dim: 32, but student.text=teacher embeds captions with the teacher's 64-d text tower; "
+        "set student.embed_dim=64"
+    ) in done.stderr
 
 
 def test_resume_from_checkpoint_ends_with_same_student(demo):
@@ -163,11 +214,20 @@ def test_resume_from_checkpoint_ends_with_same_student(demo):
     weights as the uninterrupted run."""
     first = demo / "run"
     resumed = demo / "resumed"
-    shutil.copytree(first / "checkpoints" / "distill" / "checkpoint_4",
-                    resumed / "checkpoints" / "distill" / "checkpoint_4")
-    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={resumed}",
-                   "stages=[distill,evaluate,export]", f"teacher.source={first / 'teacher.safetensors'}",
-                   "train.checkpoint_every=2", "train.resume=auto", *TINY, cwd=demo)
+    shutil.copytree(
+        first / "checkpoints" / "distill" / "checkpoint_4", resumed / "checkpoints" / "distill" / "checkpoint_4"
+    )
+    done = run_cli(
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={demo / 'data'}",
+        f"output_dir={resumed}",
+        "stages=[distill,evaluate,export]",
+        f"teacher.source={first / 'teacher.safetensors'}",
+        "train.checkpoint_every=2",
+        "train.resume=auto",
+        *TINY,
+        cwd=demo,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
     records = [json.loads(line) for line in (resumed / "distill_log.jsonl").read_text().splitlines()]
@@ -176,19 +236,28 @@ def test_resume_from_checkpoint_ends_with_same_student(demo):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.bach_size=4", "unknown key 'train.bach_size'; did you mean 'train.batch_size'?"),
-    ("teacher.source=missing.safetensors", "teacher.source: no such file: missing.safetensors"),
-    ("student.pretrained=vit.pth", "student.pretrained: no such weights file: vit.pth"),
-    ("stages=[evaluate,distill]", "stages:"),
-    # Models that cannot be built: before the data and teacher stages, not minutes later.
-    ("student.backbone=mobilenetv3_smal", "student.backbone: no timm model 'mobilenetv3_smal'; did you mean "
-                                          "'mobilenetv3_small_100'"),
-    ("student.backbone_kwargs={depth: 2, depht: 3}", "student: vit_tiny_patch16_224 with backbone_kwargs "
-                                                         "{'depth': 2, 'depht': 3} cannot be built"),
-    ("teacher.source=open_clip:ViT-B-32-quickgel?pretrained=x.pt", "no open_clip model 'ViT-B-32-quickgel'; did "
-                                                                   "you mean 'ViT-B-32-quickgelu'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.bach_size=4", "unknown key 'train.bach_size'; did you mean 'train.batch_size'?"),
+        ("teacher.source=missing.safetensors", "teacher.source: no such file: missing.safetensors"),
+        ("student.pretrained=vit.pth", "student.pretrained: no such weights file: vit.pth"),
+        ("stages=[evaluate,distill]", "stages:"),
+        # Models that cannot be built: before the data and teacher stages, not minutes later.
+        (
+            "student.backbone=mobilenetv3_smal",
+            "student.backbone: no timm model 'mobilenetv3_smal'; did you mean 'mobilenetv3_small_100'",
+        ),
+        (
+            "student.backbone_kwargs={depth: 2, depht: 3}",
+            "student: vit_tiny_patch16_224 with backbone_kwargs {'depth': 2, 'depht': 3} cannot be built",
+        ),
+        (
+            "teacher.source=open_clip:ViT-B-32-quickgel?pretrained=x.pt",
+            "no open_clip model 'ViT-B-32-quickgel'; did you mean 'ViT-B-32-quickgelu'",
+        ),
+    ],
+)
 def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
     done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"output_dir={tmp_path / 'run'}", override, cwd=tmp_path)
     assert done.returncode == 2
@@ -199,21 +268,45 @@ def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
 def test_tight_teacher_trains_distils_and_evaluates(demo):
     """A tightTransf teacher has no embeddings: it is trained on its cross scores, the student learns from
     those scores (KL and contrastive; feature matching must be off), and evaluation scores every pair."""
-    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight'}",
-                   "stages=[teacher,distill,evaluate,export]", "teacher.sim_header=tightTransf",
-                   "loss.feature_weight=0", *TINY, cwd=demo)
+    done = run_cli(
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={demo / 'data'}",
+        f"output_dir={demo / 'tight'}",
+        "stages=[teacher,distill,evaluate,export]",
+        "teacher.sim_header=tightTransf",
+        "loss.feature_weight=0",
+        *TINY,
+        cwd=demo,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((demo / "tight" / "report.json").read_text())
     for model in ("teacher", "student"):
         assert 0 <= report[model]["t2v"]["R1"] <= report[model]["t2v"]["R10"] <= 100
     records = [json.loads(line) for line in (demo / "tight" / "distill_log.jsonl").read_text().splitlines()]
-    assert set(records[-1]) == {"step", "loss", "lr", "kl_loss", "contrastive_loss", "clips_per_s",
-                                "val_teacher_t2v_R1", "val_teacher_v2t_R1", "val_student_t2v_R1", "val_student_v2t_R1"}
+    assert set(records[-1]) == {
+        "step",
+        "loss",
+        "lr",
+        "kl_loss",
+        "contrastive_loss",
+        "clips_per_s",
+        "val_teacher_t2v_R1",
+        "val_teacher_v2t_R1",
+        "val_student_t2v_R1",
+        "val_student_v2t_R1",
+    }
     assert records[-1]["val_teacher_t2v_R1"] == report["teacher"]["t2v"]["R1"]  # tight: pairwise scoring
     assert load_teacher(demo / "tight" / "teacher.safetensors").sim_header == "tightTransf"
     # A tight teacher given as teacher.source is only known after loading: the run stops there.
-    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight2'}",
-                   "stages=[distill]", f"teacher.source={demo / 'tight' / 'teacher.safetensors'}", *TINY, cwd=demo)
+    done = run_cli(
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={demo / 'data'}",
+        f"output_dir={demo / 'tight2'}",
+        "stages=[distill]",
+        f"teacher.source={demo / 'tight' / 'teacher.safetensors'}",
+        *TINY,
+        cwd=demo,
+    )
     assert done.returncode != 0
     assert "loss.feature_weight: a tightTransf teacher has no embeddings to match" in done.stderr
 
@@ -221,7 +314,13 @@ def test_tight_teacher_trains_distils_and_evaluates(demo):
 def test_tight_teacher_refuses_feature_matching(demo):
     """Before any work for a tight teacher trained here (a loaded one: see the test above)."""
     message = "loss.feature_weight: a tightTransf teacher has no embeddings to match"
-    done = run_cli(str(REPO / "recipes" / "demo.yaml"), f"data.root={demo / 'data'}", f"output_dir={demo / 'tight3'}",
-                   "stages=[teacher,distill]", "teacher.sim_header=tightTransf", *TINY, cwd=demo)
+    done = run_cli(
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.root={demo / 'data'}",
+        f"output_dir={demo / 'tight3'}",
+        "stages=[teacher,distill]",
+        "teacher.sim_header=tightTransf",
+        *TINY,
+        cwd=demo,
+    )
     assert done.returncode == 2 and message in done.stderr
-

@@ -1,5 +1,6 @@
 """`python -m distill.prepare --check RECIPE`: lists every problem of a dataset before training (preparing frame
 shards: tests/test_shards.py)."""
+
 import json
 import subprocess
 import sys
@@ -18,14 +19,19 @@ def dataset(tmp_path):
     videos.mkdir()
     for i in range(3):
         write_mp4(videos / f"v{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
-    train = [{"video": "v0.mp4", "caption": "zero"}, {"video": "v0.mp4", "caption": "zero again"},
-             {"video": "v1.mp4", "caption": "one"}]
+    train = [
+        {"video": "v0.mp4", "caption": "zero"},
+        {"video": "v0.mp4", "caption": "zero again"},
+        {"video": "v1.mp4", "caption": "one"},
+    ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in train))
     (tmp_path / "test.jsonl").write_text(json.dumps({"video": "v2.mp4", "caption": "two"}) + "\n")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"name: check\noutput_dir: {tmp_path / 'run'}\ndata:\n  format: jsonl\n"
-                      f"  train: {tmp_path / 'train.jsonl'}\n  test: {tmp_path / 'test.jsonl'}\n"
-                      f"  video_root: {videos}\n")
+    recipe.write_text(
+        f"name: check\noutput_dir: {tmp_path / 'run'}\ndata:\n  format: jsonl\n"
+        f"  train: {tmp_path / 'train.jsonl'}\n  test: {tmp_path / 'test.jsonl'}\n"
+        f"  video_root: {videos}\n"
+    )
     return recipe
 
 
@@ -62,7 +68,8 @@ def test_check_overrides_and_recipe_errors(dataset, capsys):
 
 
 def test_module_entry_point(dataset):
-    done = subprocess.run([sys.executable, "-m", "distill.prepare", "--check", str(dataset)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.prepare", "--check", str(dataset)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no problems found" in done.stdout

@@ -4,6 +4,7 @@ through the CLI. Only its paths, the student's frame encoder (16 px, one block),
 count are overridden; everything else (bf16 mixed precision, frame shards, teacher cache, 12 frames,
 the student's widths) is the recipe's.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_teacher_loading import original_checkpoint
 
 from distill.config import RecipeError
 from distill.data.synthetic import write_mp4
@@ -23,14 +25,26 @@ from distill.prepare import main as prepare_main
 from distill.recipe import load_recipe
 from students import load_student
 from teachers import load_teacher, tokenize
-from test_teacher_loading import original_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "msrvtt.yaml"
 TRAIN = {f"video{i}": [f"clip {i} shows something", f"a caption of clip {i}"] for i in range(6)}
-TEST = {f"video{i}": caption for i, caption in enumerate(
-    ["the first test clip", "a second one", "number three", "a fourth clip", "people dance",
-     "a cat sleeps on a sofa", "someone is cooking pasta", "the last one"], start=6)}
+TEST = {
+    f"video{i}": caption
+    for i, caption in enumerate(
+        [
+            "the first test clip",
+            "a second one",
+            "number three",
+            "a fourth clip",
+            "people dance",
+            "a cat sleeps on a sofa",
+            "someone is cooking pasta",
+            "the last one",
+        ],
+        start=6,
+    )
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +58,16 @@ def msrvtt(tmp_path_factory) -> dict[str, Path]:
         frames = rng.integers(0, 256, size=(2 * (3 + (i * 5) % 12), 32, 32, 3), dtype=np.uint8)
         write_mp4(videos / f"video{i}.mp4", frames, fps=2)
     (ann / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{v}\n" for v in TRAIN))
-    sentences = [{"video_id": v, "caption": c, "sen_id": k}
-                 for k, (v, c) in enumerate((v, c) for v, captions in TRAIN.items() for c in captions)]
-    (ann / "MSRVTT_data.json").write_text(json.dumps(
-        {"videos": [{"video_id": f"video{i}"} for i in range(14)], "sentences": sentences}))
-    (ann / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + "".join(
-        f"ret{k},msr{k},{v},{c}\n" for k, (v, c) in enumerate(TEST.items())))
+    sentences = [
+        {"video_id": v, "caption": c, "sen_id": k}
+        for k, (v, c) in enumerate((v, c) for v, captions in TRAIN.items() for c in captions)
+    ]
+    (ann / "MSRVTT_data.json").write_text(
+        json.dumps({"videos": [{"video_id": f"video{i}"} for i in range(14)], "sentences": sentences})
+    )
+    (ann / "MSRVTT_JSFUSION_test.csv").write_text(
+        "key,vid_key,video_id,sentence\n" + "".join(f"ret{k},msr{k},{v},{c}\n" for k, (v, c) in enumerate(TEST.items()))
+    )
     checkpoint = root / "ckpt" / "pytorch_model.bin.4"
     checkpoint.parent.mkdir()
     torch.save(original_checkpoint("seqTransf"), checkpoint)
@@ -57,16 +75,21 @@ def msrvtt(tmp_path_factory) -> dict[str, Path]:
 
 
 def paths(msrvtt) -> list[str]:
-    return [f"data.annotations={msrvtt['annotations']}", f"data.video_root={msrvtt['videos']}",
-            f"teacher.source={msrvtt['checkpoint']}"]
+    return [
+        f"data.annotations={msrvtt['annotations']}",
+        f"data.video_root={msrvtt['videos']}",
+        f"teacher.source={msrvtt['checkpoint']}",
+    ]
 
 
 def test_the_recipe_names_each_path_it_lacks(msrvtt):
     """The recipe ships with placeholder paths; each one missing stops the run naming its key."""
     given = paths(msrvtt)
-    for key, message in (("data.annotations", "data.annotations: no such folder: /data/msrvtt_data"),
-                         ("data.video_root", "data.video_root: no such folder: /data/MSRVTT/videos"),
-                         ("teacher.source", "teacher.source: no such file: /ckpt/msrvtt/pytorch_model.bin.4")):
+    for key, message in (
+        ("data.annotations", "data.annotations: no such folder: /data/msrvtt_data"),
+        ("data.video_root", "data.video_root: no such folder: /data/MSRVTT/videos"),
+        ("teacher.source", "teacher.source: no such file: /ckpt/msrvtt/pytorch_model.bin.4"),
+    ):
         with pytest.raises(RecipeError, match=message):
             load_recipe(RECIPE, [p for p in given if not p.startswith(key)])
     recipe = load_recipe(RECIPE, given)
@@ -87,10 +110,23 @@ def test_checking_the_data_needs_only_the_data_paths(msrvtt, capsys):
 def run(msrvtt) -> Path:
     out = msrvtt["root"] / "run"
     done = subprocess.run(
-        [sys.executable, str(REPO / "distill" / "run.py"), str(RECIPE), *paths(msrvtt), f"output_dir={out}",
-         "student.image_size=16", "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
-         "train.batch_size=4", "train.max_steps=2", "data.num_workers=0"],
-        capture_output=True, text=True, timeout=600, cwd=msrvtt["root"])
+        [
+            sys.executable,
+            str(REPO / "distill" / "run.py"),
+            str(RECIPE),
+            *paths(msrvtt),
+            f"output_dir={out}",
+            "student.image_size=16",
+            "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "data.num_workers=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=msrvtt["root"],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (out / "stdout.txt").write_text(done.stdout)
     return out
@@ -126,7 +162,13 @@ def test_the_report_holds_the_original_teacher_numbers(run, msrvtt):
 def test_the_exported_student_is_the_recipes(run):
     student = load_student(run / "student.safetensors")
     config = student.config
-    assert (config["backbone"], config["max_frames"], config["embed_dim"], config["text_width"],
-            config["text_layers"], config["temporal_layers"]) == ("vit_tiny_patch16_224", 12, 512, 384, 6, 2)
+    assert (
+        config["backbone"],
+        config["max_frames"],
+        config["embed_dim"],
+        config["text_width"],
+        config["text_layers"],
+        config["temporal_layers"],
+    ) == ("vit_tiny_patch16_224", 12, 512, 384, 6, 2)
     ids, attention = tokenize(list(TEST.values()), 32)
     assert student.encode_text(ids, attention).shape == (8, 512)

@@ -1,12 +1,15 @@
 """Frame shards (`python -m distill.prepare RECIPE`): the same clips as decoding, a resumable prepare, used by
 a run only when prepared with its settings; and DataLoader workers that do not change the batches."""
+
 import json
 
 import pytest
 import torch
+from tiny import STUDENT, TEACHER
 
 import distill.data.shards as shards_module
 from distill.data.checks import check_videos
+from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View, frame_settings
 from distill.data.formats import Pair, read_split
 from distill.data.shards import FORMAT, decode_tile, encode_tile, open_shards, prepare_frames
@@ -14,9 +17,8 @@ from distill.data.synthetic import generate_synthetic
 from distill.data.video import VideoError, load_frames, resize_crop
 from distill.pipeline import Run, run_recipe
 from distill.prepare import main
-from distill.recipe import SyntheticConfig, load_recipe
+from distill.recipe import load_recipe
 from distill.train import training_loader
-from tiny import STUDENT, TEACHER
 
 # 8 s at 4 fps; the teacher takes 8 frames at 32 px, the student 4 of them at 16 px.
 CONFIG = SyntheticConfig(num_train=7, num_test=3, size=32, fps=4, seconds=8, seed=1)
@@ -33,10 +35,12 @@ def recipe(root, tmp_path):
     """A jsonl recipe over the synthetic clips whose views are VIEWS; its shards go to output_dir/frames, as
     JPEG (auto would store these small frames raw)."""
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"name: shards\noutput_dir: {tmp_path / 'run'}\nstages: [data]\n"
-                    f"data: {{format: jsonl, train: {root / 'train.jsonl'}, test: {root / 'test.jsonl'}, "
-                    f"video_root: {root}, prepared_encoding: jpeg}}\n"
-                    "teacher: {max_frames: 8, image_size: 32}\nstudent: {max_frames: 4, image_size: 16}\n")
+    path.write_text(
+        f"name: shards\noutput_dir: {tmp_path / 'run'}\nstages: [data]\n"
+        f"data: {{format: jsonl, train: {root / 'train.jsonl'}, test: {root / 'test.jsonl'}, "
+        f"video_root: {root}, prepared_encoding: jpeg}}\n"
+        "teacher: {max_frames: 8, image_size: 32}\nstudent: {max_frames: 4, image_size: 16}\n"
+    )
     return path
 
 
@@ -46,8 +50,7 @@ def datasets(recipe_path, split="train"):
     pairs = read_split(r.data, split).pairs
     shards, why = open_shards(r.run_dir / "frames", frame_settings(r.data, VIEWS))
     assert shards is not None, why
-    return (VideoTextDataset(pairs, VIEWS, max_words=16),
-            VideoTextDataset(pairs, VIEWS, max_words=16, shards=shards))
+    return (VideoTextDataset(pairs, VIEWS, max_words=16), VideoTextDataset(pairs, VIEWS, max_words=16, shards=shards))
 
 
 def test_raw_shards_give_exactly_the_decoded_clips(recipe, capsys):
@@ -117,8 +120,10 @@ def test_shards_of_another_format_are_refused(recipe, capsys):
     version does not know are neither read nor prepared into."""
     assert main([str(recipe)]) == 0
     folder = recipe.parent / "run/frames"
-    for found, named in ((None, "the format of earlier versions (a JPEG a frame, no format recorded)"),
-                         ("clip4clip-distill/frame-shards-3", "format clip4clip-distill/frame-shards-3")):
+    for found, named in (
+        (None, "the format of earlier versions (a JPEG a frame, no format recorded)"),
+        ("clip4clip-distill/frame-shards-3", "format clip4clip-distill/frame-shards-3"),
+    ):
         for name in ("manifest.json", "shard_00000.json"):
             data = json.loads((folder / name).read_text())
             data.pop("format", None)
@@ -155,12 +160,17 @@ def test_killed_prepare_continues_where_it_stopped(recipe, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare_frames(videos, folder, settings)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "shard_00000.bin", "shard_00000.json", "shard_00001.bin.partial"]  # no manifest: the run uses none
+        "shard_00000.bin",
+        "shard_00000.json",
+        "shard_00001.bin.partial",
+    ]  # no manifest: the run uses none
     assert open_shards(folder, settings)[0] is None
     first = (folder / "shard_00000.bin").stat()
 
     decoded.clear()
-    monkeypatch.setattr(shards_module, "encode_clip", lambda video, *args: decoded.append(video) or encode(video, *args))
+    monkeypatch.setattr(
+        shards_module, "encode_clip", lambda video, *args: decoded.append(video) or encode(video, *args)
+    )
     shards = prepare_frames(videos, folder, settings)
     assert decoded == videos[3:]  # the finished shard is kept, the partial one redone
     assert (folder / "shard_00000.bin").stat().st_mtime_ns == first.st_mtime_ns
@@ -209,8 +219,17 @@ def test_prepare_stage_trains_on_shards_and_gives_the_same_student(recipe, one_t
     """stages [data, prepare, ...]: the data stage's datasets decode the videos, so prepare drops them and the
     later stages read its raw shards, which hold exactly the decoded frames: the same teacher, student and
     report as a run without prepare."""
-    tiny = [*TEACHER, *STUDENT, "teacher.train.batch_size=4", "teacher.train.max_steps=2", "train.batch_size=4",
-            "train.max_steps=2", "eval.batch_size=2", "log_with=[]", "data.prepared_encoding=raw"]
+    tiny = [
+        *TEACHER,
+        *STUDENT,
+        "teacher.train.batch_size=4",
+        "teacher.train.max_steps=2",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "eval.batch_size=2",
+        "log_with=[]",
+        "data.prepared_encoding=raw",
+    ]
     runs = {}
     for stages in ("[data,prepare,teacher,distill,evaluate]", "[data,teacher,distill,evaluate]"):
         output = recipe.parent / ("prepared" if "prepare" in stages else "decoded")
@@ -232,9 +251,11 @@ def test_video_that_fails_to_decode_is_recorded_and_skipped(root, tmp_path):
     good = [str(root / "videos" / f"train_0000{i}.mp4") for i in range(2)]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 300)
-    shards = prepare_frames([good[0], str(broken), good[1]], tmp_path / "frames",
-                            {"max_frames": 8, "framerate": 1, "slice_framepos": 2, "backend": "decord",
-                             "sizes": [16, 32]})
+    shards = prepare_frames(
+        [good[0], str(broken), good[1]],
+        tmp_path / "frames",
+        {"max_frames": 8, "framerate": 1, "slice_framepos": 2, "backend": "decord", "sizes": [16, 32]},
+    )
     assert len(shards) == 2 and list(shards.failed) == [str(broken)]
     assert str(broken) in shards.failed[str(broken)]
     pairs = [Pair(good[0], "a", "l1"), Pair(str(broken), "b", "l2"), Pair(good[1], "c", "l3")]
@@ -282,8 +303,8 @@ def test_damaged_jpeg_tile_raises_video_error(recipe, index):
     _, offset, _, lengths = prepared.shards.videos[video]
     shard = recipe.parent / "run/frames/shard_00000.bin"
     data = bytearray(shard.read_bytes())
-    assert data[offset + lengths[0]:offset + lengths[0] + 2] == b"\xff\xd8"  # JPEG's start of image
-    data[offset + lengths[0]:offset + lengths[0] + 2] = b"\x00\x00"
+    assert data[offset + lengths[0] : offset + lengths[0] + 2] == b"\xff\xd8"  # JPEG's start of image
+    data[offset + lengths[0] : offset + lengths[0] + 2] = b"\x00\x00"
     shard.write_bytes(bytes(data))
     with pytest.raises(VideoError, match=f"damaged frames of video {video} in {shard} .the 8-frame tile at 32 px."):
         prepared.frames(index)

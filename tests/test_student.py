@@ -1,4 +1,5 @@
 """The student: tiny real timm backbones, the temporal heads, and the export reloaded in a fresh process."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,19 @@ BACKBONES = {
 def student_config(backbone: str, temporal: str) -> dict:
     """A `StudentConfig` as a dict plus `max_words`, at test size (64 wide: 2 temporal heads)."""
     name, kwargs, size = BACKBONES[backbone]
-    return {"backbone": name, "backbone_kwargs": kwargs, "max_frames": T, "image_size": size,
-            "temporal": temporal, "temporal_layers": 1, "embed_dim": 64, "text_width": 32,
-            "text_layers": 1, "text_heads": 2, "max_words": MAX_WORDS}
+    return {
+        "backbone": name,
+        "backbone_kwargs": kwargs,
+        "max_frames": T,
+        "image_size": size,
+        "temporal": temporal,
+        "temporal_layers": 1,
+        "embed_dim": 64,
+        "text_width": 32,
+        "text_layers": 1,
+        "text_heads": 2,
+        "max_words": MAX_WORDS,
+    }
 
 
 def make_student(backbone: str, temporal: str, seed: int = 0) -> Student:
@@ -88,7 +99,7 @@ def test_padded_frames_do_not_matter(backbone, temporal):
     close(student.encode_video(noisy, mask), out)
     # each padded video equals the same video cut to its valid frames, encoded on its own
     for b, n in enumerate(mask.sum(1).tolist()):
-        close(student.encode_video(video[b:b + 1, :n], mask[b:b + 1, :n]), out[b:b + 1], atol=1e-5)
+        close(student.encode_video(video[b : b + 1, :n], mask[b : b + 1, :n]), out[b : b + 1], atol=1e-5)
 
 
 @pytest.mark.parametrize("temporal, order_matters", [("mean", False), ("transformer", True)])
@@ -170,11 +181,19 @@ def test_export_reloads_in_a_new_process(tmp_path):
         assert json.loads(read["config"]) == student.config
         assert {k: read[k] for k in metadata} == metadata
         with torch.no_grad():
-            expected[name] = (student.encode_text(*batch[:2]), student.encode_video(*batch[2:]),
-                              student.similarity_logits(*batch))
+            expected[name] = (
+                student.encode_text(*batch[:2]),
+                student.encode_video(*batch[2:]),
+                student.similarity_logits(*batch),
+            )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: threads only cost start-up time
-    subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path), *expected], check=True,
-                   cwd=Path(__file__).resolve().parents[1], env=env, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", RELOAD, str(tmp_path), *expected],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        timeout=120,
+    )
     outputs = torch.load(tmp_path / "outputs.pt")
     for name, (text, video, logits) in expected.items():
         got_text, got_video, got_logits, training = outputs[name]
@@ -265,6 +284,7 @@ def timm_weights(path: Path, **kwargs) -> dict[str, torch.Tensor]:
     """A timm ViT-Tiny-class classifier's weights at random, written as an ImageNet checkpoint would be
     (with its 10-class head); returns them."""
     import timm
+
     torch.manual_seed(7)
     model = timm.create_model("vit_tiny_patch16_224", num_classes=10, patch_size=8, depth=1, **kwargs)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -5,6 +5,7 @@ import decord
 import numpy as np
 import pytest
 
+from distill.data.config import SyntheticConfig
 from distill.data.synthetic import (
     COLOURS,
     DIRECTIONS,
@@ -16,7 +17,6 @@ from distill.data.synthetic import (
     render,
     sample_story,
 )
-from distill.recipe import SyntheticConfig
 
 # 32 px: decord mis-reads some small H.264 widths (8, 12, 16, 24, 48, 72 px come back with extra channels).
 CONFIG = SyntheticConfig(num_train=6, num_test=4, size=32, fps=4, seconds=4, seed=0)
@@ -30,7 +30,8 @@ CAPTION = re.compile(
     rf"(?:a (?P<other_colour>{COLOUR}) (?:{'|'.join(SHAPES)}) (?P<appears>appears)"
     rf"|it (?P<turns>turns) (?P<turn_colour>{COLOUR})"
     rf"|it (?P<moves>moves) (?P<direction2>{DIRECTION})"
-    rf"|it (?P<disappears>disappears))")
+    rf"|it (?P<disappears>disappears))"
+)
 
 
 def read_split(root, split):
@@ -52,7 +53,13 @@ def dataset(tmp_path_factory):
 def test_layout_and_counts(dataset):
     assert sorted(p.name for p in dataset.iterdir()) == ["manifest.json", "test.jsonl", "train.jsonl", "videos"]
     assert json.loads((dataset / "manifest.json").read_text())["settings"] == {
-        "num_train": 6, "num_test": 4, "size": 32, "fps": 4, "seconds": 4, "seed": 0}
+        "num_train": 6,
+        "num_test": 4,
+        "size": 32,
+        "fps": 4,
+        "seconds": 4,
+        "seed": 0,
+    }
     train, test = read_split(dataset, "train"), read_split(dataset, "test")
     assert [item["video"] for item in train] == [f"videos/train_{i:05d}.mp4" for i in range(6)]
     assert [item["video"] for item in test] == [f"videos/test_{i:05d}.mp4" for i in range(4)]
@@ -86,8 +93,9 @@ def test_same_seed_same_dataset_other_seed_other_captions(dataset, tmp_path):
     other = generate_synthetic(tmp_path / "other", SyntheticConfig(**{**vars(CONFIG), "seed": 1}))
     assert [i["caption"] for i in read_split(other, "train")] != [i["caption"] for i in read_split(dataset, "train")]
     # The two splits draw from different streams of the same seed.
-    assert [i["caption"] for i in read_split(dataset, "train")][:4] != \
-        [i["caption"] for i in read_split(dataset, "test")]
+    assert [i["caption"] for i in read_split(dataset, "train")][:4] != [
+        i["caption"] for i in read_split(dataset, "test")
+    ]
 
 
 def test_reuse_does_not_rewrite(dataset):
@@ -136,8 +144,9 @@ def test_leftover_partial_from_a_killed_run(tmp_path):
 
 
 def test_each_split_has_variety(tmp_path):
-    root = generate_synthetic(tmp_path / "many",
-                              SyntheticConfig(num_train=40, num_test=40, size=32, fps=2, seconds=2, seed=0))
+    root = generate_synthetic(
+        tmp_path / "many", SyntheticConfig(num_train=40, num_test=40, size=32, fps=2, seconds=2, seed=0)
+    )
     for split in ("train", "test"):
         matches = [CAPTION.fullmatch(item["caption"]) for item in read_split(root, split)]
         assert all(matches)
@@ -154,7 +163,11 @@ def test_caption_second_event_differs_from_the_first():
         m = CAPTION.fullmatch(caption)
         assert m, caption
         assert (m["direction"], m["colour"], m["shape"], m["size"]) == (
-            story["direction"], story["colour"], story["shape"], story["size"])
+            story["direction"],
+            story["colour"],
+            story["shape"],
+            story["size"],
+        )
         if m["turns"]:
             assert m["turn_colour"] != m["colour"]
         if m["appears"]:

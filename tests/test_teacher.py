@@ -2,6 +2,7 @@
 
 Tiny random models (16 px frames, one-layer towers) so every check is exact-ish and runs in milliseconds.
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,8 +76,12 @@ def with_noisy_padding(video, mask, seed=2):
 
 def per_frame_clip(clip, video):
     """Unnormalised CLIP features `[B, T, D]`, one `clip.encode_image` call per frame."""
-    return torch.stack([torch.cat([clip.encode_image(video[b, t][None]) for t in range(video.shape[1])])
-                        for b in range(video.shape[0])])
+    return torch.stack(
+        [
+            torch.cat([clip.encode_image(video[b, t][None]) for t in range(video.shape[1])])
+            for b in range(video.shape[0])
+        ]
+    )
 
 
 def loose_tail(frames, mask):
@@ -92,6 +97,7 @@ def close(a, b, atol=1e-6):
 
 
 # ---------------------------------------------------------------- meanP
+
 
 @torch.no_grad()
 def test_meanP_is_masked_mean_of_normalised_frames(teachers, batch):
@@ -110,7 +116,7 @@ def test_padded_frames_do_not_matter(teachers, batch, head):
     close(teacher.encode_video(with_noisy_padding(video, mask), mask), out)
     # A padded video equals the same video cut to its valid frames (valid frames are a prefix).
     for b, n in enumerate(mask.sum(1).tolist()):
-        close(teacher.encode_video(video[b:b + 1, :n], mask[b:b + 1, :n]), out[b:b + 1], atol=1e-5)
+        close(teacher.encode_video(video[b : b + 1, :n], mask[b : b + 1, :n]), out[b : b + 1], atol=1e-5)
     assert out.shape == (3, 128)
     close(out.norm(dim=-1), torch.ones(3), atol=1e-5)
 
@@ -133,6 +139,7 @@ def test_similarity_logits_scaled_cosine_clamped_at_100(batch, log_scale, scale)
 
 
 # ---------------------------------------------------------------- seqTransf
+
 
 def silence_transformer_clip(teacher: CLIP4Clip) -> None:
     """Zeroes every block's attention out_proj and MLP c_proj, so each residual block is the identity."""
@@ -183,8 +190,10 @@ def test_seqTransf_blocks_follow_clip4clip_module_cross(teachers):
 
 # ---------------------------------------------------------------- seqLSTM
 
-@pytest.mark.parametrize("mask", [[[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]],
-                                  [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]]])
+
+@pytest.mark.parametrize(
+    "mask", [[[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]]]
+)
 @torch.no_grad()
 def test_seqLSTM_equals_packed_lstm_reference(teachers, batch, mask):
     teacher = teachers["seqLSTM"]
@@ -196,7 +205,7 @@ def test_seqLSTM_equals_packed_lstm_reference(teachers, batch, mask):
     out, _ = teacher.lstm_visual(packed)
     out, _ = pad_packed_sequence(out, batch_first=True)
     assert out.shape[1] == mask.sum(1).max()  # with a shorter longest video the fill-in below matters
-    out = torch.cat((out, visual_output[:, out.size(1):, ...].contiguous()), dim=1)
+    out = torch.cat((out, visual_output[:, out.size(1) :, ...].contiguous()), dim=1)
     out = out + visual_output
     close(teacher.encode_video(video, mask), loose_tail(out, mask), atol=1e-5)
 
@@ -234,6 +243,7 @@ print((low - exact).abs().max().item())
 
 
 # ---------------------------------------------------------------- text
+
 
 @torch.no_grad()
 def test_encode_text_padding_after_eot_is_invisible(teachers):
@@ -300,24 +310,37 @@ def test_encode_text_rejects_ids_wider_than_the_context(teachers):
 
 # ---------------------------------------------------------------- state dict layout
 
+
 def test_state_dict_keys_follow_original_layout(teachers):
     prefixes = ("clip.", "frame_position_embeddings.", "transformerClip.resblocks.", "lstm_visual.")
     for head, teacher in teachers.items():
         keys = set(teacher.state_dict())
         assert all(k.startswith(prefixes) for k in keys), sorted(k for k in keys if not k.startswith(prefixes))
-        for key in ("clip.visual.conv1.weight", "clip.visual.class_embedding", "clip.visual.positional_embedding",
-                    "clip.visual.proj", "clip.visual.ln_post.weight",
-                    "clip.visual.transformer.resblocks.0.attn.in_proj_weight",
-                    "clip.transformer.resblocks.0.attn.in_proj_weight",
-                    "clip.transformer.resblocks.0.mlp.c_proj.bias", "clip.token_embedding.weight",
-                    "clip.positional_embedding", "clip.text_projection", "clip.ln_final.weight",
-                    "clip.logit_scale"):
+        for key in (
+            "clip.visual.conv1.weight",
+            "clip.visual.class_embedding",
+            "clip.visual.positional_embedding",
+            "clip.visual.proj",
+            "clip.visual.ln_post.weight",
+            "clip.visual.transformer.resblocks.0.attn.in_proj_weight",
+            "clip.transformer.resblocks.0.attn.in_proj_weight",
+            "clip.transformer.resblocks.0.mlp.c_proj.bias",
+            "clip.token_embedding.weight",
+            "clip.positional_embedding",
+            "clip.text_projection",
+            "clip.ln_final.weight",
+            "clip.logit_scale",
+        ):
             assert key in keys, (head, key)
     sd = teachers["seqTransf"].state_dict()
     assert sd["clip.visual.conv1.weight"].shape == (64, 3, 8, 8)
     assert sd["clip.text_projection"].shape == (128, 128)
-    for key in ("frame_position_embeddings.weight", "transformerClip.resblocks.0.mlp.c_fc.weight",
-                "transformerClip.resblocks.1.attn.in_proj_weight", "transformerClip.resblocks.1.ln_2.bias"):
+    for key in (
+        "frame_position_embeddings.weight",
+        "transformerClip.resblocks.0.mlp.c_fc.weight",
+        "transformerClip.resblocks.1.attn.in_proj_weight",
+        "transformerClip.resblocks.1.ln_2.bias",
+    ):
         assert key in sd, key
     assert not any(k.startswith("lstm_visual.") for k in sd)
     sd = teachers["seqLSTM"].state_dict()
@@ -327,8 +350,10 @@ def test_state_dict_keys_follow_original_layout(teachers):
         assert sd[f"lstm_visual.{key}"].shape == (4 * 128,)
     assert "frame_position_embeddings.weight" in sd
     assert not any(k.startswith("transformerClip.") for k in sd)
-    assert not any(k.startswith(("frame_position_embeddings.", "lstm_visual.", "transformerClip."))
-                   for k in teachers["meanP"].state_dict())
+    assert not any(
+        k.startswith(("frame_position_embeddings.", "lstm_visual.", "transformerClip."))
+        for k in teachers["meanP"].state_dict()
+    )
 
 
 def test_unknown_sim_header_is_an_error():
@@ -337,6 +362,7 @@ def test_unknown_sim_header_is_an_error():
 
 
 # ---------------------------------------------------------------- export and loading
+
 
 @torch.no_grad()
 def test_save_load_round_trip(tmp_path, batch):
@@ -401,6 +427,7 @@ def test_load_teacher_reports_mis_shaped_tensor(tmp_path, teachers):
 
 # ---------------------------------------------------------------- tokenizer
 
+
 @functools.lru_cache(maxsize=1)
 def bpe() -> SimpleTokenizer:
     return SimpleTokenizer()
@@ -408,7 +435,7 @@ def bpe() -> SimpleTokenizer:
 
 def reference_ids(caption: str, max_words: int) -> list[int]:
     """CLIP4Clip's dataloader: [SOT] + at most max_words-2 BPE pieces + [EOT], zero padding."""
-    pieces = bpe().encode(caption)[:max_words - 2]
+    pieces = bpe().encode(caption)[: max_words - 2]
     ids = [SOT, *pieces, EOT]
     return ids + [0] * (max_words - len(ids))
 
@@ -455,6 +482,6 @@ def test_tokenize_cuts_long_captions_with_eot_last():
         ids, mask = tokenize([caption], max_words=max_words)
         assert ids.shape == (1, max_words)
         assert ids[0, 0] == SOT and ids[0, -1] == EOT
-        assert ids[0, 1:-1].tolist() == pieces[:max_words - 2]
+        assert ids[0, 1:-1].tolist() == pieces[: max_words - 2]
         assert mask.sum() == max_words
         assert (ids[0] == EOT).sum() == 1

@@ -4,6 +4,7 @@ reference written from the original code (shared/clip4clip-spec.md, sections 1.2
 The checkpoints are built here from random weights under the real key names, with the real BPE vocabulary
 size, 77 text positions and the original's fp16/fp32 split, at tiny widths.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,12 @@ CROSS_LAYERS = 3
 LOGIT_SCALE = 4.5  # below ln(100): the original's exp() and our clamped exp() agree
 HEADS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 ATOL = 1e-4
-CAPTIONS = ["a dog runs on the beach", "Cooking pasta, with a lot of cheese & basil!", "a man sings",
-            "two children are playing football in a park while their parents watch from a bench nearby"]
+CAPTIONS = [
+    "a dog runs on the beach",
+    "Cooking pasta, with a lot of cheese & basil!",
+    "a man sings",
+    "two children are playing football in a park while their parents watch from a bench nearby",
+]
 MASKS = {  # valid frames are a prefix; the second set has no full-length video (seqLSTM's fill-in matters)
     "mixed": [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]],
     "none_full": [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]],
@@ -40,6 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- original-format checkpoints
+
 
 class Weights:
     """Random tensors: fp16 where CLIP4Clip's convert_weights leaves them fp16 (Conv/Linear, in_proj, projections)."""
@@ -53,16 +59,20 @@ class Weights:
 
     def block(self, prefix: str, w: int, half: bool) -> dict[str, torch.Tensor]:
         """A CLIP residual block under the original names."""
-        linear = dict(std=w ** -0.5, half=half)
+        linear = dict(std=w**-0.5, half=half)
         return {
             f"{prefix}attn.in_proj_weight": self(3 * w, w, **linear),
             f"{prefix}attn.in_proj_bias": self(3 * w, half=half),
-            f"{prefix}attn.out_proj.weight": self(w, w, **linear), f"{prefix}attn.out_proj.bias": self(w, half=half),
-            f"{prefix}ln_1.weight": self(w, std=0.1, mean=1.0), f"{prefix}ln_1.bias": self(w, std=0.1),
-            f"{prefix}mlp.c_fc.weight": self(4 * w, w, **linear), f"{prefix}mlp.c_fc.bias": self(4 * w, half=half),
+            f"{prefix}attn.out_proj.weight": self(w, w, **linear),
+            f"{prefix}attn.out_proj.bias": self(w, half=half),
+            f"{prefix}ln_1.weight": self(w, std=0.1, mean=1.0),
+            f"{prefix}ln_1.bias": self(w, std=0.1),
+            f"{prefix}mlp.c_fc.weight": self(4 * w, w, **linear),
+            f"{prefix}mlp.c_fc.bias": self(4 * w, half=half),
             f"{prefix}mlp.c_proj.weight": self(w, 4 * w, std=(4 * w) ** -0.5, half=half),
             f"{prefix}mlp.c_proj.bias": self(w, half=half),
-            f"{prefix}ln_2.weight": self(w, std=0.1, mean=1.0), f"{prefix}ln_2.bias": self(w, std=0.1),
+            f"{prefix}ln_2.weight": self(w, std=0.1, mean=1.0),
+            f"{prefix}ln_2.bias": self(w, std=0.1),
         }
 
 
@@ -71,15 +81,20 @@ def original_checkpoint(sim_header: str, seed: int = 0) -> dict[str, torch.Tenso
     r = Weights(seed)
     vw, w = VISION_WIDTH, WIDTH
     sd = {
-        "clip.positional_embedding": r(CONTEXT, w, std=0.01), "clip.text_projection": r(w, w, std=w ** -0.5, half=True),
-        "clip.logit_scale": torch.tensor(LOGIT_SCALE), "clip.token_embedding.weight": r(VOCAB, w),
-        "clip.ln_final.weight": r(w, std=0.1, mean=1.0), "clip.ln_final.bias": r(w, std=0.1),
-        "clip.visual.class_embedding": r(vw, std=vw ** -0.5),
-        "clip.visual.positional_embedding": r(GRID * GRID + 1, vw, std=vw ** -0.5),
-        "clip.visual.proj": r(vw, w, std=vw ** -0.5, half=True),
+        "clip.positional_embedding": r(CONTEXT, w, std=0.01),
+        "clip.text_projection": r(w, w, std=w**-0.5, half=True),
+        "clip.logit_scale": torch.tensor(LOGIT_SCALE),
+        "clip.token_embedding.weight": r(VOCAB, w),
+        "clip.ln_final.weight": r(w, std=0.1, mean=1.0),
+        "clip.ln_final.bias": r(w, std=0.1),
+        "clip.visual.class_embedding": r(vw, std=vw**-0.5),
+        "clip.visual.positional_embedding": r(GRID * GRID + 1, vw, std=vw**-0.5),
+        "clip.visual.proj": r(vw, w, std=vw**-0.5, half=True),
         "clip.visual.conv1.weight": r(vw, 3, PATCH, PATCH, std=(3 * PATCH * PATCH) ** -0.5, half=True),
-        "clip.visual.ln_pre.weight": r(vw, std=0.1, mean=1.0), "clip.visual.ln_pre.bias": r(vw, std=0.1),
-        "clip.visual.ln_post.weight": r(vw, std=0.1, mean=1.0), "clip.visual.ln_post.bias": r(vw, std=0.1),
+        "clip.visual.ln_pre.weight": r(vw, std=0.1, mean=1.0),
+        "clip.visual.ln_pre.bias": r(vw, std=0.1),
+        "clip.visual.ln_post.weight": r(vw, std=0.1, mean=1.0),
+        "clip.visual.ln_post.bias": r(vw, std=0.1),
     }
     for i in range(TEXT_LAYERS):
         sd |= r.block(f"clip.transformer.resblocks.{i}.", w, half=True)
@@ -89,7 +104,7 @@ def original_checkpoint(sim_header: str, seed: int = 0) -> dict[str, torch.Tenso
         sd["frame_position_embeddings.weight"] = r(CONTEXT, w, std=0.5)
     if sim_header == "seqLSTM":
         for name in ("weight_ih_l0", "weight_hh_l0"):
-            sd[f"lstm_visual.{name}"] = r(4 * w, w, std=w ** -0.5)
+            sd[f"lstm_visual.{name}"] = r(4 * w, w, std=w**-0.5)
         for name in ("bias_ih_l0", "bias_hh_l0"):
             sd[f"lstm_visual.{name}"] = r(4 * w, std=0.1)
     if sim_header == "seqTransf":
@@ -99,9 +114,14 @@ def original_checkpoint(sim_header: str, seed: int = 0) -> dict[str, torch.Tenso
         sd["cross.embeddings.position_embeddings.weight"] = r(CONTEXT, w, std=0.5)
         for i in range(CROSS_LAYERS):
             sd |= r.block(f"cross.transformer.resblocks.{i}.", w, half=False)
-        sd |= {"cross.pooler.ln_pool.weight": r(w, std=0.1, mean=1.0), "cross.pooler.ln_pool.bias": r(w, std=0.1),
-               "cross.pooler.dense.weight": r(w, w, std=w ** -0.5), "cross.pooler.dense.bias": r(w, std=0.1),
-               "similarity_dense.weight": r(1, w, std=w ** -0.5), "similarity_dense.bias": r(1, std=0.1)}
+        sd |= {
+            "cross.pooler.ln_pool.weight": r(w, std=0.1, mean=1.0),
+            "cross.pooler.ln_pool.bias": r(w, std=0.1),
+            "cross.pooler.dense.weight": r(w, w, std=w**-0.5),
+            "cross.pooler.dense.bias": r(w, std=0.1),
+            "similarity_dense.weight": r(1, w, std=w**-0.5),
+            "similarity_dense.bias": r(1, std=0.1),
+        }
     return sd
 
 
@@ -134,6 +154,7 @@ def inputs(mask_name: str = "mixed", seed: int = 1):
 
 
 # ---------------------------------------------------------------- the reference, after CLIP4Clip's modeling.py
+
 
 def reference_clip(sd: dict) -> open_clip.CLIP:
     """The original's CLIP in fp32: open_clip's OpenAI builder is bit-identical to it there (spec section 7)."""
@@ -193,7 +214,7 @@ def reference_logits(sd: dict, sim_header: str, input_ids, video, video_mask) ->
         lstm.load_state_dict({k.removeprefix("lstm_visual."): v for k, v in p.items() if k.startswith("lstm_visual.")})
         packed = pack_padded_sequence(visual_output, video_mask.sum(-1).cpu(), batch_first=True, enforce_sorted=False)
         out, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True)
-        out = torch.cat((out, visual_output[:, out.size(1):, ...].contiguous()), dim=1)
+        out = torch.cat((out, visual_output[:, out.size(1) :, ...].contiguous()), dim=1)
         visual_output = out + visual_output
     if sim_header == "seqTransf":
         x = visual_output + p["frame_position_embeddings.weight"][:t]
@@ -209,6 +230,7 @@ def reference_logits(sd: dict, sim_header: str, input_ids, video, video_mask) ->
 
 
 # ---------------------------------------------------------------- original checkpoints
+
 
 @pytest.mark.parametrize("mask_name", sorted(MASKS))
 @pytest.mark.parametrize("head", HEADS)
@@ -248,10 +270,20 @@ def test_architecture_and_head_come_from_the_checkpoint(teachers, head):
     teacher = teachers[head]
     assert teacher.sim_header == head and teacher.is_tight == (head == "tightTransf")
     arch = teacher.arch
-    assert arch["vision_cfg"] == {"image_size": GRID * PATCH, "patch_size": PATCH, "width": VISION_WIDTH,
-                                  "layers": VISION_LAYERS, "head_width": 64}
-    assert arch["text_cfg"] == {"context_length": CONTEXT, "vocab_size": VOCAB, "width": WIDTH, "heads": 1,
-                                "layers": TEXT_LAYERS}
+    assert arch["vision_cfg"] == {
+        "image_size": GRID * PATCH,
+        "patch_size": PATCH,
+        "width": VISION_WIDTH,
+        "layers": VISION_LAYERS,
+        "head_width": 64,
+    }
+    assert arch["text_cfg"] == {
+        "context_length": CONTEXT,
+        "vocab_size": VOCAB,
+        "width": WIDTH,
+        "heads": 1,
+        "layers": TEXT_LAYERS,
+    }
     assert arch["embed_dim"] == WIDTH and arch["linear_patch"] == "2d"
     assert arch["cross_layers"] == (CROSS_LAYERS if head in ("seqTransf", "tightTransf") else 0)
     if head == "seqTransf":
@@ -260,8 +292,7 @@ def test_architecture_and_head_come_from_the_checkpoint(teachers, head):
     if head == "tightTransf":
         assert teacher.cross.transformer.resblocks[0].attn.num_heads == 8
         assert teacher.cross.pooler["ln_pool"].eps == 1e-12
-    assert not teacher.training and all(not p.requires_grad and p.dtype == torch.float32
-                                        for p in teacher.parameters())
+    assert not teacher.training and all(not p.requires_grad and p.dtype == torch.float32 for p in teacher.parameters())
 
 
 def test_tight_teacher_has_no_embeddings_and_scores_in_chunks(teachers):
@@ -276,7 +307,10 @@ def test_tight_teacher_has_no_embeddings_and_scores_in_chunks(teachers):
         for chunk_pairs in (1, 3, 7):
             torch.testing.assert_close(
                 teacher.similarity_logits(input_ids, attention_mask, video, mask, chunk_pairs=chunk_pairs),
-                whole, atol=1e-5, rtol=0)
+                whole,
+                atol=1e-5,
+                rtol=0,
+            )
         text, frames = teacher.text_features(input_ids), teacher.frame_features(video)
         assert torch.equal(teacher.cross_scores(text, frames, mask), whole)
 
@@ -286,8 +320,12 @@ def test_tight_scores_ignore_masked_frames(teachers):
     teacher = teachers["tightTransf"]
     input_ids, attention_mask, video, mask = inputs()
     noisy = torch.where(mask[:, :, None, None, None].bool(), video, torch.randn(video.shape) * 5)
-    torch.testing.assert_close(teacher.similarity_logits(input_ids, attention_mask, noisy, mask),
-                               teacher.similarity_logits(input_ids, attention_mask, video, mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        teacher.similarity_logits(input_ids, attention_mask, noisy, mask),
+        teacher.similarity_logits(input_ids, attention_mask, video, mask),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 @torch.no_grad()
@@ -295,9 +333,11 @@ def test_wrapped_and_ddp_prefixed_checkpoints_load(tmp_path, checkpoints, teache
     sd, _ = checkpoints["seqTransf"]
     batch = inputs()
     expected = teachers["seqTransf"].similarity_logits(*batch)
-    for name, obj in (("wrapped", {"state_dict": sd, "epoch": 3}),
-                      ("ddp", {f"module.{k}": v for k, v in sd.items()}),
-                      ("both", {"state_dict": {f"module.{k}": v for k, v in sd.items()}})):
+    for name, obj in (
+        ("wrapped", {"state_dict": sd, "epoch": 3}),
+        ("ddp", {f"module.{k}": v for k, v in sd.items()}),
+        ("both", {"state_dict": {f"module.{k}": v for k, v in sd.items()}}),
+    ):
         path = tmp_path / f"{name}.bin"
         torch.save(obj, path)
         teacher = load_teacher(path)
@@ -348,9 +388,13 @@ def test_save_original_checkpoint_round_trip(tmp_path, checkpoints, teachers, he
 
 
 def test_save_original_checkpoint_needs_embed_dim_equal_to_text_width(tmp_path):
-    arch = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 64, "layers": 1},
-            "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 64, "heads": 1, "layers": 1},
-            "sim_header": "meanP", "cross_layers": 0}
+    arch = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 64, "layers": 1},
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 64, "heads": 1, "layers": 1},
+        "sim_header": "meanP",
+        "cross_layers": 0,
+    }
     with pytest.raises(ValueError, match="embed_dim 32 and text width 64"):
         save_original_checkpoint(CLIP4Clip(arch), tmp_path / "x.bin")
 
@@ -366,6 +410,7 @@ def test_our_export_of_a_loaded_checkpoint_round_trips(tmp_path, teachers):
 
 
 # ---------------------------------------------------------------- 3d linear patch
+
 
 @torch.no_grad()
 def test_3d_patch_with_centred_kernel_equals_2d_and_padding_leaks(tmp_path, checkpoints, teachers):
@@ -385,14 +430,18 @@ def test_3d_patch_with_centred_kernel_equals_2d_and_padding_leaks(tmp_path, chec
     sd["clip.visual.conv2.weight"] = torch.stack([torch.zeros_like(conv1), conv1, torch.zeros_like(conv1)], dim=2)
     torch.save(sd, path)
     centred = load_teacher(path)
-    torch.testing.assert_close(centred.similarity_logits(input_ids, attention_mask, video, mask),
-                               teachers["meanP"].similarity_logits(input_ids, attention_mask, video, mask),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        centred.similarity_logits(input_ids, attention_mask, video, mask),
+        teachers["meanP"].similarity_logits(input_ids, attention_mask, video, mask),
+        atol=1e-5,
+        rtol=0,
+    )
     save_original_checkpoint(centred, tmp_path / "again.bin")
     assert torch.load(tmp_path / "again.bin", weights_only=True).keys() == sd.keys()
 
 
 # ---------------------------------------------------------------- OpenAI CLIP and open_clip
+
 
 def assert_embeddings_equal_clip(teacher, clip):
     """encode_text is CLIP's normalised EOT feature; a one-frame video is CLIP's normalised image feature."""
@@ -409,8 +458,11 @@ def assert_embeddings_equal_clip(teacher, clip):
 def test_openai_state_dict_is_a_zero_shot_meanP_teacher(tmp_path, checkpoints):
     sd = {k.removeprefix("clip."): v for k, v in checkpoints["meanP"][0].items()}
     # OpenAI's files also hold these three numbers, which are not weights
-    sd |= {"input_resolution": torch.tensor(16), "context_length": torch.tensor(CONTEXT),
-           "vocab_size": torch.tensor(VOCAB)}
+    sd |= {
+        "input_resolution": torch.tensor(16),
+        "context_length": torch.tensor(CONTEXT),
+        "vocab_size": torch.tensor(VOCAB),
+    }
     path = tmp_path / "ViT-tiny.pt"
     torch.save(sd, path)
     teacher = load_teacher(path)
@@ -436,8 +488,11 @@ def open_clip_weights(tmp_path_factory):
     """A tiny open_clip model registered by config file, and its weights saved by the test: `(name, path, model)`."""
     root = tmp_path_factory.mktemp("open_clip")
     name = "clip4clip-distill-test-tiny"
-    config = {"embed_dim": 48, "vision_cfg": {"image_size": 16, "layers": 1, "width": 64, "patch_size": 8},
-              "text_cfg": {"context_length": CONTEXT, "vocab_size": VOCAB, "width": 64, "heads": 2, "layers": 1}}
+    config = {
+        "embed_dim": 48,
+        "vision_cfg": {"image_size": 16, "layers": 1, "width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": CONTEXT, "vocab_size": VOCAB, "width": 64, "heads": 2, "layers": 1},
+    }
     (root / f"{name}.json").write_text(json.dumps(config))
     config["vision_cfg"]["width"] = 128  # a second model the weights do not fit
     (root / f"{name}-wide.json").write_text(json.dumps(config))

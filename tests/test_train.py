@@ -1,5 +1,6 @@
 """The training loop called directly on a tiny in-memory dataset: a NaN or inf loss stops the run after
 saving the state, and the run resumes from that state; every log line also goes to Accelerate's trackers."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,11 @@ from accelerate.tracking import GeneralTracker
 from accelerate.utils import DataLoaderConfiguration
 from safetensors.torch import load_file
 from torch import nn
+from toy import Pairs, TwoTower
 
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
 from distill.train import synchronise_batch_norm, train
-from toy import Pairs, TwoTower
 
 
 class FailingLoss(nn.Module):
@@ -41,8 +42,17 @@ def run(run_dir, loss: nn.Module, model: TwoTower | None = None, **config) -> Tw
     model = model or TwoTower()
     run_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
-    train(model, loss, Pairs(12), TrainConfig(batch_size=4, max_steps=6, checkpoint_every=2, log_every=1, **config),
-          accelerator=accelerator, view="student", seed=0, run_dir=run_dir, name="distill")
+    train(
+        model,
+        loss,
+        Pairs(12),
+        TrainConfig(batch_size=4, max_steps=6, checkpoint_every=2, log_every=1, **config),
+        accelerator=accelerator,
+        view="student",
+        seed=0,
+        run_dir=run_dir,
+        name="distill",
+    )
     return model
 
 
@@ -52,8 +62,10 @@ def test_non_finite_loss_saves_state_then_stops_naming_step_and_term(tmp_path, v
     with pytest.raises(FloatingPointError) as error:
         run(tmp_path, FailingLoss(at=4, value=value), model)
     saved = tmp_path / "checkpoints" / "distill" / "checkpoint_3"
-    assert str(error.value) == f"distill: contrastive_loss is {text} at step 4; the training state before that " \
-                               f"step is saved in {saved}"
+    assert (
+        str(error.value) == f"distill: contrastive_loss is {text} at step 4; the training state before that "
+        f"step is saved in {saved}"
+    )
     assert sorted(p.name for p in saved.parent.iterdir()) == ["checkpoint_2", "checkpoint_3"]
     weights = load_file(saved / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
@@ -99,18 +111,32 @@ class Recorder(GeneralTracker):
 def test_log_lines_go_to_the_trackers(tmp_path):
     """Per-term losses, learning rate and throughput under the stage's name, at the steps of the jsonl log."""
     recorder = Recorder()
-    accelerator = Accelerator(cpu=True, log_with=[recorder],
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        cpu=True, log_with=[recorder], dataloader_config=DataLoaderConfiguration(split_batches=True)
+    )
     accelerator.init_trackers("test")
     torch.manual_seed(0)
-    train(TwoTower(), FailingLoss(at=0, value=0.0), Pairs(12), TrainConfig(batch_size=4, max_steps=6, log_every=2),
-          accelerator=accelerator, view="student", seed=0, run_dir=tmp_path, name="distill")
+    train(
+        TwoTower(),
+        FailingLoss(at=0, value=0.0),
+        Pairs(12),
+        TrainConfig(batch_size=4, max_steps=6, log_every=2),
+        accelerator=accelerator,
+        view="student",
+        seed=0,
+        run_dir=tmp_path,
+        name="distill",
+    )
     log = [json.loads(line) for line in (tmp_path / "distill_log.jsonl").read_text().splitlines()]
     assert [step for step, _ in recorder.logged] == [r["step"] for r in log] == [2, 4, 6]
-    for (step, values), record in zip(recorder.logged, log):
+    for (_, values), record in zip(recorder.logged, log):
         assert values == {f"distill/{key}": value for key, value in record.items() if key != "step"}
-    assert set(recorder.logged[-1][1]) == {"distill/loss", "distill/contrastive_loss", "distill/lr",
-                                           "distill/clips_per_s"}
+    assert set(recorder.logged[-1][1]) == {
+        "distill/loss",
+        "distill/contrastive_loss",
+        "distill/lr",
+        "distill/clips_per_s",
+    }
     assert recorder.logged[-1][1]["distill/clips_per_s"] > 0
 
 
@@ -129,10 +155,20 @@ def test_pretrained_parameters_train_at_lr_times_coef_lr(tmp_path, coef_lr):
     model = PretrainedText()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(split_batches=True))
-    config = TrainConfig(batch_size=4, max_steps=1, lr=0.06, coef_lr=coef_lr, weight_decay=0.0, warmup_ratio=1.0,
-                         grad_clip=0.0)
-    train(model, FailingLoss(at=0, value=0.0), Pairs(12), config, accelerator=accelerator, view="student", seed=0,
-          run_dir=tmp_path, name="distill")
+    config = TrainConfig(
+        batch_size=4, max_steps=1, lr=0.06, coef_lr=coef_lr, weight_decay=0.0, warmup_ratio=1.0, grad_clip=0.0
+    )
+    train(
+        model,
+        FailingLoss(at=0, value=0.0),
+        Pairs(12),
+        config,
+        accelerator=accelerator,
+        view="student",
+        seed=0,
+        run_dir=tmp_path,
+        name="distill",
+    )
     step = {k: (v - before[k]).abs().max().item() for k, v in model.state_dict().items()}
     assert step["video.weight"] == pytest.approx(0.06, rel=1e-4)
     assert step["embedding.weight"] == pytest.approx(0.06 * coef_lr, rel=1e-4)

@@ -2,13 +2,32 @@
 
 Later overrides win, so a test adds what it needs after these.
 """
-DATA = ["data.synthetic.num_train=48", "data.synthetic.num_test=16", "data.synthetic.size=32",
-        "data.synthetic.seconds=4"]
-TEACHER = ["teacher.max_frames=4", "teacher.image_size=16", "teacher.vision_width=64", "teacher.vision_layers=1",
-           "teacher.text_width=64", "teacher.text_layers=1", "teacher.cross_layers=1",
-           "teacher.train.batch_size=16", "teacher.train.max_steps=6"]
-STUDENT = ["student.max_frames=3", "student.image_size=16", "student.embed_dim=32", "student.text_width=32",
-           "student.text_layers=1", "student.text_heads=2",
-           "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}"]
+
+DATA = [
+    "data.synthetic.num_train=48",
+    "data.synthetic.num_test=16",
+    "data.synthetic.size=32",
+    "data.synthetic.seconds=4",
+]
+TEACHER = [
+    "teacher.max_frames=4",
+    "teacher.image_size=16",
+    "teacher.vision_width=64",
+    "teacher.vision_layers=1",
+    "teacher.text_width=64",
+    "teacher.text_layers=1",
+    "teacher.cross_layers=1",
+    "teacher.train.batch_size=16",
+    "teacher.train.max_steps=6",
+]
+STUDENT = [
+    "student.max_frames=3",
+    "student.image_size=16",
+    "student.embed_dim=32",
+    "student.text_width=32",
+    "student.text_layers=1",
+    "student.text_heads=2",
+    "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
+]
 TRAIN = ["train.batch_size=16", "train.max_steps=6", "eval.batch_size=8"]
 TINY = DATA + TEACHER + STUDENT + TRAIN

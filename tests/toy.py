@@ -1,4 +1,5 @@
 """A small in-memory pair dataset and a two-tower model, for the tests that call the training loop directly."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,15 @@ class Pairs(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         clip, mask = self.video[i], torch.ones(2, dtype=torch.long)
-        return {"index": torch.tensor(i), "input_ids": self.ids[i], "attention_mask": torch.ones(5, dtype=torch.long),
-                "student_video": clip, "student_mask": mask, "teacher_video": clip.flip(0), "teacher_mask": mask}
+        return {
+            "index": torch.tensor(i),
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(5, dtype=torch.long),
+            "student_video": clip,
+            "student_mask": mask,
+            "teacher_video": clip.flip(0),
+            "teacher_mask": mask,
+        }
 
 
 class TwoTower(nn.Module):
@@ -41,6 +49,8 @@ class TwoTower(nn.Module):
 
     def forward(self, input_ids, attention_mask, video, video_mask) -> dict[str, torch.Tensor]:
         frames = self.dropout(self.video(video.flatten(2))).mean(1)
-        return {"text_features": F.normalize(self.dropout(self.embedding(input_ids)), dim=-1),
-                "video_features": F.normalize(self.norm(frames), dim=-1),
-                "logit_scale": self.logit_scale_log.exp()}
+        return {
+            "text_features": F.normalize(self.dropout(self.embedding(input_ids)), dim=-1),
+            "video_features": F.normalize(self.norm(frames), dim=-1),
+            "logit_scale": self.logit_scale_log.exp(),
+        }

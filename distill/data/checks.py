@@ -4,10 +4,11 @@ Opening a video costs about a millisecond (decord and PyAV both read its packet 
 missing, empty, truncated and undecodable files that would otherwise fail in the middle of an epoch. The
 pairs of a bad video are dropped, never trained on with a zero clip.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -16,8 +17,9 @@ from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, probe_video
 
 
-def check_videos(pairs: Sequence[Pair], *, backend: Backend = "decord", shards: FrameShards | None = None,
-                 progress: bool = False) -> tuple[list[Pair], list[Problem]]:
+def check_videos(
+    pairs: Sequence[Pair], *, backend: Backend = "decord", shards: FrameShards | None = None, progress: bool = False
+) -> tuple[list[Pair], list[Problem]]:
     """Opens every video of `pairs` once; a video the frame `shards` hold is not opened: their prepare
     decoded it (or recorded why it failed).
 

@@ -1,8 +1,9 @@
 """The `data` section of a recipe: where the pairs and videos are and how clips are sampled."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 
 @dataclass
@@ -20,10 +21,10 @@ class DataConfig:
     # Annotation layout (README "Datasets"): synthetic, the generic jsonl and csv, or CLIP4Clip's datasets.
     format: Literal["synthetic", "jsonl", "csv", "msrvtt", "msvd", "lsmdc", "activitynet", "didemo"] = "synthetic"
     root: str = "data/demo"  # synthetic: where the dataset is generated (and reused by later runs)
-    annotations: Optional[str] = None  # msrvtt, msvd, lsmdc, activitynet, didemo: folder of the annotation files
-    train: Optional[str] = None  # training annotation file (relative to `annotations` when set); jsonl, csv: required
-    test: Optional[str] = None  # test annotation file; the CLIP4Clip formats default both to CLIP4Clip's files
-    video_root: Optional[str] = None  # every format but synthetic: folder of the videos
+    annotations: str | None = None  # msrvtt, msvd, lsmdc, activitynet, didemo: folder of the annotation files
+    train: str | None = None  # training annotation file (relative to `annotations` when set); jsonl, csv: required
+    test: str | None = None  # test annotation file; the CLIP4Clip formats default both to CLIP4Clip's files
+    video_root: str | None = None  # every format but synthetic: folder of the videos
     backend: Literal["decord", "pyav"] = "decord"  # decoder; pyav where decord has no wheel (aarch64, macOS arm64)
     max_words: int = 32  # caption length in tokens, start and end tokens included (CLIP4Clip: 32)
     framerate: int = 1  # frames per second kept before slicing to max_frames (CLIP4Clip's feature_framerate)
@@ -31,7 +32,7 @@ class DataConfig:
     keep_decoded: bool = False  # hold decoded frames in memory after the first read (small datasets only)
     # Frame shards written by `python -m distill.prepare RECIPE` or the prepare stage, read instead of the videos
     # when they were prepared with this recipe's sampling and sizes; unset: <output_dir>/frames.
-    prepared: Optional[str] = None
+    prepared: str | None = None
     # How prepare stores frames: jpeg (quality 90, about 7x smaller at 224 px), raw uint8 (exactly the decoded
     # frames), or auto: raw when every view is at most 64 px (small, and 3-4x faster to read), else jpeg.
     prepared_encoding: Literal["auto", "jpeg", "raw"] = "auto"

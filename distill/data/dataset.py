@@ -5,13 +5,15 @@ the larger frame count and resized and cropped once per view size, and each view
 that (evenly spaced when it needs fewer) before the CLIP normalisation. Frame shards (`distill.data.shards`)
 store exactly those resized frames, so a clip read from them is the clip decoded here.
 """
+
 from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,8 +40,10 @@ class View:
 def recipe_views(recipe: Recipe, teacher_size: int | None = None) -> dict[str, View]:
     """The teacher and student views of a run of `recipe`; `teacher_size`: the input size of a loaded
     teacher (`teacher.source`), which the teacher view must use instead of `teacher.image_size`."""
-    return {"teacher": View(recipe.teacher.max_frames, teacher_size or recipe.teacher.image_size),
-            "student": View(recipe.student.max_frames, recipe.student.image_size)}
+    return {
+        "teacher": View(recipe.teacher.max_frames, teacher_size or recipe.teacher.image_size),
+        "student": View(recipe.student.max_frames, recipe.student.image_size),
+    }
 
 
 def frame_settings(data: DataConfig, views: dict[str, View]) -> dict:
@@ -83,9 +87,19 @@ class VideoTextDataset(Dataset):
             which the global-batch losses across processes need; not given, the `VideoError` propagates.
     """
 
-    def __init__(self, pairs: Sequence[tuple], views: dict[str, View], *, max_words: int, framerate: int = 1,
-                 slice_framepos: int = 2, backend: Backend = "decord", keep_decoded: bool = False,
-                 bad_videos: Path | None = None, shards: FrameShards | None = None):
+    def __init__(
+        self,
+        pairs: Sequence[tuple],
+        views: dict[str, View],
+        *,
+        max_words: int,
+        framerate: int = 1,
+        slice_framepos: int = 2,
+        backend: Backend = "decord",
+        keep_decoded: bool = False,
+        bad_videos: Path | None = None,
+        shards: FrameShards | None = None,
+    ):
         if not pairs:
             raise ValueError("VideoTextDataset: no pairs")
         self.video_ids = [str(pair[0]) for pair in pairs]  # the video path of each pair; equal ones share a video
@@ -104,6 +118,13 @@ class VideoTextDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    def first_pairs(self) -> list[int]:
+        """The first pair of every video, in order of appearance (a row per video in the cache and evaluation)."""
+        seen: dict[str, int] = {}
+        for index, video in enumerate(self.video_ids):
+            seen.setdefault(video, index)
+        return list(seen.values())
 
     def select_views(self, names: Sequence[str]) -> VideoTextDataset:
         """The same pairs yielding only the views `names` (e.g. no teacher view when the teacher's outputs
@@ -133,8 +154,13 @@ class VideoTextDataset(Dataset):
         if self.shards is not None and video in self.shards:
             frames = self.shards.read(video, self.sizes)
         else:
-            decoded = load_frames(video, max_frames=self.decode_frames, framerate=self.framerate,
-                                  slice_framepos=self.slice_framepos, backend=self.backend)
+            decoded = load_frames(
+                video,
+                max_frames=self.decode_frames,
+                framerate=self.framerate,
+                slice_framepos=self.slice_framepos,
+                backend=self.backend,
+            )
             frames = {size: resize_crop(decoded, size) for size in self.sizes}
         if self.decoded is not None:
             self.decoded[video] = frames
@@ -168,12 +194,17 @@ class VideoTextDataset(Dataset):
                 self.record_failure(self.video_ids[i], error)
                 continue
             return self.item(i, frames)
-        raise VideoError(f"no pair left whose video decodes ({len(self.failed)} of the videos of {len(self)} pairs "
-                         f"failed, {len(taken)} pairs already in the batch); see {self.bad_videos}")
+        raise VideoError(
+            f"no pair left whose video decodes ({len(self.failed)} of the videos of {len(self)} pairs "
+            f"failed, {len(taken)} pairs already in the batch); see {self.bad_videos}"
+        )
 
     def item(self, index: int, frames: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-        item = {"index": torch.tensor(index), "input_ids": self.input_ids[index],
-                "attention_mask": self.attention_mask[index]}
+        item = {
+            "index": torch.tensor(index),
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+        }
         clips = {}  # view -> (video, mask): views that are equal share one tensor
         for name, view in self.views.items():
             if view not in clips:
@@ -189,5 +220,7 @@ class VideoTextDataset(Dataset):
         self.failed[video] = str(error)
         with open(self.bad_videos, "a") as f:
             f.write(f"{video}\t{error} (while training; its pairs were replaced by the next readable pair)\n")
-        print(f"warning: {error}; its pairs are replaced by the next readable pair (listed in {self.bad_videos})",
-              file=sys.stderr)
+        print(
+            f"warning: {error}; its pairs are replaced by the next readable pair (listed in {self.bad_videos})",
+            file=sys.stderr,
+        )

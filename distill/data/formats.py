@@ -6,6 +6,7 @@ it found. A malformed annotation is fatal: a run stops on it. An empty caption o
 are located here, never opened (`distill.data.checks` opens them); one that is not found keeps the path it
 was expected at, so the check reports it with the annotation line that names it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,10 @@ import io
 import json
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 from distill.config import RecipeError
 from distill.data.config import DataConfig
@@ -106,8 +108,9 @@ def read_split(data: DataConfig, split: str) -> Annotations:
     read = READERS[data.format]
     try:
         # Only the generic layouts carry a split field, so that one file can hold both splits.
-        found = read(path, folder, video_root, split) if read in (read_jsonl, read_csv) else \
-            read(path, folder, video_root)
+        found = (
+            read(path, folder, video_root, split) if read in (read_jsonl, read_csv) else read(path, folder, video_root)
+        )
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         found = Annotations()
         found.error(path, f"cannot read: {error}")
@@ -130,8 +133,11 @@ def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = N
         except json.JSONDecodeError as error:
             found.error(where, f"not JSON ({error})")
             continue
-        if not isinstance(item, dict) or not isinstance(item.get("video"), str) \
-                or not isinstance(item.get("caption"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("video"), str)
+            or not isinstance(item.get("caption"), str)
+        ):
             found.error(where, "expected an object with string 'video' and 'caption'")
             continue
         rows.append((where, item))
@@ -150,8 +156,9 @@ def read_csv(path: Path, folder: Path, video_root: Path, split: str | None = Non
     return found
 
 
-def _of_split(rows: list[tuple[str, dict]], split: str | None, path: Path, found: Annotations
-              ) -> list[tuple[str, dict]]:
+def _of_split(
+    rows: list[tuple[str, dict]], split: str | None, path: Path, found: Annotations
+) -> list[tuple[str, dict]]:
     """The `(where, row)` rows of `split`, when any row carries a `split` value; else (or without `split`)
     all of them. Once one row has a split every row needs one of SPLITS: a row left out by mistake would
     otherwise land in no split, or in both."""
@@ -162,8 +169,9 @@ def _of_split(rows: list[tuple[str, dict]], split: str | None, path: Path, found
     for where, row in rows:
         value = row.get("split")
         if value in (None, ""):
-            found.error(where, f"no 'split', where other rows have one (first: {labelled[0]}); expected one of "
-                               f"{list(SPLITS)}")
+            found.error(
+                where, f"no 'split', where other rows have one (first: {labelled[0]}); expected one of {list(SPLITS)}"
+            )
         elif value not in SPLITS:
             found.error(where, f"split {value!r} is not one of {list(SPLITS)}")
         elif split is None or value == split:
@@ -256,8 +264,11 @@ def read_didemo(path: Path, folder: Path, video_root: Path) -> Annotations:
     paragraphs: dict[str, tuple[str, list[str]]] = {}  # video name -> (first item, descriptions)
     for number, item in enumerate(_load_json(path, list, found) or []):
         where = f"{path}, item {number}"
-        if not isinstance(item, dict) or not isinstance(item.get("video"), str) \
-                or not isinstance(item.get("description"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("video"), str)
+            or not isinstance(item.get("description"), str)
+        ):
             found.error(where, "expected an object with string 'video' and 'description'")
             continue
         paragraphs.setdefault(item["video"], (where, []))[1].append(item["description"])
@@ -268,8 +279,14 @@ def read_didemo(path: Path, folder: Path, video_root: Path) -> Annotations:
 
 
 READERS: dict[str, Callable[..., Annotations]] = {
-    "synthetic": read_jsonl, "jsonl": read_jsonl, "csv": read_csv, "msrvtt": read_msrvtt, "msvd": read_msvd,
-    "lsmdc": read_lsmdc, "activitynet": read_activitynet, "didemo": read_didemo,
+    "synthetic": read_jsonl,
+    "jsonl": read_jsonl,
+    "csv": read_csv,
+    "msrvtt": read_msrvtt,
+    "msvd": read_msvd,
+    "lsmdc": read_lsmdc,
+    "activitynet": read_activitynet,
+    "didemo": read_didemo,
 }
 
 
@@ -329,8 +346,11 @@ def _msrvtt_captions(path: Path, found: Annotations) -> dict[str, list[str]]:
         found.error(path, "expected a 'sentences' list")
         return captions
     for number, item in enumerate(sentences):
-        if not isinstance(item, dict) or not isinstance(item.get("video_id"), str) \
-                or not isinstance(item.get("caption"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("video_id"), str)
+            or not isinstance(item.get("caption"), str)
+        ):
             found.error(f"{path}, sentences[{number}]", "expected an object with string 'video_id' and 'caption'")
             continue
         captions.setdefault(item["video_id"], []).append(item["caption"])
@@ -357,8 +377,11 @@ def _msvd_captions(path: Path, found: Annotations) -> dict[str, list[str]] | Non
         return None
     captions = {}
     for video_id, entries in data.items():
-        if not isinstance(video_id, str) or not isinstance(entries, (list, tuple)) \
-                or not all(isinstance(e, str) or _is_word_list(e) for e in entries):
+        if (
+            not isinstance(video_id, str)
+            or not isinstance(entries, (list, tuple))
+            or not all(isinstance(e, str) or _is_word_list(e) for e in entries)
+        ):
             found.error(path, f"entry {video_id!r}: expected a list of captions (strings or lists of words)")
             continue
         captions[video_id] = [e if isinstance(e, str) else " ".join(e) for e in entries]

@@ -17,32 +17,21 @@ Every file is written under a temporary name and renamed, so a killed prepare le
 and the next one starts at the first unfinished shard. Shards in another FORMAT (those of earlier versions,
 a JPEG a frame, record none) are not read, and a prepare into their folder is refused.
 
-A JPEG a clip and size rather than a frame, because Pillow's cost per image dominates small frames: 8 frames
-at 32-36 px decode 4-6x faster as one tile (12 at 224 px about 8% faster), and a tile is smaller (one header).
-Side by side rather than stacked, because the decoder also costs per row: stacked, those 8 frames decode
-1.4-2.5x slower.
-
-The frames of a tile are not fully independent. With 4:2:0 chroma a JPEG block covers 16 x 16 pixels, so
-when s is a multiple of 16 every block lies inside one frame, and every column decodes as from a JPEG of its
-frame alone except the first and the last: the decoder interpolates chroma between neighbouring columns, so
-they take a quarter of the neighbouring frame's colour. On the real-like clip of benchmarks/bench_data.py at
-224 px that raises their mean error from 4.7 to 7.6 levels of 255, the clip's from 4.57 to 4.59 (max 49
-either way); at 32 px the clip's from 7.42 to 7.50 (max 50 -> 55), and over 64 demo clips from 2.40 to 2.39
-(max 95 either way). Between a red and a blue frame it reaches 77 levels there (1 elsewhere). For other
-sizes (36, 40) a block holds the end of one frame and the start of the next, and each frame sits at another
-offset of the block grid, so every column differs a little from a JPEG of the frame alone: on the real-like
-clip at 36 px the mean error goes from 7.32 to 7.37 (edge columns 7.4 -> 9.2), the max from 51 to 56; over
-64 demo clips at 36 px from 2.02 to 2.05 (a single clip: up to 0.2).
+A JPEG a clip and size rather than a frame: Pillow's cost per image dominates small frames. Side by side
+rather than stacked: the decoder also costs per row. The frames of a tile share JPEG's chroma blocks at
+their edges, which moves a clip's mean error by about 0.1 level of 255 (BENCHMARKS.md, "Frame shards").
 """
+
 from __future__ import annotations
 
 import io
 import json
 import multiprocessing
 import os
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -109,15 +98,16 @@ class FrameShards:
         for j, size in enumerate(self.sizes):
             if sizes is not None and size not in sizes:
                 continue
-            tile = memoryview(buffer)[starts[j]:starts[j + 1]]
+            tile = memoryview(buffer)[starts[j] : starts[j + 1]]
             if self.encoding == "raw":
                 clips[size] = torch.frombuffer(tile, dtype=torch.uint8).view(k, 3, size, size)
                 continue
             try:
                 clips[size] = decode_tile(tile, k, size)
             except ValueError as error:
-                raise VideoError(f"damaged frames of video {video} in {path} (the {k}-frame tile at {size} px): "
-                                 f"{error}") from None
+                raise VideoError(
+                    f"damaged frames of video {video} in {path} (the {k}-frame tile at {size} px): {error}"
+                ) from None
         return clips
 
 
@@ -157,12 +147,16 @@ def open_shards(folder: Path, settings: dict) -> tuple[FrameShards | None, str]:
     """
     path = Path(folder) / "manifest.json"
     if not path.is_file():
-        return None, (f"no frame shards in {folder} (the prepare stage, or python -m distill.prepare RECIPE, "
-                      "writes them); decoding videos")
+        return None, (
+            f"no frame shards in {folder} (the prepare stage, or python -m distill.prepare RECIPE, "
+            "writes them); decoding videos"
+        )
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        return None, (f"the frame shards in {folder} are in {_format_name(manifest)}, this version reads {FORMAT} "
-                      "(delete them and prepare again: python -m distill.prepare RECIPE); decoding videos")
+        return None, (
+            f"the frame shards in {folder} are in {_format_name(manifest)}, this version reads {FORMAT} "
+            "(delete them and prepare again: python -m distill.prepare RECIPE); decoding videos"
+        )
     differ = _differences(manifest["settings"], settings)
     if differ:
         return None, f"the frame shards in {folder} were prepared with other settings ({differ}); decoding videos"
@@ -174,8 +168,13 @@ def encode_clip(video: str, settings: dict, encoding: Encoding) -> tuple[bytes, 
     """Decodes one video and encodes its frames at every size: (the tiles, the frame count, the byte length of
     each tile); the error message where it fails."""
     try:
-        frames = load_frames(video, max_frames=settings["max_frames"], framerate=settings["framerate"],
-                             slice_framepos=settings["slice_framepos"], backend=settings["backend"])
+        frames = load_frames(
+            video,
+            max_frames=settings["max_frames"],
+            framerate=settings["framerate"],
+            slice_framepos=settings["slice_framepos"],
+            backend=settings["backend"],
+        )
     except VideoError as error:
         return str(error)
     tiles = []
@@ -185,9 +184,15 @@ def encode_clip(video: str, settings: dict, encoding: Encoding) -> tuple[bytes, 
     return b"".join(tiles), len(frames), [len(tile) for tile in tiles]
 
 
-def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *,
-                   encoding: Literal["auto", "jpeg", "raw"] = "auto", workers: int = 0,
-                   progress: bool = False) -> FrameShards:
+def prepare_frames(
+    videos: Sequence[str],
+    folder: Path,
+    settings: dict,
+    *,
+    encoding: Literal["auto", "jpeg", "raw"] = "auto",
+    workers: int = 0,
+    progress: bool = False,
+) -> FrameShards:
     """Decodes every video of `videos` once into frame shards in `folder`, keeping the finished shards of an
     earlier, interrupted call with the same settings.
 
@@ -203,16 +208,23 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *,
         encoding = "raw" if max(settings["sizes"]) <= RAW_UP_TO else "jpeg"
     width = settings["max_frames"] * max(settings["sizes"])
     if encoding == "jpeg" and width > JPEG_MAX_WIDTH:
-        raise ValueError(f"{settings['max_frames']} frames at {max(settings['sizes'])} px make a JPEG tile {width} px "
-                         f"wide, more than JPEG's {JPEG_MAX_WIDTH}; set data.prepared_encoding=raw")
+        raise ValueError(
+            f"{settings['max_frames']} frames at {max(settings['sizes'])} px make a JPEG tile {width} px "
+            f"wide, more than JPEG's {JPEG_MAX_WIDTH}; set data.prepared_encoding=raw"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     videos = list(dict.fromkeys(videos))
-    chunks = [videos[i:i + VIDEOS_PER_SHARD] for i in range(0, len(videos), VIDEOS_PER_SHARD)]
+    chunks = [videos[i : i + VIDEOS_PER_SHARD] for i in range(0, len(videos), VIDEOS_PER_SHARD)]
     indexes = [_finished_shard(folder, n, chunk, settings, encoding) for n, chunk in enumerate(chunks)]
     todo = [n for n, index in enumerate(indexes) if index is None]
-    bar = tqdm(total=len(videos), initial=len(videos) - sum(len(chunks[n]) for n in todo), desc="prepare frames",
-               unit="video", disable=not progress)
+    bar = tqdm(
+        total=len(videos),
+        initial=len(videos) - sum(len(chunks[n]) for n in todo),
+        desc="prepare frames",
+        unit="video",
+        disable=not progress,
+    )
     if todo:  # shards are about to change under an older manifest
         (folder / "manifest.json").unlink(missing_ok=True)
     for stale in folder.glob("shard_*"):  # left by an earlier prepare of more videos
@@ -228,8 +240,14 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *,
         if pool is not None:
             pool.terminate()
     bar.close()
-    manifest = {"format": FORMAT, "settings": settings, "encoding": encoding,
-                "shards": [_name(n, ".bin") for n in range(len(chunks))], "videos": {}, "failed": {}}
+    manifest = {
+        "format": FORMAT,
+        "settings": settings,
+        "encoding": encoding,
+        "shards": [_name(n, ".bin") for n in range(len(chunks))],
+        "videos": {},
+        "failed": {},
+    }
     for n, index in enumerate(indexes):
         manifest["videos"].update({video: [n, *entry] for video, entry in index["videos"].items()})
         manifest["failed"].update(index["failed"])
@@ -237,10 +255,10 @@ def prepare_frames(videos: Sequence[str], folder: Path, settings: dict, *,
     return FrameShards(folder, manifest)
 
 
-def _write_shard(folder: Path, n: int, chunk: list[str], encoded: Iterable, settings: dict, encoding: Encoding,
-                 bar) -> dict:
-    index = {"format": FORMAT, "settings": settings, "encoding": encoding, "chunk": chunk, "videos": {},
-             "failed": {}}
+def _write_shard(
+    folder: Path, n: int, chunk: list[str], encoded: Iterable, settings: dict, encoding: Encoding, bar
+) -> dict:
+    index = {"format": FORMAT, "settings": settings, "encoding": encoding, "chunk": chunk, "videos": {}, "failed": {}}
 
     def write(partial: Path) -> None:
         with open(partial, "wb") as f:
@@ -267,13 +285,17 @@ def _finished_shard(folder: Path, n: int, chunk: list[str], settings: dict, enco
         return None
     index = json.loads(path.read_text())
     if index.get("format") != FORMAT:
-        raise ValueError(f"{folder} holds frame shards in {_format_name(index)}, this version writes {FORMAT}; "
-                         "delete it or set data.prepared to another folder")
+        raise ValueError(
+            f"{folder} holds frame shards in {_format_name(index)}, this version writes {FORMAT}; "
+            "delete it or set data.prepared to another folder"
+        )
     differ = _differences(index["settings"], settings)
     if differ or index["encoding"] != encoding:
         differ = differ or f"encoding {index['encoding']} there, {encoding} here"
-        raise ValueError(f"{folder} holds frame shards prepared with other settings ({differ}); delete it or set "
-                         "data.prepared to another folder")
+        raise ValueError(
+            f"{folder} holds frame shards prepared with other settings ({differ}); delete it or set "
+            "data.prepared to another folder"
+        )
     return index if index["chunk"] == chunk else None
 
 
@@ -282,8 +304,11 @@ def _differences(found: dict, wanted: dict) -> str:
 
 
 def _format_name(manifest: dict) -> str:
-    return (f"format {manifest['format']}" if "format" in manifest
-            else "the format of earlier versions (a JPEG a frame, no format recorded)")
+    return (
+        f"format {manifest['format']}"
+        if "format" in manifest
+        else "the format of earlier versions (a JPEG a frame, no format recorded)"
+    )
 
 
 def _name(n: int, suffix: str) -> str:

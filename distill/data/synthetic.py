@@ -9,6 +9,7 @@ Layout under `root`: `videos/{split}_{i:05d}.mp4`, `train.jsonl` and `test.jsonl
 `{"video", "caption"}` object a line, paths relative to root, the same layout as `data.format: jsonl`),
 and `manifest.json` with the settings, so a later run reuses the dataset or refuses one made otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from distill.files import atomic_dir
 from distill.data.config import SyntheticConfig
+from distill.files import atomic_dir
 
 COLOURS = {
     "red": (225, 40, 40),
@@ -112,8 +113,13 @@ def render(story: dict, *, size: int, frames: int) -> np.ndarray:
         if not (event == "disappears" and t >= half):
             draw(canvas, story["shape"], tuple(centre), story["radius"], colour)
         if event == "appears" and t >= half:  # drawn last: the object the caption names is never hidden
-            draw(canvas, story["other_shape"], story["other_centre"], story["other_radius"],
-                 COLOURS[story["other_colour"]])
+            draw(
+                canvas,
+                story["other_shape"],
+                story["other_centre"],
+                story["other_radius"],
+                COLOURS[story["other_colour"]],
+            )
     return video
 
 
@@ -151,7 +157,8 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
         if found != settings:
             raise ValueError(
                 f"data.root {root} holds a synthetic dataset made with {found}, not {settings}; "
-                "delete it or point data.root elsewhere")
+                "delete it or point data.root elsewhere"
+            )
         return root
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"data.root {root} exists and is not a synthetic dataset (no manifest.json)")

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import torch
 from einops import rearrange
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -21,10 +22,8 @@ try:
 except ImportError:  # no wheel for this platform: data.backend=pyav still works
     decord = None
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# normalize's scale 1 / (255 std) and shift mean / std, float32 [3, 1, 1]: made once, as making them costs as
-# much as normalising an 8-frame 32 px clip
+CLIP_MEAN, CLIP_STD = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+# normalize's scale 1 / (255 std) and shift mean / std, float32 [3, 1, 1], made once
 _SCALE = 1 / (255 * torch.tensor(CLIP_STD).view(3, 1, 1))
 _SHIFT = torch.tensor(CLIP_MEAN).view(3, 1, 1) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
@@ -88,8 +87,9 @@ def probe_video(path, backend: Backend = "decord") -> tuple[int, float]:
     return _probe_pyav(path)
 
 
-def load_frames(path, *, max_frames: int, framerate: int = 1, slice_framepos: int = 2,
-                backend: Backend = "decord") -> torch.Tensor:
+def load_frames(
+    path, *, max_frames: int, framerate: int = 1, slice_framepos: int = 2, backend: Backend = "decord"
+) -> torch.Tensor:
     """Decode the frames CLIP4Clip would sample from a video file.
 
     With the decord backend, a file decord would misread (an MP4 edit list that hides leading frames) is
@@ -269,6 +269,7 @@ def read_clip(
     Raises:
         VideoError: The file is missing, cannot be decoded, or holds no frames.
     """
-    frames = load_frames(path, max_frames=max_frames, framerate=framerate, slice_framepos=slice_framepos,
-                         backend=backend)
+    frames = load_frames(
+        path, max_frames=max_frames, framerate=framerate, slice_framepos=slice_framepos, backend=backend
+    )
     return pad_clip(preprocess(frames, size), max_frames)
