@@ -40,12 +40,12 @@ def main() -> None:
     import torch
     from accelerate.utils import set_seed
 
+    from distill.context import build_student, open_datasets, start_run, teacher_arch
     from distill.data.synthetic import generate_synthetic
     from distill.losses import DistillationLoss
-    from distill.pipeline import Run, teacher_arch
     from distill.recipe import LossConfig, TrainConfig, load_recipe
+    from distill.stages import cache_teacher, teacher_outputs
     from distill.train import OnlineTeacher, train
-    from students import Student
     from teachers import CLIP4Clip, load_teacher, save_teacher
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,18 +53,19 @@ def main() -> None:
         r = recipe
         if r.data.format == "synthetic":
             generate_synthetic(r.data.root, r.data.synthetic)
-        run = Run(recipe)
+        run = start_run(recipe)
         set_seed(r.seed)
         # Saved and loaded as a run loads a teacher: its precision (bf16 autocast on CUDA) is the run's.
         save_teacher(CLIP4Clip(teacher_arch(r.teacher, r.data.max_words)), Path(tmp) / "teacher.safetensors")
         run.teacher = load_teacher(
             Path(tmp) / "teacher.safetensors", device=run.accelerator.device, precision=r.teacher.precision
         )
-        pairs = len(run.dataset("train"))
+        run.data = open_datasets(run)
+        pairs = len(run.data["train"])
         start = time.perf_counter()
-        run.stage_cache()  # also decodes every clip once, which the demo keeps in memory (data.keep_decoded)
+        cache_teacher(run)  # also decodes every clip once, which the demo keeps in memory (data.keep_decoded)
         cache_seconds = time.perf_counter() - start
-        cached, student_views = run.teacher_outputs()
+        cached, student_views = teacher_outputs(run)
 
         modes = {  # mode: loss, teacher outputs, views read, micro-batches a step
             "student only (contrastive)": (
@@ -82,7 +83,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for mode, (loss_config, teacher, views, accumulate) in modes.items():
                 set_seed(r.seed)
-                student = Student({**asdict(r.student), "max_words": r.data.max_words})
+                student = build_student(r, run.teacher)
                 loss = DistillationLoss(
                     loss_config, student_dim=r.student.embed_dim, teacher_dim=run.teacher.arch["embed_dim"]
                 )
@@ -91,7 +92,7 @@ def main() -> None:
                 train(
                     student,
                     loss,
-                    run.dataset("train", views),
+                    run.data["train"].select_views(views),
                     replace(config, accumulate=accumulate),
                     accelerator=run.accelerator,
                     view="student",

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from distill.data.checks import check_videos, describe
+from distill.data.checks import check_videos, describe, read_split_or_stop
 from distill.data.config import DataConfig
-from distill.data.dataset import View, frame_settings, frames_folder, recipe_views
+from distill.data.dataset import View, frame_settings, frames_folder
 from distill.data.formats import read_split
-from distill.data.shards import prepare_frames
+from distill.data.shards import FrameShards, prepare_frames
 from distill.recipe import Recipe, parse_recipe_args
 
 
@@ -42,42 +43,41 @@ def check_data(data: DataConfig) -> int:
     return total
 
 
-def views(recipe: Recipe) -> dict[str, View]:
-    """The views a run of `recipe` reads; a `teacher.source` is loaded for its input size."""
-    if recipe.teacher.source is None:
-        return recipe_views(recipe)
-    from teachers import load_teacher  # only recipes with a teacher file pay for loading it
+def write_frames(recipe: Recipe, views: dict[str, View]) -> tuple[FrameShards, Path]:
+    """Decodes every video of both splits once into the recipe's frame shards, at the views' frame count and
+    sizes (the prepare stage calls it too); a killed prepare continues where it stopped.
 
-    return recipe_views(recipe, load_teacher(recipe.teacher.source).arch["vision_cfg"]["image_size"])
+    Raises:
+        ValueError: a malformed annotation, or a frames folder prepared with other settings.
+    """
+    data = recipe.data
+    videos = [pair.video for split in ("train", "test") for pair in read_split_or_stop(data, split).pairs]
+    folder = frames_folder(data, recipe.run_dir)
+    settings = frame_settings(data, views)
+    return prepare_frames(
+        videos, folder, settings, encoding=data.prepared_encoding, workers=data.num_workers, progress=True
+    ), folder
 
 
 def prepare(recipe: Recipe) -> int:
-    """Writes the frame shards of both splits; returns 1 if an annotation file is malformed, else 0."""
-    data = recipe.data
-    if data.format == "synthetic":
+    """Writes the frame shards of both splits; returns 2 when they cannot be written, else 0."""
+    if recipe.data.format == "synthetic":
         from distill.data.synthetic import generate_synthetic
 
-        generate_synthetic(data.root, data.synthetic)  # what the data stage does; reused when it is there
-    videos = []
-    for split in ("train", "test"):
-        found = read_split(data, split)
-        if fatal := [p for p in found.problems if p.fatal]:
-            print("\n".join([f"error: malformed {split} annotations:", *describe(fatal)]), file=sys.stderr)
-            return 1
-        videos += [pair.video for pair in found.pairs]
-    settings = frame_settings(data, views(recipe))
-    folder = frames_folder(data, recipe.run_dir)
+        generate_synthetic(recipe.data.root, recipe.data.synthetic)  # what the data stage does; reused when there
+    # A teacher.source brings its own input size, the teacher view's; only recipes with one pay for loading it.
+    from distill.context import given_teacher, run_views
+
+    views = run_views(recipe, given_teacher(recipe))
     try:
-        shards = prepare_frames(
-            videos, folder, settings, encoding=data.prepared_encoding, workers=data.num_workers, progress=True
-        )
+        shards, folder = write_frames(recipe, views)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     size = sum((folder / name).stat().st_size for name in shards.shards)
     print(
         f"{len(shards)} videos in {len(shards.shards)} shards in {folder}: {size / 1e6:.1f} MB of {shards.encoding} "
-        f"frames, {settings['max_frames']} frames a clip at sizes {settings['sizes']}"
+        f"frames, {max(view.max_frames for view in views.values())} frames a clip at sizes {shards.sizes}"
     )
     if shards.failed:
         print(f"{len(shards.failed)} videos could not be decoded (training skips their pairs):", file=sys.stderr)

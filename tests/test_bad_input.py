@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+from distill.context import open_datasets, start_run
 from distill.data.checks import check_videos, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import Pair
 from distill.data.synthetic import write_mp4
 from distill.data.video import VideoError
-from distill.pipeline import Run
 from distill.recipe import load_recipe
 
 VIEWS = {"teacher": View(4, 32), "student": View(2, 32)}
@@ -143,10 +143,9 @@ def test_run_skips_bad_pairs_lists_them_in_the_run_folder_and_the_log(clips, tmp
             {"video": "missing.mp4", "caption": "gone again"},
         ],
     )
-    run = Run(recipe)
-    train = run.dataset("train")
-    assert train.captions == ["fine", "fine too"]
-    assert len(run.dataset("test")) == 1
+    data = open_datasets(start_run(recipe))
+    assert data["train"].captions == ["fine", "fine too"]
+    assert len(data["test"]) == 1
     lines = (tmp_path / "run" / "bad_videos.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(clips / "missing.mp4"), str(clips / "truncated.mp4")]
     assert f"{tmp_path / 'train.jsonl'}, line 2: video file not found" in lines[0]
@@ -159,4 +158,4 @@ def test_run_skips_bad_pairs_lists_them_in_the_run_folder_and_the_log(clips, tmp
 def test_run_stops_on_malformed_annotations(clips, tmp_path):
     recipe = jsonl_recipe(tmp_path, clips, [json.dumps({"video": "good0.mp4", "caption": "fine"}), "not json"])
     with pytest.raises(ValueError, match=f"{tmp_path / 'train.jsonl'}, line 2: not JSON"):
-        Run(recipe).dataset("train")
+        open_datasets(start_run(recipe))

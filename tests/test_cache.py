@@ -20,13 +20,14 @@ from tiny import DATA, STUDENT, TRAIN
 from torch.utils.data import default_collate
 
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest
+from distill.context import Run, open_datasets, start_run, teacher_arch
 from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.gradcache import split_batch
-from distill.pipeline import Run, teacher_arch
 from distill.recipe import TeacherConfig, load_recipe
+from distill.stages import distill, teacher_outputs
 from distill.train import OnlineTeacher
 from teachers import CLIP4Clip, save_teacher
 
@@ -211,6 +212,13 @@ def test_distillation_from_the_cache_equals_online_distillation(runs):
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
 
 
+def opened(recipe) -> Run:
+    """A started run with its datasets open, as the stages after data and prepare see it."""
+    run = start_run(recipe)
+    run.data = open_datasets(run)
+    return run
+
+
 def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_sampling(runs, data):
     common = [
         f"data.root={data}",
@@ -220,15 +228,14 @@ def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_s
         *TINY,
     ]
     recipe_path = REPO / "recipes" / "demo.yaml"
-    run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=4"]))
-    run.stage_teacher()
-    teacher, views = run.teacher_outputs()
+    run = opened(load_recipe(recipe_path, [*common, "teacher.max_frames=4"]))
+    teacher, views = teacher_outputs(run)
     assert isinstance(teacher, TeacherCache) and views == ("student",)
-    assert not any(key.startswith("teacher_") for key in run.dataset("train", views)[0])
+    assert not any(key.startswith("teacher_") for key in run.data["train"].select_views(views)[0])
 
-    run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "data.max_words=16"]))
+    run = opened(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "data.max_words=16"]))
     with pytest.raises(CacheError) as error:
-        run.stage_distill()
+        distill(run)
     message = str(error.value)
     assert message.startswith(f"distill: teacher cache {runs / 'cached' / 'teacher_cache'} was made for another run")
     for part in (
@@ -237,6 +244,5 @@ def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_s
         "set teacher.cache=false",
     ):
         assert part in message
-    run = Run(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "teacher.cache=false"]))
-    run.stage_teacher()
-    assert isinstance(run.teacher_outputs()[0], OnlineTeacher)
+    run = opened(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "teacher.cache=false"]))
+    assert isinstance(teacher_outputs(run)[0], OnlineTeacher)

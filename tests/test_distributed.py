@@ -24,9 +24,9 @@ from tiny import TINY as TINY_BASE
 from torch import nn
 
 from distill.cache import read_manifest
+from distill.context import teacher_arch
 from distill.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
 from distill.losses import DistillationLoss
-from distill.pipeline import teacher_arch
 from distill.recipe import LossConfig, TeacherConfig
 from distill.scorers import scorer_for
 from distill.train import end_training, synchronise_batch_norm

@@ -7,12 +7,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from distill.context import teacher_arch
 from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.evaluate import encode_texts, evaluate
-from distill.pipeline import teacher_arch
 from distill.recipe import StudentConfig, TeacherConfig
 from students import Student
 from teachers import CLIP4Clip

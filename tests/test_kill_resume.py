@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 from tiny import DATA, STUDENT, TRAIN
 
+from distill.context import teacher_arch
 from distill.data.config import SyntheticConfig
 from distill.data.synthetic import generate_synthetic
-from distill.pipeline import teacher_arch
 from distill.recipe import TeacherConfig
 from teachers import CLIP4Clip, save_teacher
 

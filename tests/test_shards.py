@@ -8,6 +8,7 @@ import torch
 from tiny import STUDENT, TEACHER
 
 import distill.data.shards as shards_module
+from distill.context import open_datasets, start_run
 from distill.data.checks import check_videos
 from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View, frame_settings
@@ -15,7 +16,7 @@ from distill.data.formats import Pair, read_split
 from distill.data.shards import FORMAT, decode_tile, encode_tile, open_shards, prepare_frames
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import VideoError, load_frames, resize_crop
-from distill.pipeline import Run, run_recipe
+from distill.pipeline import run_recipe
 from distill.prepare import main
 from distill.recipe import load_recipe
 from distill.train import training_loader
@@ -130,8 +131,7 @@ def test_shards_of_another_format_are_refused(recipe, capsys):
             if found is not None:
                 data["format"] = found
             (folder / name).write_text(json.dumps(data))
-        run = Run(load_recipe(recipe))
-        assert run.dataset("train").shards is None
+        assert open_datasets(start_run(load_recipe(recipe)))["train"].shards is None
         assert f"the frame shards in {folder} are in {named}, this version reads {FORMAT}" in capsys.readouterr().out
         assert main([str(recipe)]) == 2
         assert f"{folder} holds frame shards in {named}, this version writes {FORMAT}" in capsys.readouterr().err
@@ -195,30 +195,27 @@ def test_parallel_prepare_writes_the_same_shards(recipe, tmp_path):
 
 
 def test_run_uses_only_shards_prepared_with_its_settings(recipe, capsys):
-    run = Run(load_recipe(recipe))
-    assert run.dataset("train").shards is None
+    assert open_datasets(start_run(load_recipe(recipe)))["train"].shards is None
     assert "no frame shards in" in capsys.readouterr().out
 
     assert main([str(recipe), "teacher.max_frames=6"]) == 0  # 6 frames are not the 8 this recipe needs
-    run = Run(load_recipe(recipe))
-    assert run.dataset("train").shards is None
+    assert open_datasets(start_run(load_recipe(recipe)))["train"].shards is None
     assert "prepared with other settings (max_frames 6 there, 8 here)" in capsys.readouterr().out
     assert main([str(recipe)]) == 2  # the folder holds the 6-frame shards: refused, not mixed
     assert "holds frame shards prepared with other settings" in capsys.readouterr().err
 
     folder = recipe.parent / "other_frames"
     assert main([str(recipe), f"data.prepared={folder}"]) == 0
-    run = Run(load_recipe(recipe, [f"data.prepared={folder}"]))
-    train = run.dataset("train")
+    data = open_datasets(start_run(load_recipe(recipe, [f"data.prepared={folder}"])))
+    train = data["train"]
     assert train.shards is not None and train.shards.folder == folder
     assert f"reading clips from the frame shards (jpeg, 10 videos) in {folder}" in capsys.readouterr().out
-    assert run.dataset("test")[0]["teacher_video"].shape == (8, 3, 32, 32)
+    assert data["test"][0]["teacher_video"].shape == (8, 3, 32, 32)
 
 
 def test_prepare_stage_trains_on_shards_and_gives_the_same_student(recipe, one_thread, capsys):
-    """stages [data, prepare, ...]: the data stage's datasets decode the videos, so prepare drops them and the
-    later stages read its raw shards, which hold exactly the decoded frames: the same teacher, student and
-    report as a run without prepare."""
+    """stages [data, prepare, ...]: the datasets, opened after prepare, read its raw shards, which hold exactly
+    the decoded frames: the same teacher, student and report as a run without prepare."""
     tiny = [
         *TEACHER,
         *STUDENT,
@@ -238,9 +235,9 @@ def test_prepare_stage_trains_on_shards_and_gives_the_same_student(recipe, one_t
     log = capsys.readouterr().out
     assert f"prepare: 10 videos as raw frames in {recipe.parent / 'prepared' / 'frames'}" in log
     for split in ("train", "test"):
-        assert prepared.dataset(split).shards.folder == recipe.parent / "prepared" / "frames"
-        assert prepared.dataset(split).shards.encoding == "raw"
-        assert decoded.dataset(split).shards is None
+        assert prepared.data[split].shards.folder == recipe.parent / "prepared" / "frames"
+        assert prepared.data[split].shards.encoding == "raw"
+        assert decoded.data[split].shards is None
     assert prepared.report["student"] == decoded.report["student"]
     assert prepared.report["teacher"] == decoded.report["teacher"]
     a, b = prepared.student.state_dict(), decoded.student.state_dict()

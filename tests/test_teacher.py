@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_arch(sim_header: str) -> dict:
-    """The arch dict `distill.pipeline.teacher_arch` builds, at test size (2 heads in the text width)."""
+    """The arch dict `distill.context.teacher_arch` builds, at test size (2 heads in the text width)."""
     return {
         "embed_dim": 128,
         "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 64, "layers": 1, "head_width": 64},

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from distill.data.formats import Pair, Problem
+from distill.data.config import DataConfig
+from distill.data.formats import Annotations, Pair, Problem, read_split
 from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, probe_video
 
@@ -60,3 +61,12 @@ def describe(problems: Sequence[Problem], *, limit: int | None = None) -> list[s
     if limit is not None and len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more")
     return lines
+
+
+def read_split_or_stop(data: DataConfig, split: str) -> Annotations:
+    """`read_split`, for a run: a malformed annotation is a ValueError listing the fatal problems."""
+    found = read_split(data, split)
+    if fatal := [p for p in found.problems if p.fatal]:
+        lines = [f"data: malformed {split} annotations:", *describe(fatal, limit=20)]
+        raise ValueError("\n".join([*lines, "python -m distill.prepare --check RECIPE lists every problem"]))
+    return found

@@ -1,0 +1,187 @@
+"""What a run is built from before and between its stages: the `Run` the stages pass along, the
+Accelerator and run folder (`start_run`), a given teacher, the views, the datasets and the student."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    ProjectConfiguration,
+    is_tensorboard_available,
+    is_wandb_available,
+)
+
+from distill.config import recipe_to_dict, save_recipe
+from distill.data.checks import check_videos, describe, read_split_or_stop, write_bad_videos
+from distill.data.dataset import VideoTextDataset, View, frame_settings, frames_folder, recipe_views
+from distill.data.shards import open_shards
+from distill.recipe import Recipe, TeacherConfig
+from distill.train import check_split
+from students import Student, teacher_text_tower
+from teachers import CLIP4Clip, load_teacher
+
+TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
+
+
+@dataclass
+class Run:
+    """A run of a recipe and what its stages made so far; each stage reads it and fills what it makes."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    teacher: CLIP4Clip | None = None  # teacher.source, loaded when the run starts, or the teacher stage's
+    data: dict[str, VideoTextDataset] = field(default_factory=dict)  # "train", "test": every view of each clip
+    student: Student | None = None  # the distill stage's (the evaluate stage loads an earlier run's)
+    report: dict | None = None  # the evaluate stage's
+
+    @property
+    def dir(self) -> Path:
+        return self.recipe.run_dir
+
+
+def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
+    """The CLIP4Clip architecture of a teacher trained from scratch by the teacher stage."""
+    width = config.text_width
+    return {
+        "embed_dim": width,  # CLIP4Clip's heads need the embedding width equal to the text width
+        "vision_cfg": {
+            "image_size": config.image_size,
+            "patch_size": config.patch_size,
+            "width": config.vision_width,
+            "layers": config.vision_layers,
+            "head_width": 64,
+        },
+        "text_cfg": {
+            "context_length": max_words,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": max(1, width // 64),
+            "layers": config.text_layers,
+        },
+        "sim_header": config.sim_header,
+        "cross_layers": config.cross_layers,
+    }
+
+
+def given_teacher(recipe: Recipe, device="cpu") -> CLIP4Clip | None:
+    """`teacher.source` loaded, or None where the teacher stage trains one. Loaded before anything else:
+    its input size is the teacher view's."""
+    source = recipe.teacher.source
+    return None if source is None else load_teacher(source, device=device, precision=recipe.teacher.precision)
+
+
+def run_views(recipe: Recipe, teacher: CLIP4Clip | None) -> dict[str, View]:
+    """The teacher and student views of every clip; a given teacher brings its own input size."""
+    return recipe_views(recipe, None if teacher is None else teacher.arch["vision_cfg"]["image_size"])
+
+
+def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
+    """The student of the recipe, with the teacher's text tower (frozen, its weights loaded) when
+    `student.text=teacher`."""
+    s = recipe.student
+    config, text_weights = {**asdict(s), "max_words": recipe.data.max_words}, None
+    if s.text == "teacher":
+        if s.embed_dim != teacher.arch["embed_dim"]:
+            raise ValueError(
+                f"student.embed_dim: {s.embed_dim}, but student.text=teacher embeds captions with the teacher's "
+                f"{teacher.arch['embed_dim']}-d text tower; set student.embed_dim={teacher.arch['embed_dim']}"
+            )
+        config["teacher_text"], text_weights = teacher_text_tower(teacher, recipe.data.max_words)
+    student = Student(config)
+    if text_weights is not None:
+        student.text.load_state_dict(text_weights)
+    if not (recipe.loss.kl_weight or recipe.loss.contrastive_weight):
+        # No term reads the logit scale, and DDP refuses a parameter that gets no gradient.
+        student.logit_scale_log.requires_grad_(False)
+    return student
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """`{"train.lr": 0.001, "stages": '["data", ...]', ...}`: the scalars trackers take as hyperparameters."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+    return flat
+
+
+def start_run(recipe: Recipe) -> Run:
+    """The Accelerator (every batch global, split over the processes), the batch sizes checked against the
+    process count, the run folder with the resolved recipe, the trackers, and a given teacher."""
+    log_with = [name for name in recipe.log_with if TRACKERS[name]()]
+    accelerator = Accelerator(
+        mixed_precision=recipe.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(recipe.run_dir), logging_dir=str(recipe.run_dir / "logs")),
+    )
+    processes, train, teacher = accelerator.num_processes, recipe.train, recipe.teacher.train
+    check_split("eval.batch_size", recipe.eval.batch_size, processes)
+    if "distill" in recipe.stages:
+        check_split("train.batch_size", train.batch_size, processes, train.accumulate)
+    if "teacher" in recipe.stages and recipe.teacher.source is None:
+        check_split("teacher.train.batch_size", teacher.batch_size, processes, teacher.accumulate)
+    if accelerator.is_main_process:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, recipe.run_dir / "recipe.yaml")
+    accelerator.wait_for_everyone()
+    if missing := [name for name in recipe.log_with if name not in log_with]:
+        accelerator.print(
+            f"log: {', '.join(missing)} not installed (pip install {' '.join(missing)}); "
+            "training curves go to the <stage>_log.jsonl files only"
+        )
+    if log_with:
+        accelerator.init_trackers(recipe.name, config=flat_config(recipe_to_dict(recipe)))
+    return Run(recipe, accelerator, teacher=given_teacher(recipe, accelerator.device))
+
+
+def open_datasets(run: Run) -> dict[str, VideoTextDataset]:
+    """The train and test pairs with a teacher and a student view of every clip, read from frame shards
+    prepared with this run's settings where there are some.
+
+    Every video is opened once: the pairs of a video that fails (or of an empty caption) are skipped, logged,
+    and the video listed in `bad_videos.txt`; a malformed annotation stops the run.
+    """
+    r, accelerator = run.recipe, run.accelerator
+    views = run_views(r, run.teacher)
+    shards, why = open_shards(frames_folder(r.data, run.dir), frame_settings(r.data, views))
+    bad_list = run.dir / "bad_videos.txt"
+    datasets = {}
+    for split in ("train", "test"):
+        found = read_split_or_stop(r.data, split)
+        accelerator.print(f"data: {split}: {why}")
+        progress = accelerator.is_local_main_process
+        pairs, bad = check_videos(found.pairs, backend=r.data.backend, shards=shards, progress=progress)
+        if accelerator.is_main_process:
+            write_bad_videos(bad_list, bad, append=split == "test")  # the train split starts the list
+        if problems := found.problems + bad:
+            skipped = len(found.problems) + len(found.pairs) - len(pairs)
+            accelerator.print(
+                "\n".join(
+                    [
+                        f"data: {split}: {skipped} pairs skipped, {len(bad)} bad videos (listed in {bad_list}):",
+                        *describe(problems, limit=20),
+                    ]
+                ),
+                file=sys.stderr,
+            )
+        datasets[split] = VideoTextDataset(
+            pairs,
+            views,
+            max_words=r.data.max_words,
+            framerate=r.data.framerate,
+            slice_framepos=r.data.slice_framepos,
+            backend=r.data.backend,
+            keep_decoded=r.data.keep_decoded,
+            bad_videos=bad_list if split == "train" else None,
+            shards=shards,
+        )
+        accelerator.print(f"data: {len(datasets[split])} {split} pairs")
+    return datasets

@@ -1,0 +1,237 @@
+"""The stages of a run, in their order: data, prepare, teacher, cache, distill, evaluate, export.
+
+Each takes the `Run` (`distill.context`), reads what it needs there and in the run folder, writes its
+files there, and returns what it made for the stages after it; `distill.pipeline.run_recipe` calls them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from accelerate.utils import set_seed
+from torch import nn
+
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key
+from distill.config import recipe_to_dict
+from distill.context import Run, build_student, run_views, teacher_arch
+from distill.data.synthetic import generate_synthetic
+from distill.data.video import CLIP_MEAN, CLIP_STD
+from distill.evaluate import evaluate as evaluate_models
+from distill.evaluate import model_metrics, write_reports
+from distill.losses import DistillationLoss
+from distill.prepare import write_frames
+from distill.recipe import LossConfig, embedding_term
+from distill.scorers import scorer_for
+from distill.train import OnlineTeacher, train
+from students import Student, export_student, load_student, round_weights
+from teachers import CLIP4Clip, load_teacher, save_teacher
+
+
+def make_data(run: Run) -> None:
+    """data: generates the synthetic dataset in `data.root` (reused when it is there); other formats are
+    read where they are."""
+    if run.recipe.data.format == "synthetic" and run.accelerator.is_main_process:
+        generate_synthetic(run.recipe.data.root, run.recipe.data.synthetic)
+    run.accelerator.wait_for_everyone()
+
+
+def prepare(run: Run) -> None:
+    """prepare: decodes every video of both splits once into frame shards (as `python -m distill.prepare`),
+    on the main process; the datasets opened after it read them."""
+    if run.accelerator.is_main_process:
+        shards, folder = write_frames(run.recipe, run_views(run.recipe, run.teacher))
+        print(
+            f"prepare: {len(shards)} videos as {shards.encoding} frames in {folder}"
+            + (f"; {len(shards.failed)} could not be decoded" if shards.failed else "")
+        )
+    run.accelerator.wait_for_everyone()
+
+
+def validation(run: Run, trained: str) -> Callable[[nn.Module], dict[str, float]] | None:
+    """What `train` logs each epoch for the model of the `trained` view: its R@1 on the first
+    `eval.val_pairs` test pairs, and the frozen teacher's (computed once) when the student trains."""
+    r = run.recipe
+    if not r.eval.val_pairs:
+        return None
+    # Both views, as the test split has them: clips held in memory (data.keep_decoded) are shared with it.
+    subset = run.data["test"].subset(r.eval.val_pairs)
+    frozen: dict[str, float] = {}
+
+    def r1(model: nn.Module, view: str) -> dict[str, float]:
+        metrics = model_metrics(
+            {view: model},
+            subset,
+            batch_size=r.eval.batch_size,
+            accelerator=run.accelerator,
+            num_workers=r.data.num_workers,
+        )[view]
+        return {f"val_{view}_{direction}_R1": metrics[direction]["R1"] for direction in ("t2v", "v2t")}
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        if trained == "student" and not frozen:
+            frozen.update(r1(run.teacher, "teacher"))
+        return {**frozen, **r1(model, trained)}
+
+    return validate
+
+
+def train_teacher(run: Run) -> CLIP4Clip:
+    """teacher: a given `teacher.source` as it is; without one, a CLIP4Clip trained from random weights on
+    the train pairs (contrastive loss only), saved as `teacher.safetensors` and loaded back frozen."""
+    r = run.recipe
+    if r.teacher.source is not None:
+        return run.teacher
+    set_seed(r.seed)
+    model = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words))
+    loss = DistillationLoss(LossConfig(contrastive_weight=1.0), student_dim=0, teacher_dim=0)
+    model = train(
+        model,
+        loss,
+        run.data["train"],
+        r.teacher.train,
+        accelerator=run.accelerator,
+        view="teacher",
+        seed=r.seed,
+        run_dir=run.dir,
+        name="teacher",
+        num_workers=r.data.num_workers,
+        validate=validation(run, "teacher"),
+    )
+    path = run.dir / "teacher.safetensors"
+    if run.accelerator.is_main_process:
+        save_teacher(model, path, recipe=json.dumps(recipe_to_dict(r)))
+    run.accelerator.wait_for_everyone()
+    run.accelerator.print(f"teacher: trained and saved to {path}")
+    return load_teacher(path, device=run.accelerator.device, precision=r.teacher.precision)
+
+
+def cache_dir(run: Run) -> Path:
+    return run.dir / "teacher_cache"
+
+
+def run_cache_key(run: Run) -> dict:
+    """What the teacher cache of this run must have been made from: the train pairs, the sampling of the
+    teacher's view (which the dataset takes from one decode of max(teacher, student) frames) and the teacher."""
+    r, train_pairs = run.recipe, run.data["train"]
+    sampling = {
+        "max_frames": train_pairs.views["teacher"].max_frames,
+        "image_size": train_pairs.views["teacher"].size,
+        "decode_frames": train_pairs.decode_frames,
+        "framerate": r.data.framerate,
+        "slice_framepos": r.data.slice_framepos,
+        "max_words": r.data.max_words,
+        "backend": r.data.backend,
+        # raw frame shards hold the decoded frames exactly, JPEG ones within JPEG error
+        "frames": "raw" if train_pairs.shards is None else train_pairs.shards.encoding,
+    }
+    return cache_key(train_pairs, run.teacher, sampling)
+
+
+def cache_teacher(run: Run) -> None:
+    """cache: the frozen teacher's outputs for every train pair, in `teacher_cache/` (finished if a kill
+    left it half-written, replaced if it was made for other data, sampling or teacher)."""
+    r, folder = run.recipe, cache_dir(run)
+    written = build_cache(
+        folder,
+        run.teacher,
+        run.data["train"].select_views(["teacher"]),
+        run_cache_key(run),
+        accelerator=run.accelerator,
+        batch_size=r.eval.batch_size,
+        videos_per_shard=r.teacher.cache_videos_per_shard,
+        num_workers=r.data.num_workers,
+    )
+    run.accelerator.print(
+        f"cache: teacher outputs for {len(run.data['train'])} train pairs in {folder} (shards computed now: {written})"
+    )
+
+
+def teacher_outputs(run: Run) -> tuple[OnlineTeacher | TeacherCache, tuple[str, ...]]:
+    """Where distillation gets the teacher's outputs (the cache when `teacher.cache` is true and it is
+    there, else the teacher online) and which views of the clips it then needs."""
+    folder = cache_dir(run)
+    if run.recipe.teacher.cache and (folder / "manifest.json").is_file():
+        try:
+            cache = TeacherCache(folder, run_cache_key(run), run.teacher, device=run.accelerator.device)
+        except CacheError as error:
+            raise CacheError(f"distill: {error}") from None
+        run.accelerator.print(f"distill: teacher outputs from {folder}")
+        return cache, ("student",)
+    return OnlineTeacher(run.teacher), ("teacher", "student")
+
+
+def distill(run: Run) -> Student:
+    """distill: the student trained on the recipe's losses against the frozen teacher, rounded to
+    `export.dtype` (what ships is what the evaluate stage measures)."""
+    r = run.recipe
+    if scorer_for(run.teacher).pairwise and (term := embedding_term(r.loss)):
+        raise ValueError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
+    teacher, views = teacher_outputs(run)
+    set_seed(r.seed)
+    student = build_student(r, run.teacher)
+    loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=run.teacher.arch["embed_dim"])
+    student = train(
+        student,
+        loss,
+        run.data["train"].select_views(views),
+        r.train,
+        accelerator=run.accelerator,
+        view="student",
+        seed=r.seed,
+        run_dir=run.dir,
+        name="distill",
+        teacher=teacher,
+        num_workers=r.data.num_workers,
+        validate=validation(run, "student"),
+    )
+    round_weights(student, r.export.dtype)
+    run.accelerator.print("distill: student trained")
+    return student
+
+
+def evaluate(run: Run) -> dict:
+    """evaluate: Recall@K, ranks and cost of teacher and student on the test split, in `report.json` and
+    `report.md`; a run without the distill stage evaluates the student its folder holds."""
+    student = run.student or load_student(run.dir / "student.safetensors", device=run.accelerator.device)
+    r = run.recipe
+    report = evaluate_models(
+        {"teacher": run.teacher, "student": student},
+        run.data["test"],
+        batch_size=r.eval.batch_size,
+        accelerator=run.accelerator,
+        num_workers=r.data.num_workers,
+    )
+    report = {"name": r.name, **report}
+    if run.accelerator.is_main_process:
+        write_reports(report, run.dir)
+    t, s = report["teacher"]["t2v"]["R1"], report["student"]["t2v"]["R1"]
+    run.accelerator.print(
+        f"evaluate: text-to-video R@1 teacher {t:.1f}, student {s:.1f} "
+        f"({100 * s / max(t, 1e-9):.1f}% of the teacher); {run.dir / 'report.md'}"
+    )
+    return report
+
+
+def export(run: Run) -> None:
+    """export: `student.safetensors`, its metadata holding the recipe, the preprocessing and the metrics."""
+    if run.student is None:
+        raise ValueError("export: no student trained in this run; add the 'distill' stage")
+    r = run.recipe
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        preprocessing = {
+            "max_frames": r.student.max_frames,
+            "image_size": r.student.image_size,
+            "mean": CLIP_MEAN,
+            "std": CLIP_STD,
+            "max_words": r.data.max_words,
+            "framerate": r.data.framerate,
+            "slice_framepos": r.data.slice_framepos,
+        }
+        metadata = {"recipe": json.dumps(recipe_to_dict(r)), "preprocessing": json.dumps(preprocessing)}
+        if run.report is not None:
+            metadata["metrics"] = json.dumps(run.report["student"])
+        path = export_student(run.student, run.dir / "student.safetensors", metadata, dtype=r.export.dtype)
+        run.accelerator.print(f"export: student saved to {path}")
