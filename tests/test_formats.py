@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from distill.config import RecipeError
+from distill.data import formats
 from distill.data.checks import check_videos
 from distill.data.config import DataConfig
 from distill.data.formats import annotation_file, read_split
@@ -475,3 +476,40 @@ def test_unreadable_annotation_file_is_a_problem_not_a_crash(tmp_path):
     )
     problems = read_split(data, "train").problems
     assert len(problems) == 1 and problems[0].fatal and problems[0].message.startswith("cannot read:")
+
+
+def test_a_new_layout_is_one_registered_reader(tmp_path, clip, monkeypatch):
+    """`@register_format` is the one place a layout is added: the recipe accepts its name, its default files
+    and its reader are used; an unknown name is refused with the closest known one."""
+    monkeypatch.setattr(formats, "FORMATS", dict(formats.FORMATS))  # the registration ends with the test
+
+    @formats.register_format("tsv_list", files=("train.tsv", "test.tsv"))
+    def read_tsv_list(path, folder, video_root, split):
+        found = formats.Annotations()
+        for where, line in formats._lines(path):
+            video, caption = line.split("\t")
+            found.add(video_root / video, caption, where)
+        return found
+
+    place(clip, tmp_path / "videos", "a.mp4", "b.mp4")
+    for split in ("train", "test"):
+        write_lines(tmp_path / "ann" / f"{split}.tsv", [f"a.mp4\t{split} one", f"b.mp4\t{split} two"])
+    (tmp_path / "r.yaml").write_text(
+        json.dumps(
+            {
+                "data": {
+                    "format": "tsv_list",
+                    "annotations": str(tmp_path / "ann"),
+                    "video_root": str(tmp_path / "videos"),
+                },
+                "stages": ["data"],
+            }
+        )
+    )
+    data = load_recipe(tmp_path / "r.yaml").data
+    assert read(data, "test") == (
+        [(str(tmp_path / "videos" / "a.mp4"), "test one"), (str(tmp_path / "videos" / "b.mp4"), "test two")],
+        [],
+    )
+    with pytest.raises(RecipeError, match=r"^data.format: unknown format 'tsv_lst'; did you mean 'tsv_list'\? known: "):
+        load_recipe(tmp_path / "r.yaml", ["data.format=tsv_lst"])

@@ -19,7 +19,8 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     # Annotation layout (README "Datasets"): synthetic, the generic jsonl and csv, or CLIP4Clip's datasets.
-    format: Literal["synthetic", "jsonl", "csv", "msrvtt", "msvd", "lsmdc", "activitynet", "didemo"] = "synthetic"
+    # synthetic, jsonl, csv, msrvtt, msvd, lsmdc, activitynet, didemo: distill.data.formats.FORMATS, checked there
+    format: str = "synthetic"
     root: str = "data/demo"  # synthetic: where the dataset is generated (and reused by later runs)
     annotations: str | None = None  # msrvtt, msvd, lsmdc, activitynet, didemo: folder of the annotation files
     train: str | None = None  # training annotation file (relative to `annotations` when set); jsonl, csv: required

@@ -10,6 +10,7 @@ was expected at, so the check reports it with the annotation line that names it.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -22,14 +23,6 @@ from typing import NamedTuple
 from distill.config import RecipeError
 from distill.data.config import DataConfig
 
-# CLIP4Clip's file names for (train, test), relative to data.annotations; data.train / data.test override them.
-DEFAULT_FILES = {
-    "msrvtt": ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"),
-    "msvd": ("train_list.txt", "test_list.txt"),
-    "lsmdc": ("LSMDC16_annos_training.csv", "LSMDC16_challenge_1000_publictect.csv"),
-    "activitynet": ("train.json", "val_1.json"),  # CLIP4Clip tests on val_1
-    "didemo": ("train_data.json", "test_data.json"),
-}
 # Values of the optional `split` field of the generic layouts; "val" rows belong to neither split read here.
 SPLITS = ("train", "val", "test")
 
@@ -68,12 +61,49 @@ class Annotations:
         self.problems.append(Problem(str(where), message, fatal=True))
 
 
+Reader = Callable[[Path, Path, Path, str], Annotations]
+
+
+@dataclass(frozen=True)
+class Format:
+    """An annotation layout: its reader `(annotation file, folder of the annotations, video folder, split)`
+    and, for CLIP4Clip's datasets, the default (train, test) file names under `data.annotations`. Only the
+    generic layouts (jsonl, csv) read `split`, so that one file can hold both splits; CLIP4Clip's have a file
+    a split."""
+
+    read: Reader
+    files: tuple[str, str] | None = None
+
+
+FORMATS: dict[str, Format] = {}  # data.format -> Format, filled by @register_format
+
+
+def register_format(name: str, *, files: tuple[str, str] | None = None) -> Callable[[Reader], Reader]:
+    """Registers the decorated reader as `data.format: <name>`: adding a layout is one reader in this file."""
+
+    def add(read: Reader) -> Reader:
+        FORMATS[name] = Format(read, files)
+        return read
+
+    return add
+
+
+def check_format(name: str) -> Format:
+    """The registered format `name`, or a RecipeError naming the closest one and the known ones."""
+    if name not in FORMATS:
+        close = difflib.get_close_matches(name, FORMATS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise RecipeError(f"data.format: unknown format {name!r}; {hint}known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
 def annotation_file(data: DataConfig, split: str) -> Path | None:
     """The split's annotation file: `data.train`/`data.test` (relative to `data.annotations` when that is set)
     or the format's CLIP4Clip file name; None where the recipe names none."""
     if data.format == "synthetic":
         return Path(data.root) / f"{split}.jsonl"
-    name = getattr(data, split) or DEFAULT_FILES.get(data.format, (None, None))[split == "test"]
+    files = FORMATS[data.format].files or (None, None)
+    name = getattr(data, split) or files[split == "test"]
     return None if name is None else Path(data.annotations or ".") / name
 
 
@@ -83,9 +113,10 @@ def check_data_files(data: DataConfig) -> None:
     Raises:
         RecipeError: names the `data.*` key that is missing, or the folder or file that is not there.
     """
+    layout = check_format(data.format)
     if data.format == "synthetic":
         return
-    for key in ["video_root"] + (["annotations"] if data.format in DEFAULT_FILES else ["train", "test"]):
+    for key in ["video_root"] + (["annotations"] if layout.files else ["train", "test"]):
         if getattr(data, key) is None:
             raise RecipeError(f"data.{key}: required when data.format is {data.format}")
     for key in ("video_root", "annotations"):
@@ -105,12 +136,8 @@ def read_split(data: DataConfig, split: str) -> Annotations:
         return found
     video_root = Path(data.root if data.format == "synthetic" else data.video_root)
     folder = Path(data.annotations) if data.annotations else path.parent
-    read = READERS[data.format]
     try:
-        # Only the generic layouts carry a split field, so that one file can hold both splits.
-        found = (
-            read(path, folder, video_root, split) if read in (read_jsonl, read_csv) else read(path, folder, video_root)
-        )
+        found = FORMATS[data.format].read(path, folder, video_root, split)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         found = Annotations()
         found.error(path, f"cannot read: {error}")
@@ -122,6 +149,8 @@ def read_split(data: DataConfig, split: str) -> Annotations:
 # Generic layouts: paths relative to data.video_root.
 
 
+@register_format("synthetic")
+@register_format("jsonl")
 def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """One `{"video": ..., "caption": ...}` object a line; a video may have several lines. With `split`, only
     that split's lines when the objects carry a "split" field (see `_of_split`)."""
@@ -146,6 +175,7 @@ def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = N
     return found
 
 
+@register_format("csv")
 def read_csv(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """A comma-separated file with a header naming (at least) `video` and `caption` columns, and maybe `split`
     (see `_of_split`)."""
@@ -184,7 +214,8 @@ def _of_split(
 # CLIP4Clip's datasets.
 
 
-def read_msrvtt(path: Path, folder: Path, video_root: Path) -> Annotations:
+@register_format("msrvtt", files=("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"))
+def read_msrvtt(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """A csv of `video_id`s: with a `sentence` column (the 1k-A test csv) one pair a row; without (the 9k and
     7k train csvs) every caption `MSRVTT_data.json` holds for the video is one pair (CLIP4Clip's
     `--expand_msrvtt_sentences`). Video `{video_id}.mp4`, else `{video_id}.webm`."""
@@ -207,7 +238,8 @@ def read_msrvtt(path: Path, folder: Path, video_root: Path) -> Annotations:
     return found
 
 
-def read_msvd(path: Path, folder: Path, video_root: Path) -> Annotations:
+@register_format("msvd", files=("train_list.txt", "test_list.txt"))
+def read_msvd(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """One video id a line, every caption `raw-captions.pkl` holds for it one pair; the video is the file
     under `video_root` (any depth) whose name without extension is the id."""
     found = Annotations()
@@ -224,7 +256,8 @@ def read_msvd(path: Path, folder: Path, video_root: Path) -> Annotations:
     return found
 
 
-def read_lsmdc(path: Path, folder: Path, video_root: Path) -> Annotations:
+@register_format("lsmdc", files=("LSMDC16_annos_training.csv", "LSMDC16_challenge_1000_publictect.csv"))
+def read_lsmdc(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """Tab-separated rows of clip id, four times (ignored: the whole clip is used) and sentence; the clip is
     the file under `video_root` (any depth) whose name without extension is the clip id."""
     found = Annotations()
@@ -239,7 +272,8 @@ def read_lsmdc(path: Path, folder: Path, video_root: Path) -> Annotations:
     return found
 
 
-def read_activitynet(path: Path, folder: Path, video_root: Path) -> Annotations:
+@register_format("activitynet", files=("train.json", "val_1.json"))  # CLIP4Clip tests on val_1
+def read_activitynet(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """`{"v_<id>": {"sentences": [...], ...}}`: the sentences of a video joined into one paragraph; the video
     is the file named `<id>.*` (CLIP4Clip's naming) or `v_<id>.*` under `video_root`."""
     found = Annotations()
@@ -257,7 +291,8 @@ def read_activitynet(path: Path, folder: Path, video_root: Path) -> Annotations:
     return found
 
 
-def read_didemo(path: Path, folder: Path, video_root: Path) -> Annotations:
+@register_format("didemo", files=("train_data.json", "test_data.json"))
+def read_didemo(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """`[{"video": name, "description": ..., "times": ...}, ...]`: the descriptions of a video joined into one
     paragraph (times ignored); the video is the file under `video_root` (any depth) with that full name."""
     found = Annotations()
@@ -276,18 +311,6 @@ def read_didemo(path: Path, folder: Path, video_root: Path) -> Annotations:
     for name, (where, descriptions) in paragraphs.items():
         found.add(files.get(name, video_root / name), " ".join(descriptions), where)
     return found
-
-
-READERS: dict[str, Callable[..., Annotations]] = {
-    "synthetic": read_jsonl,
-    "jsonl": read_jsonl,
-    "csv": read_csv,
-    "msrvtt": read_msrvtt,
-    "msvd": read_msvd,
-    "lsmdc": read_lsmdc,
-    "activitynet": read_activitynet,
-    "didemo": read_didemo,
-}
 
 
 def _lines(path: Path) -> Iterator[tuple[str, str]]:
