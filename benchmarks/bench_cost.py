@@ -25,13 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # OpenAI's ViT-B/32 as CLIP4Clip loads it (max_words 32 reads the first 32 of 77 positions).
-TEACHER_ARCH = {
-    "embed_dim": 512,
-    "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 768, "layers": 12, "head_width": 64},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
-    "sim_header": "seqTransf",
-    "cross_layers": 4,
-}
 
 
 def main() -> None:
@@ -48,6 +41,7 @@ def main() -> None:
     from distill.recipe import load_recipe
     from students import Student
     from teachers import CLIP4Clip, tokenize
+    from teachers.archs import clip4clip_arch
 
     with tempfile.TemporaryDirectory() as tmp:  # stand-ins for the recipe's paths, which are not read here
         for name in ("checkpoint", "MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"):
@@ -59,7 +53,7 @@ def main() -> None:
     frames, size, words = recipe.teacher.max_frames, recipe.student.image_size, recipe.data.max_words
     torch.manual_seed(0)
     models = {
-        "teacher": CLIP4Clip(TEACHER_ARCH).eval(),
+        "teacher": CLIP4Clip(clip4clip_arch("vit_b_32", "seqTransf")).eval(),
         "student": Student({**asdict(recipe.student), "max_words": words}).eval(),
     }
     video = torch.randn(args.videos, frames, 3, size, size)

@@ -24,6 +24,7 @@ from distill.recipe import Recipe, TeacherConfig
 from distill.train import check_split
 from students import Student, teacher_text_tower
 from teachers import CLIP4Clip, load_teacher
+from teachers.archs import clip_arch
 
 TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
 
@@ -46,26 +47,18 @@ class Run:
 
 def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
     """The CLIP4Clip architecture of a teacher trained from scratch by the teacher stage."""
-    width = config.text_width
-    return {
-        "embed_dim": width,  # CLIP4Clip's heads need the embedding width equal to the text width
-        "vision_cfg": {
-            "image_size": config.image_size,
-            "patch_size": config.patch_size,
-            "width": config.vision_width,
-            "layers": config.vision_layers,
-            "head_width": 64,
-        },
-        "text_cfg": {
-            "context_length": max_words,
-            "vocab_size": 49408,
-            "width": width,
-            "heads": max(1, width // 64),
-            "layers": config.text_layers,
-        },
-        "sim_header": config.sim_header,
-        "cross_layers": config.cross_layers,
-    }
+    return clip_arch(
+        embed_dim=config.text_width,  # CLIP4Clip's heads need the embedding width equal to the text width
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        vision_width=config.vision_width,
+        vision_layers=config.vision_layers,
+        context_length=max_words,
+        text_width=config.text_width,
+        text_layers=config.text_layers,
+        sim_header=config.sim_header,
+        cross_layers=config.cross_layers,
+    )
 
 
 def given_teacher(recipe: Recipe, device="cpu") -> CLIP4Clip | None:

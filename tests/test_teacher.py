@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from teachers import CLIP4Clip, load_teacher, save_teacher, tokenize
+from teachers.archs import clip4clip_arch
 
 SOT, EOT = 49406, 49407
 CONTEXT = 16  # the tiny teacher's text context length (max_words)
@@ -33,14 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_arch(sim_header: str) -> dict:
-    """The arch dict `distill.context.teacher_arch` builds, at test size (2 heads in the text width)."""
-    return {
-        "embed_dim": 128,
-        "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 64, "layers": 1, "head_width": 64},
-        "text_cfg": {"context_length": CONTEXT, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 1},
-        "sim_header": sim_header,
-        "cross_layers": 2,
-    }
+    return clip4clip_arch("test_tiny", sim_header, context_length=CONTEXT)
 
 
 def make_teacher(sim_header: str, seed: int = 0) -> CLIP4Clip:
