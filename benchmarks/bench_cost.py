@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +53,7 @@ def main() -> None:
     torch.manual_seed(0)
     models = {
         "teacher": CLIP4Clip(clip4clip_arch("vit_b_32", "seqTransf")).eval(),
-        "student": Student({**asdict(recipe.student), "max_words": words}).eval(),
+        "student": Student(recipe.student, max_words=words).eval(),
     }
     video = torch.randn(args.videos, frames, 3, size, size)
     mask = torch.ones(args.videos, frames, dtype=torch.long)

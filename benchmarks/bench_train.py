@@ -84,9 +84,7 @@ def main() -> None:
             for mode, (loss_config, teacher, views, accumulate) in modes.items():
                 set_seed(r.seed)
                 student = build_student(r, run.teacher)
-                loss = DistillationLoss(
-                    loss_config, student_dim=r.student.embed_dim, teacher_dim=run.teacher.arch["embed_dim"]
-                )
+                loss = DistillationLoss(loss_config, student_dim=r.student.embed_dim, teacher_dim=run.teacher.embed_dim)
                 folder = Path(tmp) / f"{round_}-{list(modes).index(mode)}"
                 folder.mkdir()
                 train(

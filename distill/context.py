@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -70,22 +70,21 @@ def given_teacher(recipe: Recipe, device="cpu") -> CLIP4Clip | None:
 
 def run_views(recipe: Recipe, teacher: CLIP4Clip | None) -> dict[str, View]:
     """The teacher and student views of every clip; a given teacher brings its own input size."""
-    return recipe_views(recipe, None if teacher is None else teacher.arch["vision_cfg"]["image_size"])
+    return recipe_views(recipe, None if teacher is None else teacher.input_size)
 
 
 def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     """The student of the recipe, with the teacher's text tower (frozen, its weights loaded) when
     `student.text=teacher`."""
-    s = recipe.student
-    config, text_weights = {**asdict(s), "max_words": recipe.data.max_words}, None
+    s, sizes, text_weights = recipe.student, None, None
     if s.text == "teacher":
-        if s.embed_dim != teacher.arch["embed_dim"]:
+        if s.embed_dim != teacher.embed_dim:
             raise ValueError(
                 f"student.embed_dim: {s.embed_dim}, but student.text=teacher embeds captions with the teacher's "
-                f"{teacher.arch['embed_dim']}-d text tower; set student.embed_dim={teacher.arch['embed_dim']}"
+                f"{teacher.embed_dim}-d text tower; set student.embed_dim={teacher.embed_dim}"
             )
-        config["teacher_text"], text_weights = teacher_text_tower(teacher, recipe.data.max_words)
-    student = Student(config)
+        sizes, text_weights = teacher_text_tower(teacher, recipe.data.max_words)
+    student = Student(s, max_words=recipe.data.max_words, teacher_text=sizes)
     if text_weights is not None:
         student.text.load_state_dict(text_weights)
     if not (recipe.loss.kl_weight or recipe.loss.contrastive_weight):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
 from typing import Literal, get_args
@@ -211,7 +211,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         from students import check_student  # timm, only for recipes that train a student
 
         try:
-            check_student({**asdict(recipe.student), "max_words": recipe.data.max_words})
+            check_student(recipe.student, recipe.data.max_words)
         except ValueError as error:
             raise RecipeError(str(error)) from None
     if source is None and "teacher" not in recipe.stages and {"cache", "distill", "evaluate"} & set(recipe.stages):

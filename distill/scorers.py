@@ -22,6 +22,9 @@ from torch import nn
 class Retriever(Protocol):
     """What the toolkit asks of a retrieval model (ARCHITECTURE.md, "Contracts")."""
 
+    embed_dim: int  # width of the embeddings (of the cross encoder's features for tightTransf)
+    input_size: int  # side of the square frames it reads
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised `[N, D]` (two-tower models)."""
 

@@ -171,7 +171,7 @@ def distill(run: Run) -> Student:
     teacher, views = teacher_outputs(run)
     set_seed(r.seed)
     student = build_student(r, run.teacher)
-    loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=run.teacher.arch["embed_dim"])
+    loss = DistillationLoss(r.loss, student_dim=r.student.embed_dim, teacher_dim=run.teacher.embed_dim)
     student = train(
         student,
         loss,

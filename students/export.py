@@ -49,7 +49,7 @@ def export_student(
     The file is written under a temporary name and renamed, so a crash never leaves a half-written export.
     """
     tensors = {k: shipped(v, DTYPES[dtype]).contiguous().cpu() for k, v in student.state_dict().items()}
-    header = {"format": FORMAT, "config": json.dumps(student.config), **(metadata or {})}
+    header = {"format": FORMAT, "config": json.dumps(student.spec()), **(metadata or {})}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 
@@ -71,7 +71,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
     """Rebuilds a student from one exported file alone, in eval mode."""
     # The weights come from the export, not from the backbone's pretrained file (which may not be here).
-    student = Student({**json.loads(read_metadata(path)["config"]), "pretrained": None})
+    student = Student.from_spec(json.loads(read_metadata(path)["config"]))
     # strict: a missing or extra key is an error naming it; fp16/bf16 weights are cast to float32
     student.load_state_dict(load_file(str(path)))
     return student.to(device).eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from dataclasses import asdict, dataclass, replace
 
 import timm
 import torch
@@ -16,75 +17,110 @@ from einops import rearrange
 from open_clip.transformer import QuickGELU, TextTransformer, Transformer
 from torch import nn
 
+from distill.recipe import StudentConfig
 from teachers.clip4clip import key_mask_bias, masked_mean
 from teachers.tokenizer import pad_ids
 
 VOCAB_SIZE = 49408  # CLIP BPE: the student reads the same token ids as the teacher
 
 
+@dataclass(frozen=True)
+class TextTower:
+    """The sizes of a teacher's text tower that `student.text=teacher` reuses (`teacher_text_tower`)."""
+
+    width: int
+    heads: int
+    layers: int
+    quick_gelu: bool
+
+
 class Student(nn.Module):
     """A compact two-tower retrieval model.
 
     Args:
-        config: the fields of `distill.recipe.StudentConfig` as a dict, plus `max_words`; stored in the
-            export so `load_student` can rebuild the model.
+        config: the recipe's `student` section.
+        max_words: caption length in tokens (`data.max_words`).
+        teacher_text: with `config.text == "teacher"`, the teacher text tower's sizes (its weights are
+            loaded after building).
     """
 
-    def __init__(self, config: dict):
+    def __init__(self, config: StudentConfig, *, max_words: int, teacher_text: TextTower | None = None):
         super().__init__()
-        self.config = config
-        dim = config["embed_dim"]
-        weights = config.get("pretrained")
+        self.config, self.max_words, self.teacher_text = config, max_words, teacher_text
+        dim = config.embed_dim
+        weights = config.pretrained
         self.backbone = timm.create_model(
-            config["backbone"],
+            config.backbone,
             pretrained=weights is not None,
             num_classes=0,
             pretrained_cfg_overlay={"file": weights} if weights else None,
-            **config["backbone_kwargs"],
+            **config.backbone_kwargs,
         )
         # The width of what the backbone returns without a classifier: num_features is the width before a
         # pre-logits layer, which some families have (MobileNetV3: 960 features, then a 1280-wide conv head).
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.frame_proj = nn.Linear(width, dim)
-        if config["temporal"] == "transformer":
+        if config.temporal == "transformer":
             # N(0, 1), the scale of the frame features out of frame_proj and of the teacher's nn.Embedding:
             # much smaller positions do not train within a short distillation (BENCHMARKS.md).
-            self.frame_position_embeddings = nn.Parameter(torch.randn(config["max_frames"], dim))
-            self.temporal_transformer = Transformer(dim, config["temporal_layers"], max(1, dim // 32))
-        tower = config.get("teacher_text")  # student.text: teacher (sizes from `teacher_text_tower`)
-        if config.get("text", "own") == "teacher" and not tower:
+            self.frame_position_embeddings = nn.Parameter(torch.randn(config.max_frames, dim))
+            self.temporal_transformer = Transformer(dim, config.temporal_layers, max(1, dim // 32))
+        if (config.text == "teacher") != (teacher_text is not None):
             raise ValueError(
-                "student.text=teacher, but the config has no teacher_text sizes "
+                f"student.text={config.text} needs teacher_text sizes exactly when it is 'teacher' "
                 "(students.model.teacher_text_tower gives them and the weights)"
             )
-        if tower:
+        if teacher_text is not None:
             self.text = TextTransformer(
-                context_length=config["max_words"],
+                context_length=max_words,
                 vocab_size=VOCAB_SIZE,
-                width=tower["width"],
-                heads=tower["heads"],
-                layers=tower["layers"],
+                width=teacher_text.width,
+                heads=teacher_text.heads,
+                layers=teacher_text.layers,
                 output_dim=dim,
-                act_layer=QuickGELU if tower["quick_gelu"] else nn.GELU,
+                act_layer=QuickGELU if teacher_text.quick_gelu else nn.GELU,
             ).requires_grad_(False)
         else:
             self.text = TextTransformer(
-                context_length=config["max_words"],
+                context_length=max_words,
                 vocab_size=VOCAB_SIZE,
-                width=config["text_width"],
-                heads=config["text_heads"],
-                layers=config["text_layers"],
+                width=config.text_width,
+                heads=config.text_heads,
+                layers=config.text_layers,
                 output_dim=dim,
             )
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square frames the frame encoder reads."""
+        return self.config.image_size
+
+    def spec(self) -> dict:
+        """Everything that rebuilds this model (`from_spec`), as JSON-ready values: stored in its export."""
+        teacher_text = None if self.teacher_text is None else asdict(self.teacher_text)
+        return {**asdict(self.config), "max_words": self.max_words, "teacher_text": teacher_text}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Student:
+        """The model of `spec()` (random weights), without its backbone's pretrained file, which the export's
+        weights replace."""
+        spec = dict(spec)
+        max_words, teacher_text = spec.pop("max_words"), spec.pop("teacher_text", None)
+        config = replace(StudentConfig(**spec), pretrained=None)
+        return cls(config, max_words=max_words, teacher_text=teacher_text and TextTower(**teacher_text))
+
     def pretrained_parameters(self) -> list[nn.Parameter]:
-        """The parameters loaded from `config["pretrained"]` (the backbone's), which train at `coef_lr`."""
-        return list(self.backbone.parameters()) if self.config.get("pretrained") else []
+        """The parameters loaded from `config.pretrained` (the backbone's), which train at `coef_lr`."""
+        return list(self.backbone.parameters()) if self.config.pretrained else []
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings `[N, D]`, L2-normalised (EOT token of a causal transformer; padding never seen)."""
-        ids = pad_ids(input_ids, self.config["max_words"])
+        ids = pad_ids(input_ids, self.max_words)
         return F.normalize(self.text(ids).float(), dim=-1)
 
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
@@ -94,7 +130,7 @@ class Student(nn.Module):
 
     def pool_frames(self, x: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         """Video embeddings `[B, D]`, L2-normalised, from `frame_features`: temporal head, masked mean."""
-        if self.config["temporal"] == "transformer":
+        if self.config.temporal == "transformer":
             heads = self.temporal_transformer.resblocks[0].attn.num_heads
             positions = self.frame_position_embeddings[: x.shape[1]]
             x = x + self.temporal_transformer(x + positions, attn_mask=key_mask_bias(video_mask, heads, x.dtype))
@@ -120,14 +156,14 @@ class Student(nn.Module):
         }
 
 
-def check_student(config: dict) -> None:
+def check_student(config: StudentConfig, max_words: int) -> None:
     """Builds the student of `config` on the meta device (no memory, no weights read), so a recipe whose
     student cannot be built stops before any work, not after the data and the teacher stages.
 
     Raises:
         ValueError: names `student.backbone` (with the closest timm names) or the error building it.
     """
-    name = config["backbone"]
+    name = config.backbone
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
         raise ValueError(
@@ -136,16 +172,16 @@ def check_student(config: dict) -> None:
         )
     try:
         with torch.device("meta"):
-            Student({**config, "pretrained": None, "text": "own"})
+            Student(replace(config, pretrained=None, text="own"), max_words=max_words)
     except Exception as error:  # timm and open_clip raise many kinds for arguments that do not fit
         raise ValueError(
-            f"student: {name} with backbone_kwargs {config['backbone_kwargs']} cannot be built: "
+            f"student: {name} with backbone_kwargs {config.backbone_kwargs} cannot be built: "
             f"{type(error).__name__}: {error}"
         ) from None
 
 
-def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The sizes (`config["teacher_text"]` of a `Student`) and the weights (for `student.text`) of a CLIP4Clip
+def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, dict[str, torch.Tensor]]:
+    """The sizes (`teacher_text` of a `Student`) and the weights (for `student.text`) of a CLIP4Clip
     teacher's text tower, cut to `max_words` positions as the teacher runs it: a student with them embeds
     every caption exactly as the teacher does.
 
@@ -165,12 +201,12 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[dict, dict[s
             f"({teacher.context_length}), which student.text=teacher reuses"
         )
     block = clip.transformer.resblocks[0]
-    sizes = {
-        "width": clip.transformer.width,
-        "heads": block.attn.num_heads,
-        "layers": len(clip.transformer.resblocks),
-        "quick_gelu": isinstance(block.mlp.gelu, QuickGELU),
-    }
+    sizes = TextTower(
+        width=clip.transformer.width,
+        heads=block.attn.num_heads,
+        layers=len(clip.transformer.resblocks),
+        quick_gelu=isinstance(block.mlp.gelu, QuickGELU),
+    )
     weights = {
         "token_embedding.weight": clip.token_embedding.weight,
         "positional_embedding": clip.positional_embedding[:max_words],

@@ -154,6 +154,15 @@ class CLIP4Clip(nn.Module):
             self.clip.logit_scale.requires_grad_(False)
 
     @property
+    def embed_dim(self) -> int:
+        return self.arch["embed_dim"]
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square frames the vision tower reads."""
+        return self.arch["vision_cfg"]["image_size"]
+
+    @property
     def context_length(self) -> int:
         return self.clip.context_length
 

@@ -1,8 +1,6 @@
 """Evaluation: every test clip is decoded once for both models, and the report does not depend on how many
 DataLoader workers decode them."""
 
-from dataclasses import asdict
-
 import pytest
 import torch
 from accelerate import Accelerator
@@ -53,22 +51,16 @@ def tiny_models() -> dict:
             max_words=16,
         )
     )
-    student = Student(
-        {
-            **asdict(
-                StudentConfig(
-                    max_frames=3,
-                    image_size=16,
-                    embed_dim=32,
-                    text_width=32,
-                    text_layers=1,
-                    text_heads=2,
-                    backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1},
-                )
-            ),
-            "max_words": 16,
-        }
+    config = StudentConfig(
+        max_frames=3,
+        image_size=16,
+        embed_dim=32,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+        backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1},
     )
+    student = Student(config, max_words=16)
     return {"teacher": teacher.eval(), "student": student.eval()}
 
 

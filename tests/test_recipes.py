@@ -161,14 +161,14 @@ def test_the_report_holds_the_original_teacher_numbers(run, msrvtt):
 
 def test_the_exported_student_is_the_recipes(run):
     student = load_student(run / "student.safetensors")
-    config = student.config
-    assert (
-        config["backbone"],
-        config["max_frames"],
-        config["embed_dim"],
-        config["text_width"],
-        config["text_layers"],
-        config["temporal_layers"],
-    ) == ("vit_tiny_patch16_224", 12, 512, 384, 6, 2)
+    c = student.config
+    assert (c.backbone, c.max_frames, c.embed_dim, c.text_width, c.text_layers, c.temporal_layers) == (
+        "vit_tiny_patch16_224",
+        12,
+        512,
+        384,
+        6,
+        2,
+    )
     ids, attention = tokenize(list(TEST.values()), 32)
     assert student.encode_text(ids, attention).shape == (8, 512)

@@ -13,8 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from distill.recipe import StudentConfig
 from students import Student, export_student, load_student, read_metadata, round_weights, teacher_text_tower
 from students.export import DTYPES
+from students.model import TextTower
 from teachers import tokenize
 
 T = 4
@@ -32,27 +34,24 @@ BACKBONES = {
 }
 
 
-def student_config(backbone: str, temporal: str) -> dict:
-    """A `StudentConfig` as a dict plus `max_words`, at test size (64 wide: 2 temporal heads)."""
+def student_config(backbone: str, temporal: str, **changes) -> StudentConfig:
+    """A `StudentConfig` at test size (64 wide: 2 temporal heads); built with `max_words=MAX_WORDS`."""
     name, kwargs, size = BACKBONES[backbone]
-    return {
-        "backbone": name,
-        "backbone_kwargs": kwargs,
+    sizes = {
         "max_frames": T,
         "image_size": size,
-        "temporal": temporal,
         "temporal_layers": 1,
         "embed_dim": 64,
         "text_width": 32,
         "text_layers": 1,
         "text_heads": 2,
-        "max_words": MAX_WORDS,
     }
+    return StudentConfig(backbone=name, backbone_kwargs=kwargs, temporal=temporal, **{**sizes, **changes})
 
 
 def make_student(backbone: str, temporal: str, seed: int = 0) -> Student:
     torch.manual_seed(seed)
-    return Student(student_config(backbone, temporal)).eval()
+    return Student(student_config(backbone, temporal), max_words=MAX_WORDS).eval()
 
 
 def make_batch(size: int, seed: int = 1):
@@ -178,7 +177,7 @@ def test_export_reloads_in_a_new_process(tmp_path):
         assert not list(tmp_path.glob("*.partial"))
         read = read_metadata(path)
         assert read["format"] == "clip4clip-distill/student"
-        assert json.loads(read["config"]) == student.config
+        assert json.loads(read["config"]) == student.spec()
         assert {k: read[k] for k in metadata} == metadata
         with torch.no_grad():
             expected[name] = (
@@ -246,14 +245,16 @@ def test_teachers_text_tower_is_frozen_and_needs_an_openai_style_teacher():
 
     teacher = make_teacher("meanP")
     sizes, weights = teacher_text_tower(teacher, MAX_WORDS)
-    assert sizes == {"width": 128, "heads": 2, "layers": 1, "quick_gelu": True}
-    student = Student({**student_config("vit", "mean"), "embed_dim": 128, "text": "teacher", "teacher_text": sizes})
+    assert sizes == TextTower(width=128, heads=2, layers=1, quick_gelu=True)
+    student = Student(
+        student_config("vit", "mean", embed_dim=128, text="teacher"), max_words=MAX_WORDS, teacher_text=sizes
+    )
     student.text.load_state_dict(weights)
     input_ids, attention_mask, *_ = make_batch(16)
     close(student.encode_text(input_ids, attention_mask), teacher.encode_text(input_ids, attention_mask))
     assert not any(p.requires_grad for p in student.text.parameters())
-    with pytest.raises(ValueError, match="no teacher_text sizes"):
-        Student({**student_config("vit", "mean"), "text": "teacher"})
+    with pytest.raises(ValueError, match="student.text=teacher needs teacher_text sizes exactly when"):
+        Student(student_config("vit", "mean", text="teacher"), max_words=MAX_WORDS)
     with pytest.raises(ValueError, match=f"data.max_words: {CONTEXT + 1}, more than the teacher's text context"):
         teacher_text_tower(teacher, CONTEXT + 1)
     arch = tiny_arch("meanP")
@@ -298,20 +299,20 @@ def timm_weights(path: Path, **kwargs) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_backbone_loads_local_timm_weights(tmp_path, suffix):
     weights = timm_weights(tmp_path / f"vit{suffix}", img_size=16)
-    student = Student({**student_config("vit", "mean"), "pretrained": str(tmp_path / f"vit{suffix}")})
+    student = Student(student_config("vit", "mean", pretrained=str(tmp_path / f"vit{suffix}")), max_words=MAX_WORDS)
     backbone = student.backbone.state_dict()
     assert backbone.keys() == {k for k in weights if not k.startswith("head.")}  # the classifier is dropped
     for name, value in backbone.items():
         assert torch.equal(value, weights[name]), name
     # Only the backbone trains at coef_lr; the temporal head, projection and text tower are new.
     assert {id(p) for p in student.pretrained_parameters()} == {id(p) for p in student.backbone.parameters()}
-    assert not Student(student_config("vit", "mean")).pretrained_parameters()
+    assert not Student(student_config("vit", "mean"), max_words=MAX_WORDS).pretrained_parameters()
 
 
 def test_pretrained_position_embeddings_follow_the_image_size(tmp_path):
     """Weights for 32 px frames into a 16 px student: timm resamples the 4x4 patch grid to 2x2."""
     weights = timm_weights(tmp_path / "vit.safetensors", img_size=32)
-    student = Student({**student_config("vit", "mean"), "pretrained": str(tmp_path / "vit.safetensors")})
+    student = Student(student_config("vit", "mean", pretrained=str(tmp_path / "vit.safetensors")), max_words=MAX_WORDS)
     assert weights["pos_embed"].shape == (1, 1 + 16, 192)
     assert student.backbone.pos_embed.shape == (1, 1 + 4, 192)
     assert torch.equal(student.backbone.pos_embed[0, 0], weights["pos_embed"][0, 0])  # the class token's
@@ -319,7 +320,9 @@ def test_pretrained_position_embeddings_follow_the_image_size(tmp_path):
 
 def test_export_of_a_pretrained_student_loads_without_the_weights_file(tmp_path):
     timm_weights(tmp_path / "vit.safetensors", img_size=16)
-    student = Student({**student_config("vit", "transformer"), "pretrained": str(tmp_path / "vit.safetensors")})
+    student = Student(
+        student_config("vit", "transformer", pretrained=str(tmp_path / "vit.safetensors")), max_words=MAX_WORDS
+    )
     export_student(student, tmp_path / "student.safetensors")
     (tmp_path / "vit.safetensors").unlink()
     loaded = load_student(tmp_path / "student.safetensors")

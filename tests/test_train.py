@@ -17,7 +17,7 @@ from toy import Pairs, TwoTower
 
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
-from distill.train import synchronise_batch_norm, train
+from distill.train import synchronise_batch_norm, train, warmup_cosine
 
 
 class FailingLoss(nn.Module):
@@ -179,3 +179,18 @@ def test_one_process_keeps_batch_norm_as_it_is():
     accelerator = Accelerator(cpu=True)
     assert synchronise_batch_norm(model, accelerator) is model
     assert isinstance(model[1], nn.BatchNorm1d) and not isinstance(model[1], nn.SyncBatchNorm)
+
+
+def test_the_prepared_scheduler_steps_once_an_optimizer_step_and_resumes(tmp_path):
+    """The logged learning rate is `lr * warmup_cosine(step)` at every step, and a resumed run continues the
+    schedule from the checkpoint (accelerate saves the prepared scheduler); with 2 processes the same
+    schedule is checked in test_distributed (the logged lr of 1 and 2 processes)."""
+    run(tmp_path / "whole", FailingLoss(at=0, value=0.0), lr=0.5)
+    with pytest.raises(FloatingPointError):
+        run(tmp_path / "broken", FailingLoss(at=5, value=float("nan")), lr=0.5)
+    run(tmp_path / "broken", FailingLoss(at=0, value=0.0), lr=0.5, resume="auto")
+    factor = warmup_cosine(6, TrainConfig().warmup_ratio)
+    for folder in ("whole", "broken"):
+        log = [json.loads(line) for line in (tmp_path / folder / "distill_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+        assert [r["lr"] for r in log] == pytest.approx([0.5 * factor(step) for step in range(1, 7)], rel=1e-12)
