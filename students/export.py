@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from distill.files import atomic_write
-from students.model import Student
+from students.model import Preprocessing, Student
 
 FORMAT = "clip4clip-distill/student"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,9 +70,15 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
-    """Rebuilds a student from one exported file alone, in eval mode."""
+    """Rebuilds a student from one exported file alone, in eval mode, with the `preprocessing` it was
+    trained to read (`distill.embed` uses it)."""
+    metadata = read_metadata(path)
     # The weights come from the export, not from the backbone's pretrained file (which may not be here).
-    student = Student.from_spec(json.loads(read_metadata(path)["config"]))
+    student = Student.from_spec(json.loads(metadata["config"]))
     # strict: a missing or extra key is an error naming it; fp16/bf16 weights are cast to float32
     student.load_state_dict(load_file(str(path)))
+    if "preprocessing" in metadata:
+        fields = {f.name for f in dataclasses.fields(Preprocessing)}
+        found = json.loads(metadata["preprocessing"])
+        student.preprocessing = Preprocessing(**{k: v for k, v in found.items() if k in fields})
     return student.to(device).eval()

@@ -25,6 +25,18 @@ VOCAB_SIZE = 49408  # CLIP BPE: the student reads the same token ids as the teac
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How a model reads a clip and a caption: CLIP4Clip's sampling, the frame size (CLIP's mean and std
+    normalise it), the caption length in tokens. A student's ships in its export."""
+
+    max_frames: int
+    image_size: int
+    max_words: int = 32
+    framerate: int = 1
+    slice_framepos: int = 2
+
+
+@dataclass(frozen=True)
 class TextTower:
     """The sizes of a teacher's text tower that `student.text=teacher` reuses (`teacher_text_tower`)."""
 

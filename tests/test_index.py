@@ -1,0 +1,173 @@
+"""Put a student to work: embed videos and captions from Python, index a folder of videos, search it by
+caption and by video through the CLIs; incremental re-indexing; broken files listed, never embedded; an
+index never searched in another model's space."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from distill.data.config import SyntheticConfig
+from distill.data.formats import read_jsonl
+from distill.data.synthetic import generate_synthetic
+from distill.data.video import read_clip
+from distill.embed import embed_texts, embed_videos
+from distill.index import main as index_main
+from distill.index import read_index
+from distill.recipe import StudentConfig
+from distill.search import main as search_main
+from distill.search import top_k
+from students import Student, export_student, load_student
+from teachers import tokenize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Six real clips, two of them in a subfolder, a broken file and a text file that is no video."""
+    root = generate_synthetic(
+        tmp_path_factory.mktemp("index") / "data",
+        SyntheticConfig(num_train=6, num_test=1, size=32, fps=4, seconds=2, seed=5),
+    )
+    pairs = read_jsonl(root / "train.jsonl", root, root).pairs
+    folder = root.parent / "videos"
+    (folder / "deep").mkdir(parents=True)
+    for i, pair in enumerate(pairs):
+        shutil.copy(pair.video, folder / ("deep" if i >= 4 else "") / f"clip{i}.mp4")
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    (folder / "notes.txt").write_text("ignored")
+    return folder, [pair.caption for pair in pairs]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A random tiny student, exported as training exports one (fp32: compared within fp16 rounding)."""
+    torch.manual_seed(0)
+    config = StudentConfig(
+        max_frames=2,
+        image_size=16,
+        embed_dim=32,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+        backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1},
+    )
+    path = tmp_path_factory.mktemp("student") / "student.safetensors"
+    preprocessing = {"max_frames": 2, "image_size": 16, "max_words": 16, "framerate": 1, "slice_framepos": 2}
+    export_student(Student(config, max_words=16), path, {"preprocessing": json.dumps(preprocessing)})
+    return path
+
+
+def test_embed_videos_and_texts_read_as_the_model_was_trained(clips, student):
+    folder, captions = clips
+    model = load_student(student)
+    paths = [folder / "clip0.mp4", folder / "broken.mp4", folder / "clip1.mp4"]
+    found = embed_videos(model, paths, batch_size=2)
+    assert found.paths == [str(paths[0]), str(paths[2])] and list(found.failed) == [str(paths[1])]
+    video, mask = read_clip(paths[2], max_frames=2, size=16)
+    with torch.no_grad():
+        torch.testing.assert_close(found.embeddings[1], model.encode_video(video[None], mask[None])[0])
+        ids, attention = tokenize(captions[:3], 16)
+        torch.testing.assert_close(embed_texts(model, captions[:3]), model.encode_text(ids, attention))
+    assert torch.allclose(found.embeddings.norm(dim=1), torch.ones(2))
+
+
+def index(student, folder, out, capsys) -> str:
+    assert index_main([str(student), str(folder), "--out", str(out)]) == 0
+    return capsys.readouterr().out
+
+
+def test_index_then_search_by_caption_and_by_video(clips, student, tmp_path, capsys):
+    folder, captions = clips
+    out = tmp_path / "index"
+    log = index(student, folder, out, capsys)
+    assert f"index {out}: 6 videos embedded, 0 kept, 0 dropped, 1 could not be read" in log
+    info, entries, embeddings = read_index(out)
+    assert info["count"] == 6 and embeddings.dtype == torch.float16 and embeddings.shape == (6, 32)
+    assert {e["path"] for e in entries} == {str(p) for p in folder.rglob("*.mp4")} - {str(folder / "broken.mp4")}
+    assert (out / "failed.txt").read_text().startswith(f"{folder / 'broken.mp4'}\t")
+    # Stored in float16: within its rounding of unit vectors (2^-11 relative).
+    model = load_student(student)
+    exact = embed_videos(model, [e["path"] for e in entries]).embeddings
+    torch.testing.assert_close(embeddings.float(), exact, rtol=0, atol=1e-3)
+
+    assert search_main([str(out), captions[2], "--top", "3", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scores = embeddings.float() @ embed_texts(model, [captions[2]])[0]
+    assert [h["path"] for h in hits] == [entries[i]["path"] for i in scores.argsort(descending=True)[:3]]
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    assert search_main([str(out), "--video", str(folder / "deep" / "clip5.mp4"), "--top", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[:2] == ["| rank | score | path |", "|---:|---:|---|"]
+    assert table[2].startswith("| 1 | 1.0") and table[2].endswith(f"| {folder / 'deep' / 'clip5.mp4'} |")
+
+
+def test_a_second_run_embeds_only_new_or_changed_files_and_drops_deleted_ones(clips, student, tmp_path, capsys):
+    source, _ = clips
+    folder = tmp_path / "videos"
+    shutil.copytree(source, folder)
+    out = tmp_path / "index"
+    index(student, folder, out, capsys)
+    _, _, before = read_index(out)
+    assert "0 videos embedded, 6 kept, 0 dropped" in index(student, folder, out, capsys)
+    (folder / "clip0.mp4").unlink()
+    shutil.copy(folder / "clip1.mp4", folder / "deep" / "new.mp4")
+    stat = (folder / "clip2.mp4").stat()
+    os.utime(folder / "clip2.mp4", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: embedded again
+    assert "2 videos embedded, 4 kept, 1 dropped, 1 could not be read" in index(student, folder, out, capsys)
+    _, entries, after = read_index(out)
+    paths = [e["path"] for e in entries]
+    assert str(folder / "clip0.mp4") not in paths and str(folder / "deep" / "new.mp4") in paths
+    assert torch.equal(
+        after[paths.index(str(folder / "deep" / "new.mp4"))], after[paths.index(str(folder / "clip1.mp4"))]
+    )  # the same clip, the same row
+
+
+def test_an_index_is_never_searched_or_extended_with_another_model(clips, student, tmp_path, capsys):
+    folder, _ = clips
+    out = tmp_path / "index"
+    index(student, folder, out, capsys)
+    other = tmp_path / "other.safetensors"
+    torch.manual_seed(1)
+    export_student(Student(load_student(student).config, max_words=16), other)
+    assert index_main([str(other), str(folder), "--out", str(out)]) == 2
+    assert f"{out} was built with another model ({student.resolve()}" in capsys.readouterr().err
+    info = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**info, "model": {**info["model"], "source": str(other)}}))
+    assert search_main([str(out), "a circle"]) == 2
+    assert "its embeddings are in another space; rebuild the index" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.mkdir(), "no video files"),
+        (lambda p: p.with_suffix(".txt").write_text("x"), "neither a folder of videos nor a .jsonl list"),
+    ],
+)
+def test_an_empty_or_wrong_video_argument_is_named(student, tmp_path, capsys, make, message):
+    path = tmp_path / "videos"
+    make(path)
+    target = path if path.exists() else path.with_suffix(".txt")
+    assert index_main([str(student), str(target), "--out", str(tmp_path / "index")]) == 2
+    assert message in capsys.readouterr().err
+    assert search_main([str(tmp_path / "nowhere"), "a circle"]) == 2
+    assert "not an index (no index.json)" in capsys.readouterr().err
+
+
+def test_top_k_in_chunks_equals_a_full_sort(monkeypatch):
+    import distill.search as search_module
+
+    monkeypatch.setattr(search_module, "CHUNK", 7)
+    gallery = torch.nn.functional.normalize(torch.randn(50, 8), dim=1).half()
+    query = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    scores, rows = top_k(query, gallery, 5)
+    full = gallery.float() @ query
+    assert rows.tolist() == full.argsort(descending=True)[:5].tolist()
+    assert torch.equal(scores, full[rows])
