@@ -1,0 +1,118 @@
+"""Command line: `python -m students.onnx STUDENT OUT_DIR`: the student's two encoders as ONNX files.
+
+    video_encoder.onnx  video [B, T, 3, H, W] (CLIP-normalised frames), video_mask [B, T] -> embeddings [B, D]
+    text_encoder.onnx   input_ids [N, L], attention_mask [N, L] -> embeddings [N, D]
+    preprocessing.json  how to sample, size and normalise frames and tokenise captions for them
+
+Embeddings are L2-normalised, as `encode_video` and `encode_text` return them; the batch axis is dynamic.
+The backbone is reparameterised first where its timm family has train-time branches (RepVGG-style blocks).
+The export checks itself: onnxruntime's outputs on random inputs against PyTorch's (needs
+`pip install onnx onnxscript onnxruntime`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from students.export import load_student, read_metadata
+from students.model import Student
+
+
+class VideoEncoder(nn.Module):
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        return self.student.encode_video(video, video_mask)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.student.encode_text(input_ids, attention_mask)
+
+
+def example_inputs(student: Student, batch: int, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Random inputs of the encoders' shapes: frames, a mask with a shorter clip, token ids ending in EOT."""
+    g = torch.Generator().manual_seed(seed)
+    frames, size, words = student.config.max_frames, student.input_size, student.max_words
+    mask = torch.ones(batch, frames, dtype=torch.long)
+    mask[0, max(1, frames // 2) :] = 0
+    ids = torch.randint(1, 49406, (batch, words), generator=g)
+    ids[:, -1] = 49407  # CLIP's end token, where the text tower reads its embedding
+    return {
+        "video": {"video": torch.randn(batch, frames, 3, size, size, generator=g), "video_mask": mask},
+        "text": {"input_ids": ids, "attention_mask": torch.ones(batch, words, dtype=torch.long)},
+    }
+
+
+def export_onnx(student: Student, out: Path) -> dict[str, Path]:
+    """Writes `video_encoder.onnx` and `text_encoder.onnx` (opset of torch's exporter) to `out`."""
+    from timm.utils.model import reparameterize_model
+
+    student = reparameterize_model(copy.deepcopy(student).eval())
+    out.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    inputs = example_inputs(student, 2)
+    paths = {}
+    for name, module in (("video", VideoEncoder(student)), ("text", TextEncoder(student))):
+        path = paths[name] = out / f"{name}_encoder.onnx"
+        torch.onnx.export(
+            module,
+            tuple(inputs[name].values()),
+            str(path),
+            input_names=list(inputs[name]),
+            output_names=["embeddings"],
+            dynamic_shapes={key: {0: batch} for key in inputs[name]},
+            dynamo=True,
+            verbose=False,
+        )
+    return paths
+
+
+def onnx_difference(student: Student, paths: dict[str, Path], inputs: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """The largest absolute difference between onnxruntime's and PyTorch's embeddings, per encoder."""
+    import onnxruntime
+
+    reference = {"video": student.encode_video, "text": student.encode_text}
+    found = {}
+    for name, path in paths.items():
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {k: v.numpy() for k, v in inputs[name].items()})[0]
+        with torch.no_grad():
+            want = reference[name](*inputs[name].values()).numpy()
+        found[name] = float(abs(got - want).max())
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("student", type=Path, help="an exported student (.safetensors)")
+    parser.add_argument("out", type=Path, help="the folder for the .onnx files")
+    args = parser.parse_args(argv)
+    try:
+        student = load_student(args.student)
+        metadata = read_metadata(args.student)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    paths = export_onnx(student, args.out)
+    (args.out / "preprocessing.json").write_text(metadata.get("preprocessing", "{}"))
+    difference = onnx_difference(student, paths, example_inputs(student, 3, seed=1))
+    for name, path in paths.items():
+        print(f"{path}: max abs difference to PyTorch {difference[name]:.2e} on random inputs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The student's encoders as ONNX files (`python -m students.onnx`): onnxruntime gives PyTorch's embeddings
+within 1e-4 (max abs; float32 kernels of two runtimes sum in other orders) on random inputs at batch sizes
+other than the export's, and on real clips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill.data.config import SyntheticConfig
+from distill.data.formats import read_jsonl
+from distill.data.synthetic import generate_synthetic
+from distill.data.video import read_clip
+from distill.recipe import StudentConfig
+from students import Student, export_student, load_student
+from students.onnx import example_inputs, main, onnx_difference
+from teachers import tokenize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BACKBONES = {  # (timm model, kwargs): a ViT, and a MobileNetV3 (BatchNorm, depthwise convolutions)
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}),
+    "mobilenet": ("mobilenetv3_small_050", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = generate_synthetic(
+        tmp_path_factory.mktemp("onnx") / "data",
+        SyntheticConfig(num_train=3, num_test=1, size=32, fps=4, seconds=3, seed=2),
+    )
+    return read_jsonl(root / "train.jsonl", root, root).pairs
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_onnx_encoders_equal_pytorch(backbone, clips, tmp_path, capsys):
+    name, kwargs = BACKBONES[backbone]
+    torch.manual_seed(0)
+    config = StudentConfig(
+        backbone=name,
+        backbone_kwargs=kwargs,
+        max_frames=3,
+        image_size=32,
+        embed_dim=32,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+    )
+    preprocessing = {"max_frames": 3, "image_size": 32, "max_words": 16, "framerate": 1, "slice_framepos": 2}
+    path = export_student(
+        Student(config, max_words=16).eval(),
+        tmp_path / "student.safetensors",
+        {"preprocessing": json.dumps(preprocessing)},
+    )
+    out = tmp_path / "onnx"
+    assert main([str(path), str(out)]) == 0
+    assert "max abs difference to PyTorch" in capsys.readouterr().out
+    assert json.loads((out / "preprocessing.json").read_text()) == preprocessing
+    student = load_student(path)
+    paths = {"video": out / "video_encoder.onnx", "text": out / "text_encoder.onnx"}
+    for batch in (1, 5):  # the export traced a batch of 2
+        assert max(onnx_difference(student, paths, example_inputs(student, batch, seed=batch)).values()) < 1e-4
+    clip = [read_clip(pair.video, max_frames=3, size=32) for pair in clips]
+    ids, attention = tokenize([pair.caption for pair in clips], 16)
+    real = {
+        "video": {"video": torch.stack([c[0] for c in clip]), "video_mask": torch.stack([c[1] for c in clip])},
+        "text": {"input_ids": ids, "attention_mask": attention},
+    }
+    assert max(onnx_difference(student, paths, real).values()) < 1e-4
+
+
+def test_not_a_student_is_named(tmp_path, capsys):
+    (tmp_path / "x.safetensors").write_bytes(b"nope")
+    assert main([str(tmp_path / "x.safetensors"), str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'x.safetensors'}: not a safetensors file" in capsys.readouterr().err
