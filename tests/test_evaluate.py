@@ -4,6 +4,7 @@ DataLoader workers decode them."""
 import pytest
 import torch
 from accelerate import Accelerator
+from tiny import student_config
 
 from distill.context import teacher_arch
 from distill.data.config import SyntheticConfig
@@ -11,7 +12,7 @@ from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.evaluate import encode_texts, evaluate
-from distill.recipe import StudentConfig, TeacherConfig
+from distill.recipe import TeacherConfig
 from students import Student
 from teachers import CLIP4Clip
 
@@ -51,15 +52,7 @@ def tiny_models() -> dict:
             max_words=16,
         )
     )
-    config = StudentConfig(
-        max_frames=3,
-        image_size=16,
-        embed_dim=32,
-        text_width=32,
-        text_layers=1,
-        text_heads=2,
-        backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1},
-    )
+    config = student_config()
     student = Student(config, max_words=16)
     return {"teacher": teacher.eval(), "student": student.eval()}
 

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from tiny import student_config
 
 from distill.data.config import SyntheticConfig
 from distill.data.formats import read_jsonl
@@ -18,7 +19,6 @@ from distill.data.video import read_clip
 from distill.embed import embed_texts, embed_videos
 from distill.index import main as index_main
 from distill.index import read_index
-from distill.recipe import StudentConfig
 from distill.search import main as search_main
 from distill.search import top_k
 from students import Student, export_student, load_student
@@ -48,15 +48,7 @@ def clips(tmp_path_factory):
 def student(tmp_path_factory):
     """A random tiny student, exported as training exports one (fp32: compared within fp16 rounding)."""
     torch.manual_seed(0)
-    config = StudentConfig(
-        max_frames=2,
-        image_size=16,
-        embed_dim=32,
-        text_width=32,
-        text_layers=1,
-        text_heads=2,
-        backbone_kwargs={"img_size": 16, "patch_size": 8, "depth": 1},
-    )
+    config = student_config(max_frames=2)
     path = tmp_path_factory.mktemp("student") / "student.safetensors"
     preprocessing = {"max_frames": 2, "image_size": 16, "max_words": 16, "framerate": 1, "slice_framepos": 2}
     export_student(Student(config, max_words=16), path, {"preprocessing": json.dumps(preprocessing)})

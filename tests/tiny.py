@@ -1,7 +1,10 @@
-"""Recipe overrides that shrink recipes/demo.yaml to a run of seconds, for the tests that use the CLI.
+"""Recipe overrides that shrink recipes/demo.yaml to a run of seconds, for the tests that use the CLI, and the
+same student as a StudentConfig for the tests that build one.
 
 Later overrides win, so a test adds what it needs after these.
 """
+
+from distill.recipe import StudentConfig
 
 DATA = [
     "data.synthetic.num_train=48",
@@ -31,3 +34,17 @@ STUDENT = [
 ]
 TRAIN = ["train.batch_size=16", "train.max_steps=6", "eval.batch_size=8"]
 TINY = DATA + TEACHER + STUDENT + TRAIN
+
+
+def student_config(**changes) -> StudentConfig:
+    """The STUDENT overrides as a StudentConfig (16 px frames, one ViT block, 32 wide), with `changes`."""
+    sizes = {
+        "max_frames": 3,
+        "image_size": 16,
+        "embed_dim": 32,
+        "text_width": 32,
+        "text_layers": 1,
+        "text_heads": 2,
+        "backbone_kwargs": {"img_size": 16, "patch_size": 8, "depth": 1},
+    }
+    return StudentConfig(**{**sizes, **changes})
