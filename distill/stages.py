@@ -26,6 +26,7 @@ from distill.recipe import LossConfig, embedding_term
 from distill.scorers import scorer_for
 from distill.train import OnlineTeacher, train
 from students import Student, export_student, load_student, round_weights
+from students.card import write_model_card
 from teachers import CLIP4Clip, load_teacher, save_teacher
 
 
@@ -215,7 +216,8 @@ def evaluate(run: Run) -> dict:
 
 
 def export(run: Run) -> None:
-    """export: `student.safetensors`, its metadata holding the recipe, the preprocessing and the metrics."""
+    """export: `student.safetensors`, its metadata holding the recipe, the preprocessing and the metrics, and
+    the model card folder `student/` (the same weights, config.json, README.md) to upload as it is."""
     if run.student is None:
         raise ValueError("export: no student trained in this run; add the 'distill' stage")
     r = run.recipe
@@ -234,4 +236,13 @@ def export(run: Run) -> None:
         if run.report is not None:
             metadata["metrics"] = json.dumps(run.report["student"])
         path = export_student(run.student, run.dir / "student.safetensors", metadata, dtype=r.export.dtype)
-        run.accelerator.print(f"export: student saved to {path}")
+        card = write_model_card(
+            path,
+            run.dir / "student",
+            name=f"{r.name}-student",
+            dataset=r.data.format,
+            spec=run.student.spec(),
+            preprocessing=preprocessing,
+            report=run.report,
+        )
+        run.accelerator.print(f"export: student saved to {path}, with a model card folder {card}")

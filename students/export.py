@@ -70,8 +70,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
-    """Rebuilds a student from one exported file alone, in eval mode, with the `preprocessing` it was
-    trained to read (`distill.embed` uses it)."""
+    """Rebuilds a student from one exported file alone (or the model card folder holding it), in eval mode,
+    with the `preprocessing` it was trained to read (`distill.embed` uses it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
     metadata = read_metadata(path)
     # The weights come from the export, not from the backbone's pretrained file (which may not be here).
     student = Student.from_spec(json.loads(metadata["config"]))

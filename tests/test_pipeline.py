@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from tiny import TINY
 
@@ -87,6 +88,34 @@ def test_demo_writes_run_folder_and_report(demo):
     assert cost["student"]["frames"] == 3 and cost["teacher"]["frames"] == 4
     assert 0 < cost["student"]["gflops_per_video"] and 0 < cost["teacher"]["gflops_per_video"]
     assert "| teacher |" in (run / "report.md").read_text()
+
+
+def test_export_writes_a_model_card_folder_that_loads(demo):
+    """student/: the same weights, config.json and a README whose front-matter carries the report's metrics of
+    student and teacher in both directions, as a model hub reads them."""
+    run, folder = demo / "run", demo / "run" / "student"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == (run / "student.safetensors").read_bytes()
+    card = (folder / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    report = json.loads((run / "report.json").read_text())
+    assert header["library_name"] == "clip4clip-distill" and header["datasets"] == ["synthetic"]
+    (entry,) = header["model-index"]
+    assert entry["name"] == "demo-student" and [r["task"]["name"] for r in entry["results"]] == [
+        "Text-to-video retrieval",
+        "Video-to-text retrieval",
+    ]
+    values = {m["name"]: m["value"] for r in entry["results"] for m in r["metrics"]}
+    for model in ("student", "teacher"):
+        for direction in ("t2v", "v2t"):
+            for key in ("R1", "R5", "R10", "MdR", "MnR"):
+                assert values[f"{model} {direction} {key}"] == round(report[model][direction][key], 2)
+    assert "## Cost" in card and f"| student | {report['efficiency']['student']['params_M']:.2f} |" in card
+    config = json.loads((folder / "config.json").read_text())
+    assert config["preprocessing"]["max_frames"] == 3 and config["spec"]["embed_dim"] == 32
+    a, b = load_student(folder), load_student(run / "student.safetensors")
+    assert a.preprocessing == b.preprocessing and a.spec() == b.spec()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_training_logs_every_loss_term_and_checkpoints(demo):

@@ -1,0 +1,112 @@
+"""The model card folder the export stage writes beside `student.safetensors`: a folder a user can upload to
+a model hub as it is, and that `load_student` reads.
+
+    model.safetensors   the exported student (the same file)
+    config.json         the student's spec and preprocessing (also in the weights' metadata)
+    README.md           a model card: front-matter (library, tags, datasets, model-index metrics of the
+                        student and its teacher, both directions) and the results and cost tables
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from distill.files import atomic_dir
+
+METRICS = (("R1", "recall@1"), ("R5", "recall@5"), ("R10", "recall@10"), ("MdR", "median_rank"), ("MnR", "mean_rank"))
+DIRECTIONS = {"t2v": "Text-to-video retrieval", "v2t": "Video-to-text retrieval"}
+
+
+def front_matter(name: str, dataset: str, report: dict | None) -> dict:
+    """The card's YAML header; `model-index` holds the report's test metrics of student and teacher."""
+    header = {
+        "library_name": "clip4clip-distill",
+        "tags": ["video-text-retrieval", "knowledge-distillation", "clip4clip", "timm"],
+        "datasets": [dataset],
+    }
+    if report is None:
+        return header
+    results = []
+    for direction, task in DIRECTIONS.items():
+        metrics = [
+            {"type": kind, "name": f"{model} {direction} {key}", "value": round(report[model][direction][key], 2)}
+            for model in ("student", "teacher")
+            for key, kind in METRICS
+        ]
+        results.append(
+            {
+                "task": {"type": "video-text-retrieval", "name": task},
+                "dataset": {"name": dataset, "type": dataset, "split": "test"},
+                "metrics": metrics,
+            }
+        )
+    header["model-index"] = [{"name": name, "results": results}]
+    return header
+
+
+def card_text(name: str, dataset: str, report: dict | None, preprocessing: dict) -> str:
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter(name, dataset, report), sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        "A text-to-video retrieval student distilled from a CLIP4Clip teacher with clip4clip-distill: it "
+        "embeds videos and captions in one space.",
+        "",
+        "```python",
+        "from students import load_student",
+        "from distill.embed import embed_texts, embed_videos",
+        "",
+        'student = load_student("THIS_FOLDER")',
+        'scores = embed_texts(student, ["a caption"]) @ embed_videos(student, ["a.mp4"]).embeddings.T',
+        "```",
+        "",
+        f"Reads {preprocessing.get('max_frames')} frames of {preprocessing.get('image_size')} px (CLIP4Clip "
+        f"sampling at {preprocessing.get('framerate')} fps, CLIP normalisation) and captions of "
+        f"{preprocessing.get('max_words')} tokens (CLIP BPE).",
+        "",
+    ]
+    if report is not None:
+        lines += [
+            f"## Results ({dataset}, test split: {report['test_pairs']} captions of {report['test_videos']} videos)",
+            "",
+            "| model | direction | R@1 | R@5 | R@10 | MdR | MnR |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for model in ("student", "teacher"):
+            for direction in DIRECTIONS:
+                row = report[model][direction]
+                lines.append(f"| {model} | {direction} | " + " | ".join(f"{row[k]:.1f}" for k, _ in METRICS) + " |")
+        lines += [
+            "",
+            "## Cost",
+            "",
+            "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for model in ("student", "teacher"):
+            e = report["efficiency"][model]
+            lines.append(
+                f"| {model} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | "
+                f"{e['gflops_per_caption']:.3f} | {e['frames']} | {e['resolution']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_model_card(
+    export: Path, folder: Path, *, name: str, dataset: str, spec: dict, preprocessing: dict, report: dict | None
+) -> Path:
+    """Writes the card folder for the student exported at `export` (swapped in whole: a kill leaves none)."""
+    with atomic_dir(folder) as partial:
+        shutil.copyfile(export, partial / "model.safetensors")
+        config = {"spec": spec, "preprocessing": preprocessing}
+        (partial / "config.json").write_text(json.dumps(config, indent=1))
+        (partial / "README.md").write_text(card_text(name, dataset, report, preprocessing))
+    return folder
