@@ -189,6 +189,21 @@ def model_metrics(
     return report
 
 
+def cost_table(report: dict, models: list[str]) -> list[str]:
+    """The Markdown rows of the report's cost (parameters, GFLOPs, frames, resolution) of `models`."""
+    lines = [
+        "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        e = report["efficiency"][m]
+        lines.append(
+            f"| {m} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | {e['gflops_per_caption']:.3f} "
+            f"| {e['frames']} | {e['resolution']} |"
+        )
+    return lines
+
+
 def write_reports(report: dict, run_dir: Path) -> None:
     """`report.json` and a readable `report.md` in the run folder."""
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -210,17 +225,5 @@ def write_reports(report: dict, run_dir: Path) -> None:
         lines += [f"Student keeps {kept:.1f}% of the teacher's text-to-video R@1.", ""]
     lines += ["## Order of frames", "", "Text-to-video R@1 with every test clip played backwards:", ""]
     lines += [f"- {m}: {report[m]['t2v_reversed_R1']:.1f} (forwards {report[m]['t2v']['R1']:.1f})" for m in models]
-    lines += [
-        "",
-        "## Cost",
-        "",
-        "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for m in models:
-        e = report["efficiency"][m]
-        lines.append(
-            f"| {m} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | {e['gflops_per_caption']:.3f} "
-            f"| {e['frames']} | {e['resolution']} |"
-        )
+    lines += ["", "## Cost", "", *cost_table(report, models)]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

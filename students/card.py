@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from distill.evaluate import cost_table
 from distill.files import atomic_dir
 
 METRICS = (("R1", "recall@1"), ("R5", "recall@5"), ("R10", "recall@10"), ("MdR", "median_rank"), ("MnR", "mean_rank"))
@@ -83,19 +84,7 @@ def card_text(name: str, dataset: str, report: dict | None, preprocessing: dict)
             for direction in DIRECTIONS:
                 row = report[model][direction]
                 lines.append(f"| {model} | {direction} | " + " | ".join(f"{row[k]:.1f}" for k, _ in METRICS) + " |")
-        lines += [
-            "",
-            "## Cost",
-            "",
-            "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for model in ("student", "teacher"):
-            e = report["efficiency"][model]
-            lines.append(
-                f"| {model} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | "
-                f"{e['gflops_per_caption']:.3f} | {e['frames']} | {e['resolution']} |"
-            )
+        lines += ["", "## Cost", "", *cost_table(report, ["student", "teacher"])]
         lines.append("")
     return "\n".join(lines)
 
