@@ -17,16 +17,19 @@ from tqdm.auto import tqdm
 
 from distill.data.video import Backend, VideoError, read_clip
 from distill.scorers import scorer_for
-from students.model import Preprocessing
+from students.model import Preprocessing, Student
 from teachers.tokenizer import tokenize
 
 
 def preprocessing_of(model: nn.Module) -> Preprocessing:
-    """A student's from its export (`load_student` attaches it); a teacher's from its input size and
-    CLIP4Clip's evaluation defaults (12 frames at 1 fps, uniform slicing, 32 tokens)."""
+    """A loaded student's from its export (`load_student` attaches it); a student built here from its
+    config; a teacher's from its input size and CLIP4Clip's evaluation defaults (12 frames at 1 fps,
+    uniform slicing, 32 tokens)."""
     found = getattr(model, "preprocessing", None)
     if found is not None:
         return found
+    if isinstance(model, Student):
+        return Preprocessing(max_frames=model.config.max_frames, image_size=model.input_size, max_words=model.max_words)
     return Preprocessing(max_frames=12, image_size=model.input_size, max_words=min(32, model.context_length))
 
 

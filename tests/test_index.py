@@ -16,13 +16,15 @@ from distill.data.config import SyntheticConfig
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import read_clip
-from distill.embed import embed_texts, embed_videos
+from distill.embed import embed_texts, embed_videos, preprocessing_of
 from distill.index import main as index_main
 from distill.index import read_index
 from distill.search import main as search_main
 from distill.search import top_k
 from students import Student, export_student, load_student
-from teachers import tokenize
+from students.model import Preprocessing
+from teachers import CLIP4Clip, tokenize
+from teachers.archs import clip4clip_arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,6 +69,17 @@ def test_embed_videos_and_texts_read_as_the_model_was_trained(clips, student):
         ids, attention = tokenize(captions[:3], 16)
         torch.testing.assert_close(embed_texts(model, captions[:3]), model.encode_text(ids, attention))
     assert torch.allclose(found.embeddings.norm(dim=1), torch.ones(2))
+
+
+def test_a_model_built_here_reads_as_its_config_says(clips, student):
+    """Without an export's preprocessing: a student from its config, a teacher from its input size and
+    CLIP4Clip's defaults."""
+    folder, _ = clips
+    built = Student(load_student(student).config, max_words=16).eval()
+    assert preprocessing_of(built) == Preprocessing(max_frames=2, image_size=16, max_words=16)
+    teacher = CLIP4Clip(clip4clip_arch("test_tiny", "seqTransf")).eval()
+    assert preprocessing_of(teacher) == Preprocessing(max_frames=12, image_size=16, max_words=16)
+    assert embed_videos(teacher, [folder / "clip0.mp4"]).embeddings.shape == (1, 128)
 
 
 def index(student, folder, out, capsys) -> str:
