@@ -111,6 +111,7 @@ def encode_shard(
     pairs `captions`; `num_workers` DataLoader processes decode the clips."""
     scorer = scorer_for(teacher)
     out: dict[str, list[torch.Tensor]] = {}
+    valid: list[torch.Tensor] = []
 
     def add(group: str, rows: dict[str, torch.Tensor]) -> None:
         for name, value in rows.items():
@@ -123,17 +124,18 @@ def encode_shard(
     for start, batch in zip(range(0, len(videos), batch_size), loader):
         # A video that fails now yields the next readable pair: its row is marked and never looked up,
         # because distillation replaces that video's pairs the same way.
-        valid = torch.tensor(
-            [
-                dataset.video_ids[got] == dataset.video_ids[asked]
-                for got, asked in zip(batch["index"].tolist(), videos[start : start + batch_size])
-            ]
+        valid.append(
+            torch.tensor(
+                [
+                    dataset.video_ids[got] == dataset.video_ids[asked]
+                    for got, asked in zip(batch["index"].tolist(), videos[start : start + batch_size])
+                ]
+            )
         )
         video, mask = batch["teacher_video"].to(device), batch["teacher_mask"].to(device)
         add("video", scorer.videos(teacher.frame_features(video), mask))
-        add("valid", {"video": valid})
-    tensors = {name: torch.cat(parts) for name, parts in out.items() if name != "valid.video"}
-    tensors["video_valid"] = torch.cat(out["valid.video"]).to(torch.uint8)
+    tensors = {name: torch.cat(parts) for name, parts in out.items()}
+    tensors["video_valid"] = torch.cat(valid).to(torch.uint8)
     tensors["video_pairs"] = torch.tensor(videos)
     tensors["text_pairs"] = torch.tensor(captions)
     tensors.update({f"shared.{name}": value.cpu() for name, value in scorer.shared().items()})

@@ -67,6 +67,7 @@ def encode_videos(
         DataLoader(Subset(dataset, first_pairs), batch_size=batch_size, num_workers=num_workers)
     )
     parts: dict[str, dict[str, list[torch.Tensor]]] = {view: {} for view in models}
+    scorers = {view: scorer_for(model) for view, model in models.items()}
     for batch in tqdm(
         loader, desc=f"encode {', '.join(models)}", unit="batch", disable=not accelerator.is_local_main_process
     ):
@@ -78,7 +79,7 @@ def encode_videos(
                 # and only the temporal head runs twice (a 3D-patch teacher's features keep their forward mixing).
                 frames = model.frame_features(video)
                 for key, f in (("video", frames), ("reversed", reverse_time(frames, mask))):
-                    for name, rows in scorer_for(model).videos(f, mask).items():
+                    for name, rows in scorers[view].videos(f, mask).items():
                         out[f"{key}/{name}"] = rows.float() if rows.is_floating_point() else rows
             # Per batch: gather_for_metrics drops the padding of the last, uneven batch only as it happens.
             for key, value in accelerator.gather_for_metrics(out).items():
@@ -97,11 +98,7 @@ def encode_videos(
 @torch.no_grad()
 def scores(model: nn.Module, texts: dict[str, torch.Tensor], videos: dict[str, torch.Tensor]) -> torch.Tensor:
     """Text × video score matrix `[N, V]` on the CPU, for ranks (the logit scale does not matter)."""
-    scorer = scorer_for(model)
-    if scorer.pairwise:  # the cross encoder runs where the model is
-        device = next(model.parameters()).device
-        texts, videos = ({k: v.to(device) for k, v in rows.items()} for rows in (texts, videos))
-    return scorer.scores(texts, videos).cpu()
+    return scorer_for(model).scores(texts, videos).cpu()
 
 
 def retrieval(sim: torch.Tensor, video_of_text: torch.Tensor) -> dict:

@@ -89,9 +89,10 @@ class CrossEncoder:
         return {"logits": self.scores(outputs, outputs)}
 
     def scores(self, texts: dict[str, torch.Tensor], videos: dict[str, torch.Tensor]) -> torch.Tensor:
-        device = videos["frame_features"].device
+        """The cross encoder's `[N, V]` scores, computed where the model is (rows held on the CPU move there)."""
+        device = next(self.model.parameters()).device
         return self.model.cross_scores(
-            texts["text_features"].to(device), videos["frame_features"], videos["video_mask"].to(device)
+            texts["text_features"].to(device), videos["frame_features"].to(device), videos["video_mask"].to(device)
         )
 
 

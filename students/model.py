@@ -82,25 +82,16 @@ class Student(nn.Module):
                 f"student.text={config.text} needs teacher_text sizes exactly when it is 'teacher' "
                 "(students.model.teacher_text_tower gives them and the weights)"
             )
-        if teacher_text is not None:
-            self.text = TextTransformer(
-                context_length=max_words,
-                vocab_size=VOCAB_SIZE,
-                width=teacher_text.width,
-                heads=teacher_text.heads,
-                layers=teacher_text.layers,
-                output_dim=dim,
-                act_layer=QuickGELU if teacher_text.quick_gelu else nn.GELU,
-            ).requires_grad_(False)
-        else:
-            self.text = TextTransformer(
-                context_length=max_words,
-                vocab_size=VOCAB_SIZE,
-                width=config.text_width,
-                heads=config.text_heads,
-                layers=config.text_layers,
-                output_dim=dim,
-            )
+        tower = teacher_text or TextTower(config.text_width, config.text_heads, config.text_layers, quick_gelu=False)
+        self.text = TextTransformer(
+            context_length=max_words,
+            vocab_size=VOCAB_SIZE,
+            width=tower.width,
+            heads=tower.heads,
+            layers=tower.layers,
+            output_dim=dim,
+            act_layer=QuickGELU if tower.quick_gelu else nn.GELU,
+        ).requires_grad_(teacher_text is None)  # the teacher's tower ships frozen
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     @property
