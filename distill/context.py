@@ -20,6 +20,7 @@ from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, read_split_or_stop, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View, frame_settings, frames_folder, recipe_views
 from distill.data.shards import open_shards
+from distill.data.splits import check_disjoint, hold_out
 from distill.recipe import Recipe, TeacherConfig
 from distill.train import check_split
 from students import Student, teacher_text_tower
@@ -36,7 +37,8 @@ class Run:
     recipe: Recipe
     accelerator: Accelerator
     teacher: CLIP4Clip | None = None  # teacher.source, loaded when the run starts, or the teacher stage's
-    data: dict[str, VideoTextDataset] = field(default_factory=dict)  # "train", "test": every view of each clip
+    # "train", "val" (when data.val_fraction holds some out), "test": every view of each clip
+    data: dict[str, VideoTextDataset] = field(default_factory=dict)
     student: Student | None = None  # the distill stage's (the evaluate stage loads an earlier run's)
     report: dict | None = None  # the evaluate stage's
 
@@ -135,8 +137,9 @@ def start_run(recipe: Recipe) -> Run:
 
 
 def open_datasets(run: Run) -> dict[str, VideoTextDataset]:
-    """The train and test pairs with a teacher and a student view of every clip, read from frame shards
-    prepared with this run's settings where there are some.
+    """The train, validation and test pairs with a teacher and a student view of every clip, read from frame
+    shards prepared with this run's settings where there are some. The validation pairs are held out of the
+    train split (`data.val_fraction`, `distill.data.splits`); a video in two splits stops the run.
 
     Every video is opened once: the pairs of a video that fails (or of an empty caption) are skipped, logged,
     and the video listed in `bad_videos.txt`; a malformed annotation stops the run.
@@ -144,17 +147,25 @@ def open_datasets(run: Run) -> dict[str, VideoTextDataset]:
     r, accelerator = run.recipe, run.accelerator
     views = run_views(r, run.teacher)
     shards, why = open_shards(frames_folder(r.data, run.dir), frame_settings(r.data, views))
+    accelerator.print(f"data: {why}")
+    found = {split: read_split_or_stop(r.data, split) for split in ("train", "test")}
+    train, val = hold_out(found["train"].pairs, r.data.val_fraction)
+    splits = {"train": train, "val": val, "test": found["test"].pairs}
+    check_disjoint(splits)
+    if r.data.val_fraction and not val:
+        accelerator.print(f"data: data.val_fraction={r.data.val_fraction} holds out no video; no validation")
     bad_list = run.dir / "bad_videos.txt"
     datasets = {}
-    for split in ("train", "test"):
-        found = read_split_or_stop(r.data, split)
-        accelerator.print(f"data: {split}: {why}")
+    for split, annotated in splits.items():
+        if not annotated and split == "val":
+            continue
         progress = accelerator.is_local_main_process
-        pairs, bad = check_videos(found.pairs, backend=r.data.backend, shards=shards, progress=progress)
+        pairs, bad = check_videos(annotated, backend=r.data.backend, shards=shards, progress=progress)
         if accelerator.is_main_process:
-            write_bad_videos(bad_list, bad, append=split == "test")  # the train split starts the list
-        if problems := found.problems + bad:
-            skipped = len(found.problems) + len(found.pairs) - len(pairs)
+            write_bad_videos(bad_list, bad, append=split != "train")  # the train split starts the list
+        unread = found[split].problems if split in found else []  # the validation pairs' are the train split's
+        if problems := unread + bad:
+            skipped = len(unread) + len(annotated) - len(pairs)
             accelerator.print(
                 "\n".join(
                     [

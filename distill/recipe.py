@@ -102,9 +102,9 @@ class LossConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 64  # videos or captions per encoding batch
-    # The first val_pairs test pairs: teacher and student R@1 on them at the end of every training epoch,
-    # in the <stage>_log.jsonl files and the trackers; 0 turns it off
-    val_pairs: int = 256
+    # At most this many pairs of the validation split (data.val_fraction): teacher and student R@1 on them at
+    # the end of every training epoch, in the <stage>_log.jsonl files and the trackers; 0 turns it off
+    val_pairs: int = 1000
 
 
 @dataclass
@@ -184,6 +184,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         value = attrgetter(key)(recipe)
         if value < 0 or (value == 0 and key in POSITIVE):
             raise RecipeError(f"{key}: must be {'positive' if key in POSITIVE else 'zero or more'}, got {value}")
+    if not 0 <= recipe.data.val_fraction < 1:
+        raise RecipeError(f"data.val_fraction: must be at least 0 and below 1, got {recipe.data.val_fraction}")
     check_data_files(recipe.data)
     if (
         recipe.data.format == "synthetic"

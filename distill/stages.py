@@ -51,13 +51,13 @@ def prepare(run: Run) -> None:
 
 
 def validation(run: Run, trained: str) -> Callable[[nn.Module], dict[str, float]] | None:
-    """What `train` logs each epoch for the model of the `trained` view: its R@1 on the first
-    `eval.val_pairs` test pairs, and the frozen teacher's (computed once) when the student trains."""
+    """What `train` logs each epoch for the model of the `trained` view: its R@1 on (the first `eval.val_pairs`
+    pairs of) the validation split, and the frozen teacher's (computed once) when the student trains. None
+    without a validation split: the test split is never looked at before the final report."""
     r = run.recipe
-    if not r.eval.val_pairs:
+    if not r.eval.val_pairs or "val" not in run.data:
         return None
-    # Both views, as the test split has them: clips held in memory (data.keep_decoded) are shared with it.
-    subset = run.data["test"].subset(r.eval.val_pairs)
+    subset = run.data["val"].subset(r.eval.val_pairs)
     frozen: dict[str, float] = {}
 
     def r1(model: nn.Module, view: str) -> dict[str, float]:

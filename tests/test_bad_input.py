@@ -123,6 +123,7 @@ def jsonl_recipe(tmp_path, clips, lines):
                     "train": str(tmp_path / "train.jsonl"),
                     "test": str(tmp_path / "test.jsonl"),
                     "video_root": str(clips),
+                    "val_fraction": 0.0,  # every video in the train split, where this file's tests look
                 },
             }
         )

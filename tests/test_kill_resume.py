@@ -79,7 +79,7 @@ sys.exit(main(sys.argv[1:]))
 def setup(tmp_path_factory) -> tuple[Path, list[str]]:
     """Tiny data and a random tiny teacher, and the recipe arguments that use them."""
     tmp = tmp_path_factory.mktemp("kill")
-    data = generate_synthetic(tmp / "data", SyntheticConfig(num_train=48, num_test=16, size=32, seconds=4))
+    data = generate_synthetic(tmp / "data", SyntheticConfig(num_train=56, num_test=16, size=32, seconds=4))  # tiny.DATA
     torch.manual_seed(0)
     config = TeacherConfig(
         max_frames=4, image_size=16, vision_width=64, vision_layers=1, text_width=64, text_layers=1, cross_layers=1

@@ -7,7 +7,8 @@ Later overrides win, so a test adds what it needs after these.
 from distill.recipe import StudentConfig
 
 DATA = [
-    "data.synthetic.num_train=48",
+    "data.synthetic.num_train=56",
+    "data.val_fraction=0.243",  # holds out 8 of the 56 clips (distill.data.splits): 48 train pairs
     "data.synthetic.num_test=16",
     "data.synthetic.size=32",
     "data.synthetic.seconds=4",

@@ -25,6 +25,10 @@ class DataConfig:
     annotations: str | None = None  # msrvtt, msvd, lsmdc, activitynet, didemo: folder of the annotation files
     train: str | None = None  # training annotation file (relative to `annotations` when set); jsonl, csv: required
     test: str | None = None  # test annotation file; the CLIP4Clip formats default both to CLIP4Clip's files
+    # Share of the training videos held out as the validation split (by a hash of each video's file name:
+    # deterministic, by video, see distill.data.splits): the per-epoch validation and every recipe choice
+    # read it, the test split only the final report. 0: no validation split, no per-epoch validation.
+    val_fraction: float = 0.1
     video_root: str | None = None  # every format but synthetic: folder of the videos
     backend: Literal["decord", "pyav"] = "decord"  # decoder; pyav where decord has no wheel (aarch64, macOS arm64)
     max_words: int = 32  # caption length in tokens, start and end tokens included (CLIP4Clip: 32)
