@@ -7,6 +7,7 @@ import pytest
 
 from distill.data.config import SyntheticConfig
 from distill.data.synthetic import (
+    CAPTIONS,
     COLOURS,
     DIRECTIONS,
     SECOND_EVENTS,
@@ -109,6 +110,15 @@ def test_other_config_on_same_root_is_refused(dataset):
         generate_synthetic(dataset, SyntheticConfig(**{**vars(CONFIG), "num_train": 7}))
 
 
+def test_dataset_of_an_earlier_generator_is_refused(dataset, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({"settings": manifest["settings"]}))  # version 1 had no version
+    with pytest.raises(ValueError, match="version 1 of the generator"):
+        generate_synthetic(old, CONFIG)
+
+
 def test_non_empty_folder_without_manifest_is_refused(tmp_path):
     root = tmp_path / "busy"
     root.mkdir()
@@ -154,6 +164,21 @@ def test_each_split_has_variety(tmp_path):
         assert events == set(SECOND_EVENTS)
         assert {m["direction"] for m in matches} == set(DIRECTIONS)
         assert len({m["colour"] for m in matches}) > 2 and {m["size"] for m in matches} == set(SIZES)
+
+
+def test_no_caption_repeats_within_a_split(tmp_path):
+    # 150 draws from 2,400 captions repeat one with probability 1 - prod(1 - i / 2400) = 99%: the rule acts.
+    root = generate_synthetic(tmp_path / "ties", SyntheticConfig(num_train=150, num_test=10, size=32, fps=2, seconds=2))
+    captions = [item["caption"] for item in read_split(root, "train")]
+    assert len(set(captions)) == len(captions) == 150
+    with pytest.raises(ValueError, match=f"data.synthetic.num_test: at most {CAPTIONS} clips"):
+        generate_synthetic(tmp_path / "more", SyntheticConfig(num_test=CAPTIONS + 1))
+
+
+def test_caption_count_is_every_caption_the_stories_can_have():
+    rng = np.random.default_rng(0)
+    seen = {sample_story(rng, 32)[1] for _ in range(60_000)}  # coupon collector: 2,400 * ln 2,400 = 19k expected
+    assert len(seen) == CAPTIONS == 2400
 
 
 def test_caption_second_event_differs_from_the_first():

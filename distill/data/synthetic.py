@@ -5,6 +5,8 @@ Every clip tells two events in order, and its caption says them in that order:
 direction can only be read from the order of the frames: an orderless model (one frame, or a mean over
 frames) sees "moves left" and "moves right" alike, and "appears" and "disappears" alike.
 
+No caption repeats within a split: two test clips with one caption would tie, and cap R@1 below 100.
+
 Layout under `root`: `videos/{split}_{i:05d}.mp4`, `train.jsonl` and `test.jsonl` (one
 `{"video", "caption"}` object a line, paths relative to root, the same layout as `data.format: jsonl`),
 and `manifest.json` with the settings, so a later run reuses the dataset or refuses one made otherwise.
@@ -35,6 +37,11 @@ SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the frame size
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SECOND_EVENTS = ("appears", "turns", "moves", "disappears")
 TRAVEL = 0.3  # distance of one motion, as a fraction of the frame size
+# The captions the stories can have: sizes x colours x shapes x directions x second events (another shape
+# appears: 4 colours x 3 shapes; turns: 4 colours; moves: 3 directions; disappears), so at most this many
+# clips a split.
+CAPTIONS = len(SIZES) * len(COLOURS) * len(SHAPES) * len(DIRECTIONS) * ((len(COLOURS) - 1) * (len(SHAPES) + 1) + 4)
+VERSION = 2  # of what a seed generates; 2: distinct captions within a split
 
 
 def draw(canvas: np.ndarray, shape: str, centre: tuple[float, float], radius: float, colour) -> None:
@@ -149,14 +156,18 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
         raise ValueError(f"data.synthetic.size: {config.size} must be a multiple of 32")
     if config.fps * config.seconds < 4:
         raise ValueError("data.synthetic: fps * seconds must be at least 4 frames (two per event)")
+    for key in ("num_train", "num_test"):
+        if getattr(config, key) > CAPTIONS:
+            raise ValueError(f"data.synthetic.{key}: at most {CAPTIONS} clips (the distinct captions a split can have)")
     root = Path(root)
     settings = asdict(config)
     manifest = root / "manifest.json"
     if manifest.exists():
-        found = json.loads(manifest.read_text())["settings"]
-        if found != settings:
+        found = json.loads(manifest.read_text())
+        if found["settings"] != settings or found.get("version", 1) != VERSION:
+            made = f"version {found.get('version', 1)} of the generator with {found['settings']}"
             raise ValueError(
-                f"data.root {root} holds a synthetic dataset made with {found}, not {settings}; "
+                f"data.root {root} holds a synthetic dataset made by {made}, not version {VERSION} with {settings}; "
                 "delete it or point data.root elsewhere"
             )
         return root
@@ -167,12 +178,15 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
         (partial / "videos").mkdir()
         for split, count, seed_offset in (("train", config.num_train, 0), ("test", config.num_test, 1)):
             rng = np.random.default_rng([config.seed, seed_offset])
-            lines = []
+            lines, captions = [], set()
             for i in tqdm(range(count), desc=f"synthetic {split}", unit="video"):
                 story, caption = sample_story(rng, config.size)
+                while caption in captions:
+                    story, caption = sample_story(rng, config.size)
+                captions.add(caption)
                 name = f"videos/{split}_{i:05d}.mp4"
                 write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
                 lines.append(json.dumps({"video": name, "caption": caption}))
             (partial / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-        (partial / "manifest.json").write_text(json.dumps({"settings": settings}, indent=1))
+        (partial / "manifest.json").write_text(json.dumps({"settings": settings, "version": VERSION}, indent=1))
     return root
