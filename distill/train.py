@@ -102,15 +102,31 @@ def check_split(key: str, batch_size: int, processes: int, accumulate: int = 1) 
         )
 
 
-def param_groups(model: nn.Module, params: list[nn.Parameter], config: TrainConfig) -> list[dict]:
-    """`train.lr` for every parameter but the model's `pretrained_parameters()` (a backbone loaded from
-    pretrained weights), which train at `lr * coef_lr`, as CLIP4Clip trains CLIP under its new heads."""
+# Parameters spared weight decay besides those of fewer than two dimensions (biases, norm gains, logit
+# scales): position embeddings and class tokens, as open_clip and timm train (the original CLIP4Clip decays
+# every parameter but the biases).
+NO_DECAY = ("pos_embed", "position", "cls_token")
+
+
+def param_groups(model: nn.Module, loss_fn: nn.Module, config: TrainConfig) -> list[dict]:
+    """The trainable parameters of `model` and `loss_fn` in optimizer groups: `train.lr` for every parameter
+    but the model's `pretrained_parameters()` (a backbone loaded from pretrained weights), which train at
+    `lr * coef_lr`, as CLIP4Clip trains CLIP under its new heads; `train.weight_decay` on weight matrices only
+    (not on biases, norms, logit scales, position embeddings and class tokens)."""
     pretrained = {id(p) for p in getattr(model, "pretrained_parameters", list)()}
-    groups = [
-        {"params": [p for p in params if id(p) not in pretrained], "lr": config.lr},
-        {"params": [p for p in params if id(p) in pretrained], "lr": config.lr * config.coef_lr},
-    ]
-    return [group for group in groups if group["params"]]
+    named = [(n, p) for n, p in [*model.named_parameters(), *loss_fn.named_parameters()] if p.requires_grad]
+    groups = []
+    for lr, is_pretrained in ((config.lr, False), (config.lr * config.coef_lr, True)):
+        for decays in (True, False):
+            params = [
+                p
+                for n, p in named
+                if (id(p) in pretrained) == is_pretrained
+                and (p.ndim >= 2 and not any(k in n for k in NO_DECAY)) == decays
+            ]
+            if params:
+                groups.append({"params": params, "lr": lr, "weight_decay": config.weight_decay if decays else 0.0})
+    return groups
 
 
 def synchronise_batch_norm(model: nn.Module, accelerator: Accelerator) -> nn.Module:
@@ -187,8 +203,8 @@ def train(
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
     total = config.max_steps or config.epochs * len(loader)
-    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, params, config), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, loss_fn, config))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     # Prepared: with split_batches it steps once per optimizer step (not once per process), skips the steps
     # a mixed-precision scaler skipped, and is saved with the checkpoints.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))

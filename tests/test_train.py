@@ -17,7 +17,7 @@ from toy import Pairs, TwoTower
 
 from distill.losses import DistillationLoss
 from distill.recipe import LossConfig, TrainConfig
-from distill.train import synchronise_batch_norm, train, warmup_cosine
+from distill.train import param_groups, synchronise_batch_norm, train, warmup_cosine
 
 
 class FailingLoss(nn.Module):
@@ -194,3 +194,60 @@ def test_the_prepared_scheduler_steps_once_an_optimizer_step_and_resumes(tmp_pat
         log = [json.loads(line) for line in (tmp_path / folder / "distill_log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
         assert [r["lr"] for r in log] == pytest.approx([0.5 * factor(step) for step in range(1, 7)], rel=1e-12)
+
+
+def test_weight_decay_spares_biases_norms_scales_and_positions():
+    from tiny import student_config
+
+    from students import Student
+
+    model = Student(student_config(), max_words=8)
+    loss = DistillationLoss(LossConfig(cross_weight=1.0), student_dim=32, teacher_dim=64)
+    config = TrainConfig(lr=1e-2, weight_decay=0.5, coef_lr=0.1)
+    groups = param_groups(model, loss, config)
+    names = {id(p): n for n, p in [*model.named_parameters(), *loss.named_parameters()]}
+    spared = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] == 0.5 for p in g["params"]}
+    assert len(spared) + len(decayed) == len(names) and not spared & decayed
+    assert {"logit_scale_log", "frame_position_embeddings", "backbone.pos_embed", "backbone.cls_token"} <= spared
+    assert {"text.positional_embedding", "backbone.norm.weight", "backbone.patch_embed.proj.bias"} <= spared
+    assert "cross_scale_log" in spared  # the loss's own parameters are in the groups too
+    assert {
+        "text.token_embedding.weight",
+        "backbone.patch_embed.proj.weight",
+        "text_projection.weight",
+        "frame_proj.weight",
+    } <= decayed
+    assert all(g["lr"] == 1e-2 for g in groups)  # no pretrained backbone: nothing at lr * coef_lr
+    # One AdamW step with zero gradients moves only the decayed weights, by lr * weight_decay of themselves.
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(groups)
+    for g in groups:
+        for p in g["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for n, p in model.named_parameters():
+        scale = 1 - 1e-2 * 0.5 if n in decayed else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * scale, rtol=0, atol=1e-7, msg=n)
+
+
+def test_pretrained_backbone_trains_at_coef_lr_in_both_decay_groups(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    from tiny import student_config
+
+    from students import Student
+
+    config = student_config()
+    backbone = timm.create_model(config.backbone, num_classes=0, **config.backbone_kwargs)
+    save_file(backbone.state_dict(), tmp_path / "vit.safetensors")
+    model = Student(student_config(pretrained=str(tmp_path / "vit.safetensors")), max_words=8)
+    groups = param_groups(model, nn.Identity(), TrainConfig(lr=1e-3, coef_lr=0.1, weight_decay=0.05))
+    slow = {id(p) for g in groups if g["lr"] == pytest.approx(1e-4) for p in g["params"]}
+    assert slow == {id(p) for p in model.backbone.parameters()}
+    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == [
+        (1e-4, 0.0),
+        (1e-4, 0.05),
+        (1e-3, 0.0),
+        (1e-3, 0.05),
+    ]
