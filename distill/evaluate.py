@@ -109,19 +109,36 @@ def retrieval(sim: torch.Tensor, video_of_text: torch.Tensor) -> dict:
 
 
 def count_gflops(fn, *args) -> float:
-    """Forward GFLOPs (1 multiply-add = 2 FLOPs) of `fn(*args)`.
+    """Forward GFLOPs (1 multiply-add = 2 FLOPs) of `fn(*args)`, the same for a frozen and a trainable model.
 
-    Counted with autograd on and the math attention kernel: inside inference mode the counter misses
-    fused attention.
+    Counted with autograd on, the math attention kernel and `nn.MultiheadAttention`'s fast path off: inside
+    inference mode the counter misses fused attention, and a frozen model in eval mode takes the fast path,
+    whose fused kernel the counter does not see (it counted a frozen ViT-B/32 seqTransf at 2/3 of its FLOPs).
     """
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn(*args)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn(*args)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.get_total_flops() / 1e9
 
 
-def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict[str, float]:
-    """Parameter counts (millions) and GFLOPs for one video and one caption: what the scorer keeps of each (a
-    cross encoder's features only: it then runs once per caption-video pair)."""
+def parameter_parts(model: nn.Module) -> dict[str, float]:
+    """Millions of parameters in each of the model's `PARTS` (distill.scorers.Retriever); logit scales and
+    other scalars are in no part."""
+    parts = dict.fromkeys(model.PARTS, 0.0)
+    for name, p in model.named_parameters():
+        part = next((part for part, prefixes in model.PARTS.items() if name.startswith(prefixes)), None)
+        if part is not None:
+            parts[part] += p.numel() / 1e6
+    return parts
+
+
+def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict:
+    """Parameter counts (millions, in all and by part) and GFLOPs for one video and one caption: what the
+    scorer keeps of each (a cross encoder's features only: it then runs once per caption-video pair)."""
     item = dataset[0]
     device = next(model.parameters()).device
     video, mask = item[f"{view}_video"][None].to(device), item[f"{view}_mask"][None].to(device)
@@ -131,6 +148,7 @@ def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict[s
     text_cost = count_gflops(scorer.texts, ids, ids_mask)
     return {
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "params_M_parts": parameter_parts(model),
         "gflops_per_video": video_cost,
         "gflops_per_caption": text_cost,
         "frames": int(video.shape[1]),
@@ -186,19 +204,37 @@ def model_metrics(
     return report
 
 
+PART_COLUMNS = ("frame_encoder", "temporal_head", "text_tower", "token_embedding")  # of the cost table
+
+
 def cost_table(report: dict, models: list[str]) -> list[str]:
-    """The Markdown rows of the report's cost (parameters, GFLOPs, frames, resolution) of `models`."""
+    """The Markdown rows of the report's cost of `models`: parameters (in all and by part), GFLOPs, frames and
+    resolution, and the teacher-to-student ratios when both are there."""
     lines = [
-        "| model | params (M) | GFLOPs / video | GFLOPs / caption | frames | resolution |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | params (M) | frame encoder | temporal head | text tower | token embedding | GFLOPs / video "
+        "| GFLOPs / caption | frames | resolution |",
+        "|---|" + "---:|" * 9,
     ]
     for m in models:
         e = report["efficiency"][m]
+        parts = " | ".join(f"{e['params_M_parts'][part]:.2f}" for part in PART_COLUMNS)
         lines.append(
-            f"| {m} | {e['params_M']:.2f} | {e['gflops_per_video']:.3f} | {e['gflops_per_caption']:.3f} "
+            f"| {m} | {e['params_M']:.2f} | {parts} | {e['gflops_per_video']:.3f} | {e['gflops_per_caption']:.3f} "
             f"| {e['frames']} | {e['resolution']} |"
         )
+    if {"teacher", "student"} <= set(models):
+        t, s = report["efficiency"]["teacher"], report["efficiency"]["student"]
+        keys = [("params_M",), *(("params_M_parts", part) for part in PART_COLUMNS), ("gflops_per_video",)]
+        keys.append(("gflops_per_caption",))
+        ratios = [_ratio(t, s, key) for key in keys]
+        lines.append(f"| teacher / student | {' | '.join(ratios)} | | |")
     return lines
+
+
+def _ratio(teacher: dict, student: dict, key: tuple[str, ...]) -> str:
+    for name in key:
+        teacher, student = teacher[name], student[name]
+    return f"{teacher / student:.1f}x" if student else "-"
 
 
 def write_reports(report: dict, run_dir: Path) -> None:

@@ -84,6 +84,10 @@ class StudentConfig:
     text_width: int = 96
     text_layers: int = 2
     text_heads: int = 4
+    # 0: a full token embedding (49,408 x text_width, most of a small student's parameters); r > 0: 49,408 x r
+    # followed by an r x text_width matrix (ALBERT's factorised embedding): every caption stays encodable
+    # with a fraction of the parameters. An own text tower only.
+    token_rank: int = 0
 
 
 @dataclass
@@ -160,6 +164,7 @@ NON_NEGATIVE = (
     "loss.contrastive_weight",
     "train.coef_lr",
     "teacher.train.coef_lr",
+    "student.token_rank",
 )
 
 

@@ -13,7 +13,7 @@ The training loop, the teacher cache and evaluation ask `scorer_for(model)` and 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ class Retriever(Protocol):
 
     embed_dim: int  # width of the embeddings (of the cross encoder's features for tightTransf)
     input_size: int  # side of the square frames it reads
+    # Parameter-name prefixes of its parts: "token_embedding", "text_tower", "frame_encoder", "temporal_head"
+    # (a parameter counts in the first part whose prefix it has), for the cost table.
+    PARTS: ClassVar[dict[str, tuple[str, ...]]]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised `[N, D]` (two-tower models)."""

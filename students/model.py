@@ -56,6 +56,13 @@ class Student(nn.Module):
             loaded after building).
     """
 
+    PARTS = {  # distill.scorers.Retriever.PARTS
+        "token_embedding": ("text.token_embedding.",),
+        "text_tower": ("text.",),
+        "frame_encoder": ("backbone.", "frame_proj."),
+        "temporal_head": ("frame_position_embeddings", "temporal_transformer."),
+    }
+
     def __init__(self, config: StudentConfig, *, max_words: int, teacher_text: TextTower | None = None):
         super().__init__()
         self.config, self.max_words, self.teacher_text = config, max_words, teacher_text
@@ -92,6 +99,10 @@ class Student(nn.Module):
             output_dim=dim,
             act_layer=QuickGELU if tower.quick_gelu else nn.GELU,
         ).requires_grad_(teacher_text is None)  # the teacher's tower ships frozen
+        if config.token_rank:
+            if teacher_text is not None:
+                raise ValueError("student.token_rank: the teacher's text tower keeps its own embedding; set it to 0")
+            self.text.token_embedding = factorised_embedding(VOCAB_SIZE, config.token_rank, tower.width)
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     @property
@@ -157,6 +168,15 @@ class Student(nn.Module):
             "video_features": self.encode_video(video, video_mask),
             "logit_scale": self.logit_scale(),
         }
+
+
+def factorised_embedding(vocab: int, rank: int, width: int) -> nn.Sequential:
+    """Token ids -> `[..., width]` through `vocab x rank` then `rank x width`, initialised so that the
+    product has open_clip's token-embedding scale (std 0.02)."""
+    embedding = nn.Sequential(nn.Embedding(vocab, rank), nn.Linear(rank, width, bias=False))
+    nn.init.normal_(embedding[0].weight, std=0.02)
+    nn.init.normal_(embedding[1].weight, std=rank**-0.5)
+    return embedding
 
 
 def check_student(config: StudentConfig, max_words: int) -> None:

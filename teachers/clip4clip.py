@@ -118,6 +118,13 @@ class CLIP4Clip(nn.Module):
         clip: an already built backbone for `arch` (open_clip sources load their weights while building it).
     """
 
+    PARTS = {  # distill.scorers.Retriever.PARTS
+        "token_embedding": ("clip.token_embedding.",),
+        "text_tower": ("clip.transformer.", "clip.ln_final.", "clip.text_projection", "clip.positional_embedding"),
+        "frame_encoder": ("clip.visual.",),
+        "temporal_head": ("frame_position_embeddings.", "lstm_visual.", "transformerClip.", "cross.", "similarity_"),
+    }
+
     def __init__(self, arch: dict, *, clip: nn.Module | None = None):
         super().__init__()
         if arch["sim_header"] not in SIM_HEADERS:

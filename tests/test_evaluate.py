@@ -15,6 +15,7 @@ from distill.evaluate import encode_texts, evaluate
 from distill.recipe import TeacherConfig
 from students import Student
 from teachers import CLIP4Clip
+from teachers.archs import clip4clip_arch
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,59 @@ def test_captions_are_encoded_under_the_runs_mixed_precision(test_pairs, one_thr
     # Same computation on the same rows (batching splits rows, which a transformer treats independently).
     torch.testing.assert_close(text, low.float(), rtol=0, atol=0)
     assert not torch.equal(text, exact)
+
+
+def vit_gflops(frames: int, *, image: int, patch: int, width: int, layers: int, embed: int) -> float:
+    """A CLIP ViT tower's forward GFLOPs on `frames` frames, by hand: patch convolution, per block the qkv,
+    scores, weighted sum, output projection and 4x MLP matmuls, and the projection of the class token."""
+    patches = (image // patch) ** 2
+    tokens = patches + 1
+    conv = 2 * 3 * patch * patch * width * patches
+    block = 2 * tokens * width * 3 * width + 2 * 2 * tokens * tokens * width + 2 * tokens * width * width
+    block += 2 * 2 * tokens * width * 4 * width
+    return frames * (conv + layers * block + 2 * width * embed) / 1e9
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gflops_count_a_frozen_teacher_as_a_trainable_one_and_as_by_hand(frozen):
+    """A frozen eval-mode model takes nn.MultiheadAttention's fast path, which FlopCounterMode cannot see
+    into: count_gflops turns it off. The hand count is of the same ops, so equal up to float rounding."""
+    from distill.evaluate import count_gflops
+
+    torch.manual_seed(0)
+    video, mask = torch.randn(1, 4, 3, 16, 16), torch.ones(1, 4, dtype=torch.long)
+    for head in ("meanP", "seqTransf"):
+        model = CLIP4Clip(clip4clip_arch("test_tiny", head)).eval()
+        if frozen:
+            model.requires_grad_(False)
+        counted = count_gflops(model.encode_video, video, mask)
+        frames = vit_gflops(4, image=16, patch=8, width=64, layers=1, embed=128)
+        if head == "meanP":  # a mean of frame features: no multiply-adds
+            assert counted == pytest.approx(frames, rel=1e-9)
+        else:  # two 128-wide layers over the 4 frame tokens
+            tokens, w = 4, 128
+            layer = (
+                2 * tokens * w * 3 * w + 2 * 2 * tokens * tokens * w + 2 * tokens * w * w + 2 * 2 * tokens * w * 4 * w
+            )
+            assert counted == pytest.approx(frames + 2 * layer / 1e9, rel=1e-9)
+
+
+def test_parameter_parts_add_up_to_all_but_the_scales():
+    from distill.evaluate import parameter_parts
+
+    for model in (
+        CLIP4Clip(clip4clip_arch("test_tiny", "seqTransf")),
+        CLIP4Clip(clip4clip_arch("test_tiny", "seqLSTM")),
+        CLIP4Clip(clip4clip_arch("test_tiny", "tightTransf")),
+        Student(student_config(), max_words=8),
+    ):
+        parts = parameter_parts(model)
+        assert list(parts) == ["token_embedding", "text_tower", "frame_encoder", "temporal_head"]
+        total = sum(p.numel() for p in model.parameters()) / 1e6
+        assert sum(parts.values()) == pytest.approx(total - 1e-6, abs=1e-9)  # one logit scale in no part
+        assert parts["token_embedding"] == model_vocab(model) / 1e6 and all(parts.values())
+
+
+def model_vocab(model) -> int:
+    text = model.clip if isinstance(model, CLIP4Clip) else model.text
+    return text.token_embedding.weight.numel()

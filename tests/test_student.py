@@ -328,3 +328,29 @@ def test_export_of_a_pretrained_student_loads_without_the_weights_file(tmp_path)
     loaded = load_student(tmp_path / "student.safetensors")
     for name, value in student.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_factorised_token_embedding_is_small_and_exports(tmp_path):
+    """token_rank=8: 49,408 x 8 + 8 x 32 embedding parameters instead of 49,408 x 32, every caption still
+    encodable (unit norm), initialised at open_clip's token scale, and the export reloads it exactly."""
+    torch.manual_seed(0)
+    full = Student(student_config("vit", "transformer"), max_words=MAX_WORDS)
+    small = Student(student_config("vit", "transformer", token_rank=8), max_words=MAX_WORDS).eval()
+    count = sum(p.numel() for p in small.text.token_embedding.parameters())
+    assert count == 49408 * 8 + 8 * 32 and full.text.token_embedding.weight.numel() == 49408 * 32
+    others = sum(p.numel() for p in full.parameters()) - 49408 * 32
+    assert sum(p.numel() for p in small.parameters()) == others + count
+    vectors = small.text.token_embedding(torch.arange(49408))
+    assert vectors.std().item() == pytest.approx(0.02, rel=0.05)  # 1.6 M draws: well inside 5%
+    batch = make_batch(16)
+    with torch.no_grad():
+        text = small.encode_text(*batch[:2])
+    close(text.norm(dim=-1), torch.ones(3))
+    loaded = load_student(export_student(small, tmp_path / "small.safetensors", dtype="fp32"))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(*batch[:2]), text)
+    with pytest.raises(ValueError, match="student.token_rank: the teacher's text tower"):
+        Student(student_config("vit", "transformer", token_rank=8, text="teacher"), max_words=8, teacher_text=TINY_TEXT)
+
+
+TINY_TEXT = TextTower(width=32, heads=2, layers=1, quick_gelu=True)
