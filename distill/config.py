@@ -35,6 +35,12 @@ def load_dataclass(cls: type[T], path: str | Path, overrides: Sequence[str] = ()
     return _build(cls, data, prefix="")
 
 
+def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:
+    """`cls` from a mapping, as strictly as from a recipe file: unknown keys and wrong types are a
+    `RecipeError` naming the dotted key under `prefix`; fields the mapping leaves out keep their defaults."""
+    return _build(cls, data, prefix)
+
+
 def recipe_to_dict(obj: Any) -> dict:
     """The dataclass `obj` as plain nested dicts and lists, ready for YAML or JSON."""
     return dataclasses.asdict(obj)

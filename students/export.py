@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from distill.config import RecipeError, build_dataclass
 from distill.files import atomic_write
-from students.model import Preprocessing, Student
+from distill.recipe import StudentConfig
+from students.model import Preprocessing, Student, TextTower
 
 FORMAT = "clip4clip-distill/student"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,16 +44,31 @@ def round_weights(student: Student, dtype: str) -> None:
             tensor.copy_(rounded)
 
 
+# timm arguments that read a file or the network when the backbone is built: an export brings its weights.
+FILE_ARGUMENTS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: each name, dtype, shape and bytes (as stored)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def export_student(
     student: Student, path: str | Path, metadata: dict[str, str] | None = None, dtype: str = "fp32"
 ) -> Path:
     """Writes the weights as `dtype` ("fp32", "fp16", "bf16"; round them first with `round_weights`) with
-    `{"format", "config"}` and `metadata` (strings, e.g. JSON) in the header.
+    `{"format", "config", "weights_sha256"}` and `metadata` (strings, e.g. JSON) in the header.
 
     The file is written under a temporary name and renamed, so a crash never leaves a half-written export.
     """
     tensors = {k: shipped(v, DTYPES[dtype]).contiguous().cpu() for k, v in student.state_dict().items()}
-    header = {"format": FORMAT, "config": json.dumps(student.spec()), **(metadata or {})}
+    header = {"format": FORMAT, "config": json.dumps(student.spec()), "weights_sha256": weights_sha256(tensors)}
+    header |= metadata or {}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 
@@ -71,17 +89,51 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
     """Rebuilds a student from one exported file alone (or the model card folder holding it), in eval mode,
-    with the `preprocessing` it was trained to read (`distill.embed` uses it)."""
+    with the `preprocessing` it was trained to read (`distill.embed` uses it).
+
+    Raises:
+        ValueError: naming the file: not a student export, a config that does not fit the student schema
+            (unknown fields, wrong types, backbone arguments that name files), weights that are not the
+            ones exported (checksum) or do not fit the config.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
     metadata = read_metadata(path)
-    # The weights come from the export, not from the backbone's pretrained file (which may not be here).
-    student = Student.from_spec(json.loads(metadata["config"]))
-    # strict: a missing or extra key is an error naming it; fp16/bf16 weights are cast to float32
-    student.load_state_dict(load_file(str(path)))
+    student = Student.from_spec(checked_spec(metadata.get("config"), path))
+    tensors = load_file(str(path))
+    # Exports from before the checksum have none to compare.
+    if "weights_sha256" in metadata and weights_sha256(tensors) != metadata["weights_sha256"]:
+        raise ValueError(f"{path}: the weights do not match the export's checksum (changed or damaged since)")
+    try:  # strict: a missing or extra key is an error naming it; fp16/bf16 weights are cast to float32
+        student.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit the student its config describes: {error}") from None
     if "preprocessing" in metadata:
         fields = {f.name for f in dataclasses.fields(Preprocessing)}
         found = json.loads(metadata["preprocessing"])
         student.preprocessing = Preprocessing(**{k: v for k, v in found.items() if k in fields})
     return student.to(device).eval()
+
+
+def checked_spec(config: str | None, path: Path) -> dict:
+    """The export's `config` as `Student.from_spec` takes it, checked against the schema (the recipe's
+    `StudentConfig` fields, strictly typed; fields added after the export was made take their defaults)."""
+    try:
+        spec = json.loads(config) if config is not None else None
+        if not isinstance(spec, dict):
+            raise RecipeError("expected a JSON object")
+        spec = dict(spec)
+        max_words, teacher_text = spec.pop("max_words", None), spec.pop("teacher_text", None)
+        if type(max_words) is not int or max_words < 1:
+            raise RecipeError(f"config.max_words: expected a positive int, got {max_words!r}")
+        if teacher_text is not None:
+            build_dataclass(TextTower, teacher_text, "config.teacher_text")
+        student = build_dataclass(StudentConfig, spec, "config")
+        if named := [key for key in student.backbone_kwargs if key in FILE_ARGUMENTS]:
+            raise RecipeError(
+                f"config.backbone_kwargs: {named} would read files or the network; an export brings its weights"
+            )
+    except (json.JSONDecodeError, RecipeError, TypeError) as error:  # TypeError: a required field missing
+        raise ValueError(f"{path}: not a valid student config ({error})") from None
+    return {**spec, "max_words": max_words, "teacher_text": teacher_text}

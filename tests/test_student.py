@@ -278,6 +278,44 @@ def test_load_student_rejects_other_safetensors(tmp_path):
         load_student(broken)
 
 
+def rewritten(path: Path, out: Path, *, config=None, tensors=None, drop=()) -> Path:
+    """A copy of the export at `path` with its config (a dict) or tensors replaced, metadata keys dropped."""
+    metadata = {k: v for k, v in read_metadata(path).items() if k not in drop}
+    if config is not None:
+        metadata["config"] = json.dumps(config)
+    save_file(tensors if tensors is not None else load_file(path), str(out), metadata=metadata)
+    return out
+
+
+def test_load_student_checks_the_config_and_the_weights_naming_the_file(tmp_path):
+    student = make_student("vit", "transformer")
+    path = export_student(student, tmp_path / "good.safetensors", dtype="fp16")
+    config = json.loads(read_metadata(path)["config"])
+    bad = tmp_path / "bad.safetensors"
+    for change, message in (
+        ({"backbone_layers": 2}, "unknown key 'config.backbone_layers'"),
+        ({"embed_dim": "64"}, "config.embed_dim: expected int"),
+        ({"max_words": None}, "config.max_words: expected a positive int"),
+        ({"backbone_kwargs": {**config["backbone_kwargs"], "checkpoint_path": "/etc/x.pth"}}, "would read files"),
+        ({"teacher_text": {"width": 32}}, "missing"),
+    ):
+        with pytest.raises(ValueError, match=f"{bad}: not a valid student config .*{message}"):
+            load_student(rewritten(path, bad, config={**config, **change}))
+    # A config field added after an export was made takes its default: older exports still load.
+    older = {k: v for k, v in config.items() if k != "token_rank"}
+    assert load_student(rewritten(path, bad, config=older)).config.token_rank == 0
+    # One weight changed after export: the checksum says so; without a checksum (older exports) it loads.
+    tensors = load_file(path)
+    tensors["frame_proj.bias"] = tensors["frame_proj.bias"] + 1
+    with pytest.raises(ValueError, match=f"{bad}: the weights do not match the export's checksum"):
+        load_student(rewritten(path, bad, tensors=tensors))
+    assert load_student(rewritten(path, bad, tensors=tensors, drop=["weights_sha256"]))
+    # Weights of another student under this config: the mismatch names the file and the tensor.
+    other = export_student(make_student("vit", "mean"), tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match=f"(?s){bad}: the weights do not fit .*frame_position_embeddings"):
+        load_student(rewritten(other, bad, config=config, drop=["weights_sha256"]))
+
+
 # Pretrained backbones
 
 
