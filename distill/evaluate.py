@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from distill.data.dataset import VideoTextDataset
-from distill.metrics import multi_sentence_metrics, retrieval_metrics
+from distill.metrics import multi_sentence_metrics, multi_sentence_ranks, recall_curve, retrieval_metrics
+from distill.plots import plot_recall, plot_training, read_logs
 from distill.scorers import scorer_for
 
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
@@ -108,6 +109,9 @@ def retrieval(sim: torch.Tensor, video_of_text: torch.Tensor) -> dict:
     return multi_sentence_metrics(sim, video_of_text)
 
 
+CURVE_K = 50  # the report's Recall@K curves go up to K = 50 (or the number of test videos)
+
+
 def count_gflops(fn, *args) -> float:
     """Forward GFLOPs (1 multiply-add = 2 FLOPs) of `fn(*args)`, the same for a frozen and a trainable model.
 
@@ -172,9 +176,9 @@ def evaluate(
     most of its score there.
     """
     report: dict = {"test_pairs": len(dataset), "test_videos": len(set(dataset.video_ids)), "efficiency": {}}
-    report.update(
-        model_metrics(models, dataset, batch_size=batch_size, accelerator=accelerator, num_workers=num_workers)
-    )
+    metrics = model_metrics(models, dataset, batch_size=batch_size, accelerator=accelerator, num_workers=num_workers)
+    report["recall_curves"] = {name: metrics[name].pop("curve") for name in metrics}
+    report.update(metrics)
     for name, model in models.items():
         report["efficiency"][name] = efficiency(model, dataset, name)
     return report
@@ -188,7 +192,8 @@ def model_metrics(
     accelerator: Accelerator,
     num_workers: int = 0,
 ) -> dict[str, dict]:
-    """Per model (keyed by the view it reads): `{"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float}`."""
+    """Per model (keyed by the view it reads): `{"t2v": {...}, "v2t": {...}, "t2v_reversed_R1": float,
+    "curve": {"t2v": [R@1, R@2, ...], "v2t": [...]}}` (the curve up to K = 50 or the number of videos)."""
     first = dataset.first_pairs()  # videos are numbered in the order of their first pairs
     column = {dataset.video_ids[pair]: c for c, pair in enumerate(first)}
     video_of_text = torch.tensor([column[v] for v in dataset.video_ids])
@@ -198,9 +203,11 @@ def model_metrics(
     report = {}
     for view, model in models.items():
         texts = encode_texts(model, dataset, batch_size=batch_size, accelerator=accelerator)
-        metrics = retrieval(scores(model, texts, encoded[view]["video"]), video_of_text)
+        sim = scores(model, texts, encoded[view]["video"])
         reversed_ = retrieval(scores(model, texts, encoded[view]["reversed"]), video_of_text)
-        report[view] = {**metrics, "t2v_reversed_R1": reversed_["t2v"]["R1"]}
+        ranks = multi_sentence_ranks(sim, video_of_text)
+        curve = {d: recall_curve(r, min(CURVE_K, sim.shape[1])) for d, r in ranks.items()}
+        report[view] = {**retrieval(sim, video_of_text), "t2v_reversed_R1": reversed_["t2v"]["R1"], "curve": curve}
     return report
 
 
@@ -259,4 +266,8 @@ def write_reports(report: dict, run_dir: Path) -> None:
     lines += ["## Order of frames", "", "Text-to-video R@1 with every test clip played backwards:", ""]
     lines += [f"- {m}: {report[m]['t2v_reversed_R1']:.1f} (forwards {report[m]['t2v']['R1']:.1f})" for m in models]
     lines += ["", "## Cost", "", *cost_table(report, models)]
+    figures = [plot_recall(report["recall_curves"], run_dir / "recall_at_k.png", gallery=report["test_videos"])]
+    if logs := read_logs(run_dir):
+        figures.append(plot_training(logs, run_dir / "training_curves.png"))
+    lines += ["", "## Figures", ""] + [f"![{path.stem.replace('_', ' ')}]({path.name})" for path in figures]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

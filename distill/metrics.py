@@ -105,6 +105,14 @@ def multi_sentence_metrics(
     j's own group. MdR uses numpy's median, as the original's `compute_metrics` does.
     Ties and NaNs: see the module docstring.
     """
+    ranks = multi_sentence_ranks(sim, video_of_text, chunk_size=chunk_size)
+    return {"t2v": _summarize(ranks["t2v"], lower_median=True), "v2t": _summarize(ranks["v2t"])}
+
+
+def multi_sentence_ranks(
+    sim: torch.Tensor, video_of_text: Sequence[int] | torch.Tensor, *, chunk_size: int = 2048
+) -> dict[str, torch.Tensor]:
+    """The 0-based ranks `multi_sentence_metrics` summarises: `{"t2v": (S,), "v2t": (V,)}`."""
     _check_matrix("sim", sim, square=False)
     owner = torch.as_tensor(video_of_text, dtype=torch.long, device=sim.device)
     num_texts, num_videos = sim.shape
@@ -117,9 +125,18 @@ def multi_sentence_metrics(
     if (captions == 0).any():
         raise ValueError(f"videos {(captions == 0).nonzero()[:, 0].tolist()} have no caption in video_of_text")
 
-    t2v = _summarize(_ranks(lambda s: sim[s], owner, chunk_size), lower_median=True)
     scores = _at_least_float32(sim)
     scores = scores.masked_fill(scores.isnan(), float("-inf"))
     best = scores.new_full((num_videos, num_videos), float("-inf"))  # (caption group i, video j)
     best = best.scatter_reduce(0, owner[:, None].expand_as(scores), scores, reduce="amax")
-    return {"t2v": t2v, "v2t": retrieval_metrics(best.T, chunk_size=chunk_size)}
+    diagonal = torch.arange(num_videos, device=sim.device)
+    return {
+        "t2v": _ranks(lambda s: sim[s], owner, chunk_size),
+        "v2t": _ranks(lambda s: best.T[s], diagonal, chunk_size),
+    }
+
+
+def recall_curve(ranks: torch.Tensor, max_k: int) -> list[float]:
+    """R@K in percent for K = 1 .. max_k, from 0-based ranks."""
+    r = ranks.cpu()
+    return [100 * (r < k).double().mean().item() for k in range(1, max_k + 1)]

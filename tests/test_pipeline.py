@@ -90,6 +90,23 @@ def test_demo_writes_run_folder_and_report(demo):
     assert "| teacher |" in (run / "report.md").read_text()
 
 
+def test_report_links_its_recall_and_training_figures(demo):
+    from PIL import Image
+
+    run = demo / "run"
+    report = json.loads((run / "report.json").read_text())
+    for model in ("teacher", "student"):
+        for direction in ("t2v", "v2t"):
+            curve = report["recall_curves"][model][direction]
+            assert len(curve) == report["test_videos"] == 16  # K up to 50 or the gallery, here 16 videos
+            assert [curve[0], curve[4], curve[9]] == [report[model][direction][k] for k in ("R1", "R5", "R10")]
+            assert curve == sorted(curve) and curve[-1] == 100.0
+    markdown = (run / "report.md").read_text()
+    assert "![recall at k](recall_at_k.png)" in markdown and "![training curves](training_curves.png)" in markdown
+    assert Image.open(run / "recall_at_k.png").size == (990, 396)  # 9 x 3.6 inches at 110 dpi
+    assert Image.open(run / "training_curves.png").size == (990, 704)  # a row for each of the two stages
+
+
 def test_export_writes_a_model_card_folder_that_loads(demo):
     """student/: the same weights, config.json and a README whose front-matter carries the report's metrics of
     student and teacher in both directions, as a model hub reads them."""
