@@ -19,7 +19,12 @@ def similarity(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """`logit_scale * text @ video.T`, `[N, N]`; a cross encoder (tightTransf) gives its `logits` directly."""
     if "logits" in outputs:
         return outputs["logits"]
-    return outputs["logit_scale"] * outputs["text_features"] @ outputs["video_features"].T
+    return outputs["logit_scale"] * cosines(outputs)
+
+
+def cosines(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`text @ video.T` of the unit embeddings, `[N, N]`, without the model's logit scale."""
+    return outputs["text_features"] @ outputs["video_features"].T
 
 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -103,7 +108,8 @@ class DistillationLoss(nn.Module):
         if teacher is None:
             return losses
         if c.kl_weight:
-            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, similarity(teacher).detach(), c.kl_temperature)
+            target = similarity(teacher) if not c.teacher_logit_scale else c.teacher_logit_scale * cosines(teacher)
+            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, target.detach(), c.kl_temperature)
         if not (c.feature_weight or c.cross_weight):
             return losses
         projected = {

@@ -94,6 +94,9 @@ class StudentConfig:
 class LossConfig:
     kl_weight: float = 1.0  # KL(teacher || student) on t2v and v2t similarity rows
     kl_temperature: float = 1.0  # divides both models' logits before the softmax
+    # 0: the teacher's logits at its own learned logit scale; > 0: the teacher's cosines times this (TinyCLIP
+    # and MobileCLIP fix it at 100 and 50-70), sharper targets than a teacher whose scale stayed low
+    teacher_logit_scale: float = 0.0
     # MSE between normalised student (projected) and teacher embeddings: 2 - 2 cos, so also the cosine loss
     feature_weight: float = 1.0
     # Cross-model contrastive (CLIP-KD's ICL): student videos against teacher captions and student captions
@@ -159,6 +162,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "eval.val_pairs",
     "loss.kl_weight",
+    "loss.teacher_logit_scale",
     "loss.feature_weight",
     "loss.cross_weight",
     "loss.contrastive_weight",
@@ -169,8 +173,9 @@ NON_NEGATIVE = (
 
 
 def embedding_term(loss: LossConfig) -> str | None:
-    """The first weight of a term that needs teacher embeddings, which a tightTransf teacher lacks."""
-    return next((name for name in ("feature_weight", "cross_weight") if getattr(loss, name)), None)
+    """The first loss setting that needs teacher embeddings, which a tightTransf teacher lacks."""
+    names = ("feature_weight", "cross_weight", "teacher_logit_scale")
+    return next((name for name in names if getattr(loss, name)), None)
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: bool = False) -> Recipe:

@@ -227,9 +227,9 @@ def test_values_out_of_range_name_the_key(tmp_path, override, message):
         load_recipe(tmp_path / "r.yaml", [override])
 
 
-@pytest.mark.parametrize("term", ["feature_weight", "cross_weight"])
+@pytest.mark.parametrize("term", ["feature_weight", "cross_weight", "teacher_logit_scale"])
 def test_tight_teacher_refuses_terms_that_need_embeddings(tmp_path, term):
     (tmp_path / "r.yaml").write_text("stages: [data, teacher, distill]\n")
-    overrides = ["teacher.sim_header=tightTransf", "loss.feature_weight=0", f"loss.{term}=1.0"]
+    overrides = ["teacher.sim_header=tightTransf", "loss.feature_weight=0", f"loss.{term}=50.0"]
     with pytest.raises(RecipeError, match=f"^loss.{term}: a tightTransf teacher has no embeddings to match"):
         load_recipe(tmp_path / "r.yaml", overrides)

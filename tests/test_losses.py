@@ -210,6 +210,19 @@ def test_terms_are_multiplied_by_their_weights():
         assert double[key].item() == pytest.approx(2 * single[key].item(), rel=1e-6)
 
 
+def test_fixed_teacher_logit_scale_replaces_the_teachers_own_in_the_kl_only():
+    """teacher_logit_scale=100: the KL targets are 100 x the teacher's cosines whatever scale it learned;
+    the student's logits and the other terms are unchanged."""
+    student, teacher = outputs(5, 8), outputs(5, 8, seed=1)
+    teacher["logit_scale"] = torch.tensor(15.0)
+    fixed = DistillationLoss(LossConfig(teacher_logit_scale=100.0, feature_weight=0.0), student_dim=8, teacher_dim=8)
+    own = DistillationLoss(LossConfig(feature_weight=0.0), student_dim=8, teacher_dim=8)
+    scaled = {**teacher, "logit_scale": torch.tensor(100.0)}
+    assert fixed(student, teacher)["kl_loss"].item() == pytest.approx(own(student, scaled)["kl_loss"].item(), rel=1e-6)
+    assert fixed(student, teacher)["kl_loss"].item() != pytest.approx(own(student, teacher)["kl_loss"].item(), rel=1e-3)
+    assert fixed(student, teacher)["contrastive_loss"] == own(student, teacher)["contrastive_loss"]
+
+
 # cross-model contrastive
 
 
