@@ -1,14 +1,19 @@
-"""What the student of recipes/msrvtt.yaml costs next to the teacher it replaces, at real sizes: a
-CLIP4Clip seqTransf teacher on OpenAI CLIP ViT-B/32 (CLIP4Clip's MSR-VTT setting: 12 frames at 224 px, 32
-tokens, 4 temporal layers) and the recipe's ViT-Tiny student, both with random weights (cost does not
-depend on them).
+"""What a recipe's student costs next to the teacher it replaces, measured in one process.
 
-    python benchmarks/bench_cost.py [--rounds 5] [--videos 4] [--captions 32] [dotted.key=value ...]
+    python benchmarks/bench_cost.py [--recipe recipes/msrvtt.yaml] [--rounds 5] [--videos 4] [--captions 32]
+                                    [dotted.key=value ...]
 
-Prints parameters, GFLOPs per video and per caption (FlopCounterMode, 1 multiply-add = 2 FLOPs) and CPU
-latency (eval mode, inference_mode, fp32, the machine's threads): `--videos` videos and `--captions` captions a
-call, median of `--rounds` rounds in which teacher and student alternate. Overrides change the student
-(e.g. student.backbone=mobilenetv3_large_100).
+recipes/msrvtt.yaml (the default): a CLIP4Clip seqTransf teacher on OpenAI CLIP ViT-B/32 (CLIP4Clip's MSR-VTT
+setting: 12 frames at 224 px, 32 tokens, 4 temporal layers) and the recipe's ViT-Tiny student. A recipe
+without `teacher.source` (recipes/demo.yaml): the teacher its teacher stage would train. Random weights
+(cost does not depend on them); the teacher frozen, as distillation and evaluation run it.
+
+Prints parameters (in all and by part), GFLOPs per video and per caption (distill.evaluate.count_gflops: 1
+multiply-add = 2 FLOPs, the same count for a frozen and a trainable model), the size of the shipped file
+(the student at `export.dtype`, the teacher as `save_teacher` writes it) and CPU throughput (eval mode,
+inference_mode, fp32, the machine's threads): `--videos` videos and `--captions` captions a call, median of
+`--rounds` rounds in which teacher and student alternate. Overrides change the recipe (e.g.
+student.backbone=mobilenetv3_large_100).
 """
 
 from __future__ import annotations
@@ -22,55 +27,79 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
-# OpenAI's ViT-B/32 as CLIP4Clip loads it (max_words 32 reads the first 32 of 77 positions).
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "msrvtt.yaml")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--videos", type=int, default=4, help="videos a timed call")
     parser.add_argument("--captions", type=int, default=32, help="captions a timed call")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value for recipes/msrvtt.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value for the recipe")
     args = parser.parse_args()
 
     import torch
 
-    from distill.evaluate import count_gflops
+    from distill.context import teacher_arch
+    from distill.evaluate import PART_COLUMNS, count_gflops, parameter_parts
     from distill.recipe import load_recipe
-    from students import Student
-    from teachers import CLIP4Clip, tokenize
+    from students import Student, export_student, round_weights
+    from teachers import CLIP4Clip, save_teacher, tokenize
     from teachers.archs import clip4clip_arch
 
     with tempfile.TemporaryDirectory() as tmp:  # stand-ins for the recipe's paths, which are not read here
         for name in ("checkpoint", "MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"):
             (Path(tmp) / name).touch()
-        recipe = load_recipe(
-            REPO / "recipes" / "msrvtt.yaml",
-            [f"data.annotations={tmp}", f"data.video_root={tmp}", f"teacher.source={tmp}/checkpoint", *args.overrides],
-        )
-    frames, size, words = recipe.teacher.max_frames, recipe.student.image_size, recipe.data.max_words
+        given = (yaml.safe_load(args.recipe.read_text()).get("teacher") or {}).get("source") is not None
+        paths = [f"data.annotations={tmp}", f"data.video_root={tmp}", f"data.root={tmp}", "stages=[data]"]
+        paths += [f"teacher.source={tmp}/checkpoint"] if given else []
+        recipe = load_recipe(args.recipe, [*paths, *args.overrides])
+    words = recipe.data.max_words
     torch.manual_seed(0)
+    # A recipe that distils a given CLIP4Clip checkpoint: its MSR-VTT teacher; else the one it would train.
+    arch = clip4clip_arch("vit_b_32", "seqTransf") if given else teacher_arch(recipe.teacher, words)
     models = {
-        "teacher": CLIP4Clip(clip4clip_arch("vit_b_32", "seqTransf")).eval(),
+        "teacher": CLIP4Clip(arch).eval().requires_grad_(False),
         "student": Student(recipe.student, max_words=words).eval(),
     }
-    video = torch.randn(args.videos, frames, 3, size, size)
-    mask = torch.ones(args.videos, frames, dtype=torch.long)
     ids, ids_mask = tokenize([f"a person is cooking dish number {i} in a kitchen" for i in range(args.captions)], words)
 
     rows = {}
-    for name, model in models.items():
-        rows[name] = {
-            "params": sum(p.numel() for p in model.parameters()) / 1e6,
-            "video_gflops": count_gflops(model.encode_video, video[:1], mask[:1]),
-            "caption_gflops": count_gflops(model.encode_text, ids[:1], ids_mask[:1]),
-            "video_s": [],
-            "caption_s": [],
-        }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            frames, size = (
+                (recipe.teacher.max_frames, model.input_size)
+                if name == "teacher"
+                else (
+                    recipe.student.max_frames,
+                    recipe.student.image_size,
+                )
+            )
+            video = torch.randn(args.videos, frames, 3, size, size)
+            mask = torch.ones(args.videos, frames, dtype=torch.long)
+            file = Path(tmp) / f"{name}.safetensors"
+            if name == "teacher":
+                save_teacher(model, file)
+            else:
+                round_weights(model, recipe.export.dtype)
+                export_student(model, file, dtype=recipe.export.dtype)
+            rows[name] = {
+                "params": sum(p.numel() for p in model.parameters()) / 1e6,
+                "parts": parameter_parts(model),
+                "video_gflops": count_gflops(model.encode_video, video[:1], mask[:1]),
+                "caption_gflops": count_gflops(model.encode_text, ids[:1], ids_mask[:1]),
+                "file_mb": file.stat().st_size / 1e6,
+                "inputs": (video, mask),
+                "video_s": [],
+                "caption_s": [],
+            }
     with torch.inference_mode():
         for round_ in range(args.rounds + 1):  # round 0 warms up
             for name, model in models.items():
+                video, mask = rows[name]["inputs"]
                 for key, fn in (
                     ("video_s", lambda: model.encode_video(video, mask)),
                     ("caption_s", lambda: model.encode_text(ids, ids_mask)),
@@ -80,33 +109,37 @@ def main() -> None:
                     if round_:
                         rows[name][key].append(time.perf_counter() - start)
 
+    s = recipe.student
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}, fp32; {frames} frames at {size} px, {words} tokens; "
-        f"student: {recipe.student.backbone}, {recipe.student.temporal_layers} temporal layers, text "
-        f"{recipe.student.text_width} wide x {recipe.student.text_layers}; medians of {args.rounds} rounds\n"
+        f"threads, torch {torch.__version__}, fp32; {args.recipe.name}: teacher {recipe.teacher.max_frames} frames "
+        f"at {models['teacher'].input_size} px, student {s.max_frames} at {s.image_size} px ({s.backbone}, "
+        f"{s.temporal_layers} temporal layers, text {s.text_width} wide x {s.text_layers}, token rank "
+        f"{s.token_rank or 'full'}), {words} tokens; medians of {args.rounds} rounds\n"
     )
     print(
-        f"| model | params (M) | GFLOPs / video | GFLOPs / caption | ms / video ({args.videos} a call) "
-        f"| ms / caption ({args.captions} a call) |\n|---|---:|---:|---:|---:|---:|"
+        "| model | params (M) | " + " | ".join(p.replace("_", " ") for p in PART_COLUMNS) + " | GFLOPs / video "
+        f"| GFLOPs / caption | file (MB) | videos/s ({args.videos} a call) | captions/s ({args.captions} a call) |"
     )
-    ms = {
-        name: (
-            1e3 * statistics.median(r["video_s"]) / args.videos,
-            1e3 * statistics.median(r["caption_s"]) / args.captions,
-        )
+    print("|---|" + "---:|" * (len(PART_COLUMNS) + 6))
+    speed = {
+        name: (args.videos / statistics.median(r["video_s"]), args.captions / statistics.median(r["caption_s"]))
         for name, r in rows.items()
     }
     for name, r in rows.items():
+        parts = " | ".join(f"{r['parts'][p]:.2f}" for p in PART_COLUMNS)
         print(
-            f"| {name} | {r['params']:.1f} | {r['video_gflops']:.1f} | {r['caption_gflops']:.2f} "
-            f"| {ms[name][0]:.0f} | {ms[name][1]:.1f} |"
+            f"| {name} | {r['params']:.2f} | {parts} | {r['video_gflops']:.3f} | {r['caption_gflops']:.4f} "
+            f"| {r['file_mb']:.1f} | {speed[name][0]:.1f} | {speed[name][1]:.0f} |"
         )
-    t, s = rows["teacher"], rows["student"]
+    t, st = rows["teacher"], rows["student"]
+    ratio = lambda a, b: f"{a / b:.1f}x" if b else "-"  # noqa: E731
+    parts = " | ".join(ratio(t["parts"][p], st["parts"][p]) for p in PART_COLUMNS)
     print(
-        f"| teacher / student | {t['params'] / s['params']:.1f}x | {t['video_gflops'] / s['video_gflops']:.1f}x "
-        f"| {t['caption_gflops'] / s['caption_gflops']:.1f}x | {ms['teacher'][0] / ms['student'][0]:.1f}x "
-        f"| {ms['teacher'][1] / ms['student'][1]:.1f}x |"
+        f"| teacher / student | {ratio(t['params'], st['params'])} | {parts} "
+        f"| {ratio(t['video_gflops'], st['video_gflops'])} | {ratio(t['caption_gflops'], st['caption_gflops'])} "
+        f"| {ratio(t['file_mb'], st['file_mb'])} | {ratio(speed['student'][0], speed['teacher'][0])} "
+        f"| {ratio(speed['student'][1], speed['teacher'][1])} |"
     )
 
 

@@ -1,0 +1,211 @@
+"""Does distillation pay? The same student trained on the same labelled clips and budget, with and without
+the teacher, over seeds; R@1 on the validation split.
+
+    python benchmarks/bench_kd.py [--labelled 400] [--seeds 0 1 2] [--variants gt kl all kd] [--split val]
+                                  [--out runs/bench_kd] [dotted.key=value ...]
+
+As in real use, the teacher knows more than the student's labelled data: it is the demo teacher, trained on
+the demo's whole pool of synthetic clips (1,600, less the validation videos held out of them), and the
+student sees only the first `--labelled` of those clips (their captions and the teacher's outputs on them).
+The first clips of a synthetic dataset are the same for every `num_train` (one seed, one stream), and the
+validation split is held out by file name, so the student's validation videos are among the teacher's
+validation videos: neither model trains on them. Every student is scored on the pool's validation split
+(about 160 videos), the teacher on it once. `--split test` scores the test split instead: for the final
+table only, after the choices were made on validation.
+
+Variants (the loss weights; everything else is the demo recipe with `train.epochs` raised so that the
+smaller split gets about the demo's number of steps):
+  gt     ground-truth contrastive only: the teacher-free twin
+  kl     + similarity KL (both directions)
+  feat   + feature matching
+  cross  + cross-model contrastive
+  all    contrastive + KL + feature matching + cross-model
+  kd     distillation alone: KL + feature matching, no ground-truth term
+  kl50, kl100   contrastive + KL with the teacher's cosines at a fixed logit scale of 50 or 100 (its own
+                learned scale is about 15), TinyCLIP's and MobileCLIP's sharper targets
+  all100 contrastive + KL at teacher scale 100 + feature matching
+Sizes (student overrides of the demo recipe; `--sizes`):
+  demo   the demo's student: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
+  small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
+  tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding
+  mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), rank-16 token embedding
+Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = 1600  # the demo's train clips: what the teacher trains on
+VARIANTS = {
+    "gt": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 0.0},
+    "kl": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "cross_weight": 0.0},
+    "feat": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 1.0, "cross_weight": 0.0},
+    "cross": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 1.0},
+    "all": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 1.0},
+    "kd": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0},
+    "kl50": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 50.0},
+    "kl100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 100.0},
+    "all100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "teacher_logit_scale": 100.0},
+}
+
+SIZES = {
+    "demo": [],
+    "small": [
+        "student.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 96, num_heads: 3}",
+        "student.token_rank=16",
+    ],
+    "tiny": [
+        "student.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 64, num_heads: 2}",
+        "student.text_width=64",
+        "student.text_heads=2",
+        "student.token_rank=16",
+    ],
+    "mnv3": [
+        "student.backbone=mobilenetv3_small_050",
+        "student.backbone_kwargs={}",
+        "student.image_size=64",
+        "student.token_rank=16",
+    ],
+}
+
+
+def run(args: list[str], log: Path) -> None:
+    """`distill/run.py recipes/demo.yaml ARGS`, its output in `log`; stops the benchmark when it fails."""
+    command = [sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"), *args]
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labelled", type=int, default=400, help="first clips of the pool the student trains on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--split", choices=["val", "test"], default="val")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_kd")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    # The teacher: the demo's, on the whole pool (reused when it is there).
+    teacher = out / "teacher" / "teacher.safetensors"
+    started = time.perf_counter()
+    if not teacher.is_file():
+        (out / "teacher").mkdir(exist_ok=True)
+        run(
+            [f"output_dir={out / 'teacher'}", f"data.root={out / 'pool'}", "stages=[data,teacher]"], out / "teacher.log"
+        )
+    print(f"teacher: {teacher} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    # The students: the first --labelled clips, about the demo's 150 steps of 64 whatever their number.
+    epochs = max(1, round(150 * 64 / (0.9 * args.labelled)))
+    common = [
+        f"data.root={out / f'labelled_{args.labelled}'}",
+        f"data.synthetic.num_train={args.labelled}",
+        f"teacher.source={teacher}",
+        "stages=[data,cache,distill,export]",
+        f"train.epochs={epochs}",
+        "eval.val_pairs=0",
+        *args.overrides,
+    ]
+    cache = None
+    for size, variant, seed in product(args.sizes, args.variants, args.seeds):
+        folder = out / f"{size}_{variant}_seed{seed}"
+        if (folder / "student.safetensors").is_file():
+            continue
+        folder.mkdir(exist_ok=True)
+        if cache is not None and not (folder / "teacher_cache").exists():
+            shutil.copytree(cache, folder / "teacher_cache")  # one teacher, one split: the same cache
+        weights = [f"loss.{key}={value}" for key, value in VARIANTS[variant].items()]
+        started = time.perf_counter()
+        run([*common, *SIZES[size], f"output_dir={folder}", f"seed={seed}", *weights], folder / "run.log")
+        cache = folder / "teacher_cache"
+        print(f"{size} {variant} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+
+    score(args, out, teacher, epochs)
+
+
+def score(args: argparse.Namespace, out: Path, teacher_path: Path, epochs: int) -> None:
+    """R@1 of the teacher and of every student on the pool's `--split`, and the table."""
+    import torch
+
+    from distill.context import open_datasets, start_run
+    from distill.evaluate import efficiency, model_metrics
+    from distill.recipe import load_recipe
+    from students import load_student
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    recipe = load_recipe(
+        REPO / "recipes" / "demo.yaml",
+        [
+            f"data.root={out / 'pool'}",
+            f"output_dir={out / 'score'}",
+            "stages=[evaluate]",
+            f"teacher.source={teacher_path}",
+        ],
+    )
+    run_ = start_run(recipe)
+    data = open_datasets(run_)[args.split]
+
+    def r1(model, view: str) -> tuple[float, float]:
+        metrics = model_metrics({view: model}, data, batch_size=100, accelerator=run_.accelerator)[view]
+        return metrics["t2v"]["R1"], metrics["v2t"]["R1"]
+
+    teacher = run_.teacher
+    rows = {("teacher", ""): [r1(teacher, "teacher")]}
+    cost = {"teacher": efficiency(teacher, data, "teacher")}
+    for size, variant in product(args.sizes, args.variants):
+        rows[size, variant] = []
+        for seed in args.seeds:
+            student = load_student(out / f"{size}_{variant}_seed{seed}" / "student.safetensors")
+            rows[size, variant].append(r1(student, "student"))
+            cost.setdefault(size, efficiency(student, data, "student"))
+    results = {"rows": {f"{size} {variant}".strip(): r for (size, variant), r in rows.items()}, "cost": cost}
+    (out / f"results_{args.split}.json").write_text(json.dumps(results, indent=1))
+
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"teacher on the {POOL}-clip pool, students on its first {args.labelled} clips for {epochs} epochs; "
+        f"R@1 on the pool's {args.split} split ({len(data)} captions of {len(set(data.video_ids))} videos), "
+        f"mean ± std over seeds {args.seeds}\n"
+    )
+    print(
+        "| model | loss | t2v R@1 | v2t R@1 | t2v vs gt | params (M) | GFLOPs / video | teacher / student GFLOPs |"
+        "\n|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    t = cost["teacher"]
+    for (size, variant), scores in rows.items():
+        t2v, v2t = [s[0] for s in scores], [s[1] for s in scores]
+        gt = rows.get((size, "gt"))
+        delta = (
+            "" if gt is None or variant == "gt" else f"{statistics.mean(t2v) - statistics.mean(s[0] for s in gt):+.1f}"
+        )
+        c = cost[size or "teacher"]
+        print(
+            f"| {size or 'teacher'} | {variant} | {mean_std(t2v)} | {mean_std(v2t)} | {delta} | {c['params_M']:.2f} "
+            f"| {c['gflops_per_video']:.3f} | {t['gflops_per_video'] / c['gflops_per_video']:.1f}x |"
+        )
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
+if __name__ == "__main__":
+    main()
