@@ -52,9 +52,10 @@ def load_model(source: str) -> tuple[nn.Module, dict]:
         raise FileNotFoundError(f"model {source}: no such file")
     try:
         read_metadata(file)
-        model, kind = load_student(file), "student"
-    except ValueError:
+    except ValueError:  # not a student export: a teacher source (a damaged student says so below)
         model, kind = load_teacher(source), "teacher"
+    else:
+        model, kind = load_student(file), "student"
     where = source if source.startswith("open_clip:") else str(file.resolve())
     record = {"source": where, "kind": kind, "sha256": sha256_of(file), "embed_dim": model.embed_dim}
     return model, record

@@ -176,3 +176,16 @@ def test_top_k_in_chunks_equals_a_full_sort(monkeypatch):
     full = gallery.float() @ query
     assert rows.tolist() == full.argsort(descending=True)[:5].tolist()
     assert torch.equal(scores, full[rows])
+
+
+def test_a_damaged_student_is_named_as_one_not_tried_as_a_teacher(clips, student, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from students import read_metadata
+
+    tensors = load_file(student)
+    tensors["frame_proj.bias"] = tensors["frame_proj.bias"] + 1
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, str(damaged), metadata=read_metadata(student))
+    assert index_main([str(damaged), str(clips[0]), "--out", str(tmp_path / "index")]) == 2
+    assert f"error: {damaged}: the weights do not match the export's checksum" in capsys.readouterr().err
