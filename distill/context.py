@@ -39,6 +39,7 @@ class Run:
     teacher: CLIP4Clip | None = None  # teacher.source, loaded when the run starts, or the teacher stage's
     # "train", "val" (when data.val_fraction holds some out), "test": every view of each clip
     data: dict[str, VideoTextDataset] = field(default_factory=dict)
+    ensemble: list[CLIP4Clip] = field(default_factory=list)  # teacher.ensemble, loaded when the run starts
     student: Student | None = None  # the distill stage's (the evaluate stage loads an earlier run's)
     report: dict | None = None  # the evaluate stage's
 
@@ -133,7 +134,17 @@ def start_run(recipe: Recipe) -> Run:
         )
     if log_with:
         accelerator.init_trackers(recipe.name, config=flat_config(recipe_to_dict(recipe)))
-    return Run(recipe, accelerator, teacher=given_teacher(recipe, accelerator.device))
+    teacher = given_teacher(recipe, accelerator.device)
+    size = run_views(recipe, teacher)["teacher"].size
+    ensemble = []
+    for i, source in enumerate(recipe.teacher.ensemble):
+        ensemble.append(load_teacher(source, device=accelerator.device, precision=recipe.teacher.precision))
+        if ensemble[-1].input_size != size:
+            raise ValueError(
+                f"teacher.ensemble[{i}]: {source} reads {ensemble[-1].input_size} px frames, the first teacher "
+                f"{size} px; the teachers share one view of each clip"
+            )
+    return Run(recipe, accelerator, teacher=teacher, ensemble=ensemble)
 
 
 def open_datasets(run: Run) -> dict[str, VideoTextDataset]:

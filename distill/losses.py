@@ -1,12 +1,14 @@
 """Losses. Each returns `{"<name>_loss": tensor}` already weighted; the loop sums the values.
 
 Model outputs are dicts `{"text_features", "video_features", "logit_scale"}` with L2-normalised features;
-the similarity matrix has text rows and video columns, and row i holds the true pair (i, i).
+the similarity matrix has text rows and video columns, and row i holds the true pair (i, i). A teacher
+ensemble's outputs are the first teacher's, with the others' outputs as a list under "ensemble".
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,22 +35,22 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def similarity_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def similarity_kl_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperature: float
+) -> torch.Tensor:
     """KL(teacher || student) over each t2v row and each v2t column, averaged over both directions.
 
     Both models keep their own logit scale; `temperature` divides both. The `temperature**2` factor keeps
-    the gradient size independent of the temperature (Hinton et al.).
+    the gradient size independent of the temperature (Hinton et al.). Several teachers' logits: the target
+    is the mean of their distributions, after the softmax (MobileCLIP's ensemble).
     """
+    members = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
     terms = []
-    for s, t in ((student_logits, teacher_logits), (student_logits.T, teacher_logits.T)):
-        terms.append(
-            F.kl_div(
-                F.log_softmax(s / temperature, dim=1),
-                F.log_softmax(t / temperature, dim=1),
-                log_target=True,
-                reduction="batchmean",
-            )
-        )
+    for transpose in (False, True):
+        s = student_logits.T if transpose else student_logits
+        targets = [F.log_softmax((t.T if transpose else t) / temperature, dim=1) for t in members]
+        target = targets[0] if len(targets) == 1 else torch.logsumexp(torch.stack(targets), 0) - math.log(len(targets))
+        terms.append(F.kl_div(F.log_softmax(s / temperature, dim=1), target, log_target=True, reduction="batchmean"))
     return (terms[0] + terms[1]) / 2 * temperature**2
 
 
@@ -108,8 +110,12 @@ class DistillationLoss(nn.Module):
         if teacher is None:
             return losses
         if c.kl_weight:
-            target = similarity(teacher) if not c.teacher_logit_scale else c.teacher_logit_scale * cosines(teacher)
-            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, target.detach(), c.kl_temperature)
+            members = [teacher, *teacher.get("ensemble", [])]
+            if c.teacher_logit_scale:
+                targets = [(c.teacher_logit_scale * cosines(member)).detach() for member in members]
+            else:
+                targets = [similarity(member).detach() for member in members]
+            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, targets, c.kl_temperature)
         if not (c.feature_weight or c.cross_weight):
             return losses
         projected = {

@@ -43,6 +43,11 @@ class TrainConfig:
 @dataclass
 class TeacherConfig:
     source: str | None = None  # anything load_teacher takes; unset: the teacher stage trains one
+    # More teachers (load_teacher sources, frozen) for the KL term, whose target is then the mean of every
+    # teacher's similarity distribution, after the softmax (MobileCLIP); feature matching and the
+    # cross-model term read the first teacher (source, or the one trained here). Each is cached once.
+    # They read the teacher view: their input size must be the first teacher's.
+    ensemble: list[str] = field(default_factory=list)
     max_frames: int = 8  # frames the teacher sees per video
     # How the frozen teacher computes (online, cache, evaluation): auto is bf16 autocast on CUDA, float32
     # elsewhere; fp32 gives the original CLIP4Clip numbers exactly on any device.
@@ -217,6 +222,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
             raise RecipeError(f"teacher.source: no such weights file: {weights} (the pretrained= file of {source})")
     elif source is not None and not Path(source).is_file():
         raise RecipeError(f"teacher.source: no such file: {source}")
+    for i, member in enumerate(recipe.teacher.ensemble):
+        if not member.startswith("open_clip:") and not Path(member).is_file():
+            raise RecipeError(f"teacher.ensemble[{i}]: no such file: {member}")
     if recipe.student.pretrained is not None and not Path(recipe.student.pretrained).is_file():
         raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
     if "distill" in recipe.stages:

@@ -24,7 +24,7 @@ from distill.losses import DistillationLoss
 from distill.prepare import write_frames
 from distill.recipe import LossConfig, embedding_term
 from distill.scorers import scorer_for
-from distill.train import OnlineTeacher, train
+from distill.train import OnlineTeacher, TeacherEnsemble, train
 from students import Student, export_student, load_student, round_weights
 from students.card import write_model_card
 from teachers import CLIP4Clip, load_teacher, save_teacher
@@ -108,12 +108,14 @@ def train_teacher(run: Run) -> CLIP4Clip:
     return load_teacher(path, device=run.accelerator.device, precision=r.teacher.precision)
 
 
-def cache_dir(run: Run) -> Path:
-    return run.dir / "teacher_cache"
+def teachers(run: Run) -> list[tuple[CLIP4Clip, Path]]:
+    """Every teacher of the run (the first, then `teacher.ensemble`) with the folder of its cache."""
+    members = [run.teacher, *run.ensemble]
+    return [(m, run.dir / ("teacher_cache" if i == 0 else f"teacher_cache_{i}")) for i, m in enumerate(members)]
 
 
-def run_cache_key(run: Run) -> dict:
-    """What the teacher cache of this run must have been made from: the train pairs, the sampling of the
+def run_cache_key(run: Run, teacher: CLIP4Clip) -> dict:
+    """What the cache of `teacher` in this run must have been made from: the train pairs, the sampling of the
     teacher's view (which the dataset takes from one decode of max(teacher, student) frames) and the teacher."""
     r, train_pairs = run.recipe, run.data["train"]
     sampling = {
@@ -127,40 +129,49 @@ def run_cache_key(run: Run) -> dict:
         # raw frame shards hold the decoded frames exactly, JPEG ones within JPEG error
         "frames": "raw" if train_pairs.shards is None else train_pairs.shards.encoding,
     }
-    return cache_key(train_pairs, run.teacher, sampling)
+    return cache_key(train_pairs, teacher, sampling)
 
 
 def cache_teacher(run: Run) -> None:
-    """cache: the frozen teacher's outputs for every train pair, in `teacher_cache/` (finished if a kill
-    left it half-written, replaced if it was made for other data, sampling or teacher)."""
-    r, folder = run.recipe, cache_dir(run)
-    written = build_cache(
-        folder,
-        run.teacher,
-        run.data["train"].select_views(["teacher"]),
-        run_cache_key(run),
-        accelerator=run.accelerator,
-        batch_size=r.eval.batch_size,
-        videos_per_shard=r.teacher.cache_videos_per_shard,
-        num_workers=r.data.num_workers,
-    )
-    run.accelerator.print(
-        f"cache: teacher outputs for {len(run.data['train'])} train pairs in {folder} (shards computed now: {written})"
-    )
+    """cache: each frozen teacher's outputs for every train pair, in `teacher_cache/` (`teacher_cache_<i>/`
+    for `teacher.ensemble[i - 1]`; finished if a kill left it half-written, replaced if it was made for other
+    data, sampling or teacher)."""
+    r = run.recipe
+    for teacher, folder in teachers(run):
+        written = build_cache(
+            folder,
+            teacher,
+            run.data["train"].select_views(["teacher"]),
+            run_cache_key(run, teacher),
+            accelerator=run.accelerator,
+            batch_size=r.eval.batch_size,
+            videos_per_shard=r.teacher.cache_videos_per_shard,
+            num_workers=r.data.num_workers,
+        )
+        run.accelerator.print(
+            f"cache: teacher outputs for {len(run.data['train'])} train pairs in {folder} "
+            f"(shards computed now: {written})"
+        )
 
 
-def teacher_outputs(run: Run) -> tuple[OnlineTeacher | TeacherCache, tuple[str, ...]]:
-    """Where distillation gets the teacher's outputs (the cache when `teacher.cache` is true and it is
-    there, else the teacher online) and which views of the clips it then needs."""
-    folder = cache_dir(run)
-    if run.recipe.teacher.cache and (folder / "manifest.json").is_file():
-        try:
-            cache = TeacherCache(folder, run_cache_key(run), run.teacher, device=run.accelerator.device)
-        except CacheError as error:
-            raise CacheError(f"distill: {error}") from None
-        run.accelerator.print(f"distill: teacher outputs from {folder}")
-        return cache, ("student",)
-    return OnlineTeacher(run.teacher), ("teacher", "student")
+def teacher_outputs(run: Run) -> tuple[OnlineTeacher | TeacherCache | TeacherEnsemble, tuple[str, ...]]:
+    """Where distillation gets each teacher's outputs (its cache when `teacher.cache` is true and it is
+    there, else the teacher online), and which views of the clips it then needs."""
+    members, online = [], False
+    for teacher, folder in teachers(run):
+        if run.recipe.teacher.cache and (folder / "manifest.json").is_file():
+            try:
+                members.append(
+                    TeacherCache(folder, run_cache_key(run, teacher), teacher, device=run.accelerator.device)
+                )
+            except CacheError as error:
+                raise CacheError(f"distill: {error}") from None
+            run.accelerator.print(f"distill: teacher outputs from {folder}")
+        else:
+            members.append(OnlineTeacher(teacher))
+            online = True
+    views = ("teacher", "student") if online else ("student",)
+    return (members[0] if len(members) == 1 else TeacherEnsemble(members)), views
 
 
 def distill(run: Run) -> Student:
@@ -169,6 +180,8 @@ def distill(run: Run) -> Student:
     r = run.recipe
     if scorer_for(run.teacher).pairwise and (term := embedding_term(r.loss)):
         raise ValueError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
+    if r.loss.teacher_logit_scale and any(scorer_for(m).pairwise for m in run.ensemble):
+        raise ValueError("loss.teacher_logit_scale: a tightTransf teacher in teacher.ensemble has no cosines to scale")
     teacher, views = teacher_outputs(run)
     set_seed(r.seed)
     student = build_student(r, run.teacher)

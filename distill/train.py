@@ -93,6 +93,18 @@ class OnlineTeacher:
         return self.scorer.loss_inputs(concat_outputs([gather_outputs(part) for part in parts]))
 
 
+class TeacherEnsemble:
+    """Several teachers' outputs for a step (each an `OnlineTeacher` or a `TeacherCache`): the first's, with
+    the others' as a list under "ensemble", whose distributions the KL term averages with the first's."""
+
+    def __init__(self, members: list[TeacherOutputs]):
+        self.members = members
+
+    def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict:
+        first, *others = [member(batches) for member in self.members]
+        return {**first, "ensemble": others}
+
+
 def check_split(key: str, batch_size: int, processes: int, accumulate: int = 1) -> None:
     """A batch is global (`split_batches`): it must split evenly over the processes and micro-batches."""
     if batch_size % (processes * accumulate):

@@ -246,3 +246,56 @@ def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_s
         assert part in message
     run = opened(load_recipe(recipe_path, [*common, "teacher.max_frames=2", "teacher.cache=false"]))
     assert isinstance(teacher_outputs(run)[0], OnlineTeacher)
+
+
+def test_an_ensemble_is_cached_per_teacher_and_distils_as_online(data, runs):
+    """teacher.ensemble: a second tiny teacher (other weights) gets its own cache folder; the student
+    distilled from both caches equals the one distilled with both teachers online, and its KL term is not
+    the single teacher's."""
+    torch.manual_seed(1)
+    second = CLIP4Clip(tiny_teacher("meanP").arch)
+    save_teacher(second, runs / "second.safetensors")
+    common = [
+        f"data.root={data}",
+        f"teacher.source={runs / 'teacher.safetensors'}",
+        f"teacher.ensemble=[{runs / 'second.safetensors'}]",
+        "teacher.max_frames=4",
+        *TINY,
+    ]
+    online = run_cli(f"output_dir={runs / 'ensemble_online'}", "stages=[distill,export]", *common, cwd=runs)
+    assert online.returncode == 0, online.stderr[-3000:]
+    cached = run_cli(f"output_dir={runs / 'ensemble_cached'}", "stages=[cache,distill,export]", *common, cwd=runs)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    for folder in ("teacher_cache", "teacher_cache_1"):
+        assert f"distill: teacher outputs from {runs / 'ensemble_cached' / folder}" in cached.stdout
+    logs = [
+        [json.loads(line) for line in (runs / name / "distill_log.jsonl").read_text().splitlines()]
+        for name in ("ensemble_online", "ensemble_cached", "cached")
+    ]
+    for online_record, cached_record in zip(logs[0], logs[1]):
+        for term in ("kl_loss", "feature_loss", "contrastive_loss"):
+            assert cached_record[term] == pytest.approx(online_record[term], rel=1e-5, abs=1e-6), term
+    # Step 1, the same student as the single-teacher run: features match the first teacher, the KL both.
+    first, single = logs[1][0], logs[2][0]
+    assert first["feature_loss"] == pytest.approx(single["feature_loss"], rel=1e-6)
+    assert first["kl_loss"] != pytest.approx(single["kl_loss"], rel=1e-3)
+    a, b = (load_file(runs / name / "student.safetensors") for name in ("ensemble_online", "ensemble_cached"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_an_ensemble_teacher_of_another_input_size_stops_the_run(data, tmp_path):
+    other = CLIP4Clip(teacher_arch(TeacherConfig(image_size=32, vision_width=64, vision_layers=1), max_words=32))
+    save_teacher(tiny_teacher("meanP"), tmp_path / "first.safetensors")
+    save_teacher(other, tmp_path / "other.safetensors")
+    overrides = [
+        f"data.root={data}",
+        f"output_dir={tmp_path / 'run'}",
+        f"teacher.source={tmp_path / 'first.safetensors'}",
+        f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]",
+        "stages=[distill]",
+    ]
+    with pytest.raises(ValueError, match=r"teacher.ensemble\[0\]: .*other.safetensors reads 32 px frames, the first"):
+        start_run(load_recipe(REPO / "recipes" / "demo.yaml", overrides))
+    with pytest.raises(ValueError, match=r"teacher.ensemble\[0\]: no such file: .*missing"):
+        load_recipe(REPO / "recipes" / "demo.yaml", [*overrides[:3], "teacher.ensemble=[missing.safetensors]"])

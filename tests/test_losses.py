@@ -90,6 +90,30 @@ def test_kl_matches_explicit_sum(temperature):
     assert loss.item() == pytest.approx(explicit_kl(LOGITS, TEACHER, temperature), rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kl_of_an_ensemble_targets_the_mean_of_the_teachers_distributions(temperature):
+    """By hand: p = (softmax(t1 / T) + softmax(t2 / T)) / 2 per row (and per column), KL(p || q)."""
+    other = [[0.0, 1.0, 2.0], [2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]
+
+    def softmax(values):
+        exps = [math.exp(v / temperature) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    def direction(s, a, b):
+        total = 0.0
+        for s_row, a_row, b_row in zip(s, a, b):
+            p = [(x + y) / 2 for x, y in zip(softmax(a_row), softmax(b_row))]
+            total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, softmax(s_row)))
+        return total / len(s)
+
+    t = lambda m: [list(col) for col in zip(*m)]  # noqa: E731
+    expected = (direction(LOGITS, TEACHER, other) + direction(t(LOGITS), t(TEACHER), t(other))) / 2 * temperature**2
+    loss = similarity_kl_loss(torch.tensor(LOGITS), [torch.tensor(TEACHER), torch.tensor(other)], temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    one = similarity_kl_loss(torch.tensor(LOGITS), [torch.tensor(TEACHER)], temperature)
+    assert torch.equal(one, similarity_kl_loss(torch.tensor(LOGITS), torch.tensor(TEACHER), temperature))
+
+
 def test_kl_temperature_divides_logits_and_multiplies_by_its_square():
     s, t = torch.tensor(LOGITS), torch.tensor(TEACHER)
     for temperature in (2.0, 3.0):
