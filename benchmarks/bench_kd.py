@@ -24,6 +24,8 @@ smaller split gets about the demo's number of steps):
   kl50, kl100   contrastive + KL with the teacher's cosines at a fixed logit scale of 50 or 100 (its own
                 learned scale is about 15), TinyCLIP's and MobileCLIP's sharper targets
   all100 contrastive + KL at teacher scale 100 + feature matching
+  klmeanP  contrastive + KL from a meanP teacher (the demo recipe with teacher.sim_header=meanP)
+  ens    contrastive + KL from both teachers, their distributions averaged (teacher.ensemble)
 Sizes (student overrides of the demo recipe; `--sizes`):
   demo   the demo's student: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
@@ -58,7 +60,11 @@ VARIANTS = {
     "kl50": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 50.0},
     "kl100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 100.0},
     "all100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "teacher_logit_scale": 100.0},
+    "klmeanP": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["meanP"]},
+    "ens": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["seqTransf", "meanP"]},
 }
+# The teachers a variant may name (default: seqTransf, the demo's), each the demo recipe on the pool.
+TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"]}
 
 SIZES = {
     "demo": [],
@@ -98,84 +104,105 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--split", choices=["val", "test"], default="val")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_kd")
+    parser.add_argument("--score-only", action="store_true", help="train nothing; score the students there are")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    # The teacher: the demo's, on the whole pool (reused when it is there).
-    teacher = out / "teacher" / "teacher.safetensors"
-    started = time.perf_counter()
-    if not teacher.is_file():
-        (out / "teacher").mkdir(exist_ok=True)
-        run(
-            [f"output_dir={out / 'teacher'}", f"data.root={out / 'pool'}", "stages=[data,teacher]"], out / "teacher.log"
-        )
-    print(f"teacher: {teacher} ({time.perf_counter() - started:.0f} s)", flush=True)
+    def teacher(name: str) -> Path:
+        """The demo's teacher with the TEACHERS overrides of `name`, trained on the whole pool (or reused)."""
+        path = out / f"teacher_{name}" / "teacher.safetensors"
+        if not path.is_file():
+            started = time.perf_counter()
+            path.parent.mkdir(exist_ok=True)
+            overrides = [f"output_dir={path.parent}", f"data.root={out / 'pool'}", "stages=[data,teacher]"]
+            run([*overrides, *TEACHERS[name]], path.parent / "teacher.log")
+            print(f"teacher {name}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
+        return path
 
     # The students: the first --labelled clips, about the demo's 150 steps of 64 whatever their number.
     epochs = max(1, round(150 * 64 / (0.9 * args.labelled)))
     common = [
         f"data.root={out / f'labelled_{args.labelled}'}",
         f"data.synthetic.num_train={args.labelled}",
-        f"teacher.source={teacher}",
         "stages=[data,cache,distill,export]",
         f"train.epochs={epochs}",
         "eval.val_pairs=0",
         *args.overrides,
     ]
-    cache = None
+    caches: dict[str, Path] = {}  # teacher -> a cache of it on the labelled clips, copied into later runs
     for size, variant, seed in product(args.sizes, args.variants, args.seeds):
         folder = out / f"{size}_{variant}_seed{seed}"
-        if (folder / "student.safetensors").is_file():
+        if (folder / "student.safetensors").is_file() or args.score_only:
             continue
         folder.mkdir(exist_ok=True)
-        if cache is not None and not (folder / "teacher_cache").exists():
-            shutil.copytree(cache, folder / "teacher_cache")  # one teacher, one split: the same cache
-        weights = [f"loss.{key}={value}" for key, value in VARIANTS[variant].items()]
+        loss = dict(VARIANTS[variant])
+        names = loss.pop("teachers", ["seqTransf"])
+        folders = [folder / ("teacher_cache" if i == 0 else f"teacher_cache_{i}") for i in range(len(names))]
+        for name, cache in zip(names, folders):
+            if name in caches and not cache.exists():
+                shutil.copytree(caches[name], cache)  # one teacher, one split: the same cache
+        sources = [
+            f"teacher.source={teacher(names[0])}",
+            f"teacher.ensemble=[{','.join(map(str, map(teacher, names[1:])))}]",
+        ]
+        weights = [f"loss.{key}={value}" for key, value in loss.items()]
         started = time.perf_counter()
-        run([*common, *SIZES[size], f"output_dir={folder}", f"seed={seed}", *weights], folder / "run.log")
-        cache = folder / "teacher_cache"
+        run([*common, *sources, *SIZES[size], f"output_dir={folder}", f"seed={seed}", *weights], folder / "run.log")
+        caches.update(zip(names, folders))
         print(f"{size} {variant} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 
-    score(args, out, teacher, epochs)
+    score(args, out, {name: teacher(name) for name in TEACHERS if (out / f"teacher_{name}").is_dir()}, epochs)
 
 
-def score(args: argparse.Namespace, out: Path, teacher_path: Path, epochs: int) -> None:
-    """R@1 of the teacher and of every student on the pool's `--split`, and the table."""
+def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs: int) -> None:
+    """R@1 of every teacher and every student on the pool's `--split`, and the table."""
     import torch
 
     from distill.context import open_datasets, start_run
+    from distill.data.dataset import VideoTextDataset, View
     from distill.evaluate import efficiency, model_metrics
     from distill.recipe import load_recipe
     from students import load_student
+    from teachers import load_teacher
 
     torch.set_num_threads(os.cpu_count() or 1)
-    recipe = load_recipe(
-        REPO / "recipes" / "demo.yaml",
-        [
-            f"data.root={out / 'pool'}",
-            f"output_dir={out / 'score'}",
-            "stages=[evaluate]",
-            f"teacher.source={teacher_path}",
-        ],
-    )
-    run_ = start_run(recipe)
+    first = teachers["seqTransf"]
+    overrides = [f"data.root={out / 'pool'}", f"output_dir={out / 'score'}", "stages=[evaluate]"]
+    run_ = start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*overrides, f"teacher.source={first}"]))
     data = open_datasets(run_)[args.split]
 
+    views: dict[tuple, VideoTextDataset] = {}  # the split at each student's own frames and size
+
     def r1(model, view: str) -> tuple[float, float]:
-        metrics = model_metrics({view: model}, data, batch_size=100, accelerator=run_.accelerator)[view]
+        pairs = data
+        if view == "student":
+            p = model.preprocessing
+            key = (p.max_frames, p.image_size)
+            if key not in views:
+                pairs = list(zip(data.video_ids, data.captions))
+                sampling = {"framerate": p.framerate, "slice_framepos": p.slice_framepos}
+                views[key] = VideoTextDataset(pairs, {"student": View(*key)}, max_words=p.max_words, **sampling)
+            pairs = views[key]
+        metrics = model_metrics({view: model}, pairs, batch_size=100, accelerator=run_.accelerator)[view]
         return metrics["t2v"]["R1"], metrics["v2t"]["R1"]
 
-    teacher = run_.teacher
-    rows = {("teacher", ""): [r1(teacher, "teacher")]}
-    cost = {"teacher": efficiency(teacher, data, "teacher")}
+    rows, cost = {}, {}
+    for name, path in teachers.items():
+        model = load_teacher(path)
+        rows[f"teacher {name}", ""] = [r1(model, "teacher")]
+        cost[f"teacher {name}"] = efficiency(model, data, "teacher")
     for size, variant in product(args.sizes, args.variants):
+        exports = [out / f"{size}_{variant}_seed{seed}" / "student.safetensors" for seed in args.seeds]
+        if not all(path.is_file() for path in exports):  # --score-only: a combination not trained
+            continue
         rows[size, variant] = []
-        for seed in args.seeds:
-            student = load_student(out / f"{size}_{variant}_seed{seed}" / "student.safetensors")
+        for path in exports:
+            student = load_student(path)
             rows[size, variant].append(r1(student, "student"))
-            cost.setdefault(size, efficiency(student, data, "student"))
+            p = student.preprocessing
+            cost.setdefault(size, efficiency(student, views[p.max_frames, p.image_size], "student"))
     results = {"rows": {f"{size} {variant}".strip(): r for (size, variant), r in rows.items()}, "cost": cost}
     (out / f"results_{args.split}.json").write_text(json.dumps(results, indent=1))
 
@@ -189,16 +216,16 @@ def score(args: argparse.Namespace, out: Path, teacher_path: Path, epochs: int) 
         "| model | loss | t2v R@1 | v2t R@1 | t2v vs gt | params (M) | GFLOPs / video | teacher / student GFLOPs |"
         "\n|---|---|---:|---:|---:|---:|---:|---:|"
     )
-    t = cost["teacher"]
+    t = cost["teacher seqTransf"]
     for (size, variant), scores in rows.items():
         t2v, v2t = [s[0] for s in scores], [s[1] for s in scores]
         gt = rows.get((size, "gt"))
         delta = (
             "" if gt is None or variant == "gt" else f"{statistics.mean(t2v) - statistics.mean(s[0] for s in gt):+.1f}"
         )
-        c = cost[size or "teacher"]
+        c = cost[size]
         print(
-            f"| {size or 'teacher'} | {variant} | {mean_std(t2v)} | {mean_std(v2t)} | {delta} | {c['params_M']:.2f} "
+            f"| {size} | {variant} | {mean_std(t2v)} | {mean_std(v2t)} | {delta} | {c['params_M']:.2f} "
             f"| {c['gflops_per_video']:.3f} | {t['gflops_per_video'] / c['gflops_per_video']:.1f}x |"
         )
 
