@@ -227,6 +227,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
             raise RecipeError(f"teacher.ensemble[{i}]: no such file: {member}")
     if recipe.student.pretrained is not None and not Path(recipe.student.pretrained).is_file():
         raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
+    if recipe.student.text == "teacher" and recipe.student.token_rank:
+        raise RecipeError("student.token_rank: student.text=teacher keeps the teacher's token embedding; set it to 0")
     if "distill" in recipe.stages:
         from students import check_student  # timm, only for recipes that train a student
 

@@ -200,11 +200,12 @@ def test_distillation_from_the_cache_equals_online_distillation(runs):
             "lr",
             "kl_loss",
             "feature_loss",
+            "cross_loss",
             "contrastive_loss",
             "clips_per_s",
             *validation,
         }
-        for term in ("kl_loss", "feature_loss", "contrastive_loss", *validation):
+        for term in ("kl_loss", "feature_loss", "cross_loss", "contrastive_loss", *validation):
             assert cached[term] == pytest.approx(online[term], rel=1e-5, abs=1e-6), (cached["step"], term)
     a, b = (load_file(runs / name / "student.safetensors") for name in ("online", "cached"))
     assert a.keys() == b.keys()

@@ -253,7 +253,16 @@ def test_same_logged_losses(runs):
         [json.loads(line) for line in (runs / p / "distill_log.jsonl").read_text().splitlines()] for p in ("1", "2")
     )
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
-    assert one[0].keys() == {"step", "loss", "lr", "contrastive_loss", "kl_loss", "feature_loss", "clips_per_s"}
+    assert one[0].keys() == {
+        "step",
+        "loss",
+        "lr",
+        "contrastive_loss",
+        "kl_loss",
+        "feature_loss",
+        "cross_loss",
+        "clips_per_s",
+    }
     for a, b in zip(one, two, strict=True):
         assert a.keys() == b.keys()
         assert all(b[key] == pytest.approx(a[key], abs=1e-4) for key in a if key != "clips_per_s"), (a, b)

@@ -138,9 +138,10 @@ def test_export_writes_a_model_card_folder_that_loads(demo):
 def test_training_logs_every_loss_term_and_checkpoints(demo):
     records = [json.loads(line) for line in (demo / "run" / "distill_log.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 6
-    assert {"kl_loss", "feature_loss", "contrastive_loss", "loss", "lr"} <= set(records[-1])
+    terms = ["kl_loss", "feature_loss", "cross_loss", "contrastive_loss"]
+    assert {*terms, "loss", "lr"} <= set(records[-1])
     last = records[-1]
-    assert last["loss"] == pytest.approx(last["kl_loss"] + last["feature_loss"] + last["contrastive_loss"], rel=1e-5)
+    assert last["loss"] == pytest.approx(sum(last[term] for term in terms), rel=1e-5)
     teacher_records = [json.loads(line) for line in (demo / "run" / "teacher_log.jsonl").read_text().splitlines()]
     assert set(teacher_records[-1]) == {
         "step",
@@ -259,6 +260,7 @@ def test_student_with_the_teachers_text_tower_embeds_captions_as_the_teacher(dem
         f"teacher.source={first / 'teacher.safetensors'}",
         *TINY,
         "student.text=teacher",
+        "student.token_rank=0",  # the teacher's tower brings its own token embedding
     ]
     done = run_cli(*common, f"output_dir={demo / 'text'}", "student.embed_dim=64", cwd=demo)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -319,6 +321,7 @@ def test_resume_from_checkpoint_ends_with_same_student(demo):
             "student.backbone_kwargs={depth: 2, depht: 3}",
             "student: vit_tiny_patch16_224 with backbone_kwargs {'depth': 2, 'depht': 3} cannot be built",
         ),
+        ("student.text=teacher", "student.token_rank: student.text=teacher keeps the teacher's token embedding"),
         (
             "teacher.source=open_clip:ViT-B-32-quickgel?pretrained=x.pt",
             "no open_clip model 'ViT-B-32-quickgel'; did you mean 'ViT-B-32-quickgelu'",
@@ -334,7 +337,8 @@ def test_bad_recipe_fails_before_any_work(tmp_path, override, message):
 
 def test_tight_teacher_trains_distils_and_evaluates(demo):
     """A tightTransf teacher has no embeddings: it is trained on its cross scores, the student learns from
-    those scores (KL and contrastive; feature matching must be off), and evaluation scores every pair."""
+    those scores (KL and contrastive; feature matching and the cross-model term must be off), and evaluation
+    scores every pair."""
     done = run_cli(
         str(REPO / "recipes" / "demo.yaml"),
         f"data.root={demo / 'data'}",
@@ -342,6 +346,7 @@ def test_tight_teacher_trains_distils_and_evaluates(demo):
         "stages=[teacher,distill,evaluate,export]",
         "teacher.sim_header=tightTransf",
         "loss.feature_weight=0",
+        "loss.cross_weight=0",
         *TINY,
         cwd=demo,
     )
