@@ -108,7 +108,7 @@ def train_teacher(run: Run) -> CLIP4Clip:
     return load_teacher(path, device=run.accelerator.device, precision=r.teacher.precision)
 
 
-def teachers(run: Run) -> list[tuple[CLIP4Clip, Path]]:
+def teacher_caches(run: Run) -> list[tuple[CLIP4Clip, Path]]:
     """Every teacher of the run (the first, then `teacher.ensemble`) with the folder of its cache."""
     members = [run.teacher, *run.ensemble]
     return [(m, run.dir / ("teacher_cache" if i == 0 else f"teacher_cache_{i}")) for i, m in enumerate(members)]
@@ -137,7 +137,7 @@ def cache_teacher(run: Run) -> None:
     for `teacher.ensemble[i - 1]`; finished if a kill left it half-written, replaced if it was made for other
     data, sampling or teacher)."""
     r = run.recipe
-    for teacher, folder in teachers(run):
+    for teacher, folder in teacher_caches(run):
         written = build_cache(
             folder,
             teacher,
@@ -158,7 +158,7 @@ def teacher_outputs(run: Run) -> tuple[OnlineTeacher | TeacherCache | TeacherEns
     """Where distillation gets each teacher's outputs (its cache when `teacher.cache` is true and it is
     there, else the teacher online), and which views of the clips it then needs."""
     members, online = [], False
-    for teacher, folder in teachers(run):
+    for teacher, folder in teacher_caches(run):
         if run.recipe.teacher.cache and (folder / "manifest.json").is_file():
             try:
                 members.append(

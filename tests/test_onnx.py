@@ -8,12 +8,12 @@ import json
 
 import pytest
 import torch
+from tiny import student_config
 
 from distill.data.config import SyntheticConfig
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import read_clip
-from distill.recipe import StudentConfig
 from students import Student, export_student, load_student
 from students.onnx import example_inputs, main, onnx_difference
 from teachers import tokenize
@@ -39,16 +39,7 @@ def clips(tmp_path_factory):
 def test_onnx_encoders_equal_pytorch(backbone, clips, tmp_path, capsys):
     name, kwargs = BACKBONES[backbone]
     torch.manual_seed(0)
-    config = StudentConfig(
-        backbone=name,
-        backbone_kwargs=kwargs,
-        max_frames=3,
-        image_size=32,
-        embed_dim=32,
-        text_width=32,
-        text_layers=1,
-        text_heads=2,
-    )
+    config = student_config(backbone=name, backbone_kwargs=kwargs, image_size=32)
     preprocessing = {"max_frames": 3, "image_size": 32, "max_words": 16, "framerate": 1, "slice_framepos": 2}
     path = export_student(
         Student(config, max_words=16).eval(),
