@@ -14,6 +14,8 @@ from distill.data.video import (
     preprocess,
     probe_video,
     read_clip,
+    read_segments,
+    segment_frame_indices,
 )
 
 
@@ -85,6 +87,26 @@ def test_load_frames_returns_the_sampled_source_frames(video_8s):
 
     frames = load_frames(video_8s, max_frames=3, framerate=2, slice_framepos=2)
     assert encoded_indices(frames) == clip4clip_frame_indices(32, 4.0, 3, framerate=2) == [0, 14, 30]
+
+
+def test_segments_cut_the_sampled_frames_by_second(video_8s):
+    """An 8 s video at 4 fps in 3 s segments: [0, 3), [3, 6), [6, 8] (the last second CLIP4Clip samples is
+    inclusive, but frame 32 does not exist); each segment keeps the frames of its seconds, thinned alone."""
+    assert segment_frame_indices(32, 4.0, 3, 12) == [(0, [0, 4, 8]), (3, [12, 16, 20]), (6, [24, 28])]
+    assert segment_frame_indices(32, 4.0, 3, 2, framerate=2) == [(0, [0, 10]), (3, [12, 22]), (6, [24, 30])]
+    spans, video, mask, duration = read_segments(video_8s, 3, max_frames=4, size=16)
+    assert spans == [(0.0, 3.0), (3.0, 6.0), (6.0, 8.0)] and duration == 8.0
+    assert video.shape == (3, 4, 3, 16, 16) and mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0]]
+    frames = preprocess(load_frames(video_8s, max_frames=12), 16)  # all 8 sampled frames
+    assert torch.equal(video[1, :3], frames[3:6]) and torch.equal(video[2, :2], frames[6:8])
+    # 29.97 fps: a second is 29 frames as CLIP4Clip counts them, so a segment's span is 29/29.97 s a second.
+    assert segment_frame_indices(300, 29.97, 5, 12)[1] == (5, [145, 174, 203, 232, 261])
+
+
+def test_one_segment_is_the_clip_read_clip_reads(video_8s):
+    spans, video, mask, duration = read_segments(video_8s, None, max_frames=5, size=16, slice_framepos=0)
+    clip, clip_mask = read_clip(video_8s, max_frames=5, size=16, slice_framepos=0)
+    assert spans == [(0.0, 8.0)] and torch.equal(video[0], clip) and torch.equal(mask[0], clip_mask)
 
 
 def test_preprocess_shape_and_normalisation():

@@ -56,7 +56,11 @@ def clip4clip_frame_indices(
     duration = math.ceil(frame_count / fps_int)
     # The last second is inclusive, and the first index past the end stops the read (indices only grow).
     indices = [sec * fps_int + off for sec in range(duration + 1) for off in offsets]
-    indices = [i for i in indices if i < frame_count]
+    return thin([i for i in indices if i < frame_count], max_frames, slice_framepos)
+
+
+def thin(indices: list[int], max_frames: int, slice_framepos: int) -> list[int]:
+    """At most `max_frames` of `indices`: the first (0), the last (1) or an evenly spaced subset (2)."""
     if len(indices) <= max_frames:
         return indices
     if slice_framepos == 0:
@@ -102,20 +106,107 @@ def load_frames(
         VideoError: The file is missing, cannot be decoded, or holds no frames.
     """
     sampling = {"max_frames": max_frames, "framerate": framerate, "slice_framepos": slice_framepos}
+    return _read_frames(path, lambda frame_count, fps: clip4clip_frame_indices(frame_count, fps, **sampling), backend)[
+        0
+    ]
+
+
+def _read_frames(path, choose, backend: Backend) -> tuple[torch.Tensor, int, float]:
+    """`(uint8 [k, H, W, 3] frames, frame count, fps)`: the frames `choose(frame_count, fps)` names, decoded
+    with decord, or with PyAV where decord would misread the file or the backend says so."""
     if backend == "decord":
         vr = _open_decord(path)
         try:
             if not _misread_by_decord(vr):
                 frame_count, fps = _checked(path, len(vr), vr.get_avg_fps())
-                indices = clip4clip_frame_indices(frame_count, fps, **sampling)
+                indices = choose(frame_count, fps)
                 try:
-                    return torch.from_numpy(vr.get_batch(indices).asnumpy())  # t h w c
+                    return torch.from_numpy(vr.get_batch(indices).asnumpy()), frame_count, fps  # t h w c
                 except (RuntimeError, decord.DECORDError) as e:
                     raise VideoError(f"cannot decode frames {indices} of video {path}: {e}") from None
         finally:
             del vr
     frame_count, fps = _probe_pyav(path)
-    return _decode_pyav(path, clip4clip_frame_indices(frame_count, fps, **sampling))
+    indices = choose(frame_count, fps)
+    return _decode_pyav(path, indices), frame_count, fps
+
+
+def segment_frame_indices(
+    frame_count: int, fps: float, seconds: int, max_frames: int, *, framerate: int = 1, slice_framepos: int = 2
+) -> list[tuple[int, list[int]]]:
+    """`(first second, frame indices)` of each `seconds`-long segment of a video: the frames CLIP4Clip's
+    sampling takes from the whole video, cut by their second (counted as CLIP4Clip counts it, with the
+    truncated fps) into segments [k * seconds, (k + 1) * seconds), each thinned to `max_frames`."""
+    fps_int = max(int(fps), 1)
+    every = clip4clip_frame_indices(frame_count, fps, frame_count + fps_int, framerate=framerate)
+    segments: dict[int, list[int]] = {}
+    for i in every:
+        segments.setdefault(i // fps_int // seconds * seconds, []).append(i)
+    return [(start, thin(found, max_frames, slice_framepos)) for start, found in segments.items()]
+
+
+def load_segments(
+    path,
+    seconds: int | None,
+    *,
+    max_frames: int,
+    framerate: int = 1,
+    slice_framepos: int = 2,
+    backend: Backend = "decord",
+) -> tuple[list[tuple[float, float]], list[torch.Tensor], float]:
+    """A video cut into `seconds`-long segments, the frames of each sampled as `load_frames` samples a clip
+    (one decode of the file for all); `seconds=None` takes the whole video as one segment, as `load_frames`.
+
+    Returns:
+        (`(start, end)` of each segment in seconds of the video, uint8 `[k, H, W, 3]` frames of each, the
+        video's duration in seconds).
+
+    Raises:
+        VideoError: The file is missing, cannot be decoded, or holds no frames.
+    """
+    plan: list[tuple[int, list[int]]] = []
+
+    def choose(frame_count: int, fps: float) -> list[int]:
+        sampling = {"framerate": framerate, "slice_framepos": slice_framepos}
+        plan.clear()  # a file decord would misread is chosen from again, for PyAV
+        if seconds is None:
+            plan.append((0, clip4clip_frame_indices(frame_count, fps, max_frames, **sampling)))
+        else:
+            plan.extend(segment_frame_indices(frame_count, fps, seconds, max_frames, **sampling))
+        return sorted({i for _, indices in plan for i in indices})
+
+    frames, frame_count, fps = _read_frames(path, choose, backend)
+    duration = frame_count / fps
+    row = {index: k for k, index in enumerate(sorted({i for _, indices in plan for i in indices}))}
+    scale = max(int(fps), 1) / fps  # a second as CLIP4Clip counts frames, in seconds of the video
+    spans = [
+        (round(start * scale, 3), round(duration if seconds is None else min((start + seconds) * scale, duration), 3))
+        for start, _ in plan
+    ]
+    return spans, [frames[[row[i] for i in indices]] for _, indices in plan], duration
+
+
+def read_segments(
+    path,
+    seconds: int | None,
+    *,
+    max_frames: int,
+    size: int,
+    framerate: int = 1,
+    slice_framepos: int = 2,
+    backend: Backend = "decord",
+) -> tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor, float]:
+    """`load_segments`, each segment read into the model's input as `read_clip` reads a clip (so
+    `seconds=None` gives exactly what `read_clip` gives).
+
+    Returns:
+        (`(start, end)` of each segment in seconds, float32 `[S, max_frames, 3, size, size]` frames, long
+        `[S, max_frames]` masks, the video's duration in seconds).
+    """
+    sampling = {"max_frames": max_frames, "framerate": framerate, "slice_framepos": slice_framepos}
+    spans, frames, duration = load_segments(path, seconds, **sampling, backend=backend)
+    clips = [pad_clip(preprocess(f, size), max_frames) for f in frames]
+    return spans, torch.stack([c[0] for c in clips]), torch.stack([c[1] for c in clips]), duration
 
 
 def _checked(path, frame_count: int, fps: float) -> tuple[int, float]:
