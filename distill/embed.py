@@ -4,6 +4,8 @@ preprocessing and tokenising:
     student = load_student("runs/demo/student.safetensors")
     videos = embed_videos(student, ["a.mp4", "b.mp4"])
     scores = embed_texts(student, ["a small red circle moves left"]) @ videos.embeddings.T
+
+`model` is a PyTorch retrieval model or an `distill.encoders` encoder (e.g. a student's ONNX encoders).
 """
 
 from __future__ import annotations
@@ -15,36 +17,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from distill.data.video import Backend, VideoError, read_clip
-from distill.scorers import scorer_for
-from students.model import Preprocessing, Student
+from distill.data.video import Backend, VideoError, read_segments
+from distill.encoders import Encoder, encoder_of
+from students.model import Preprocessing
 from teachers.tokenizer import tokenize
-
-
-def preprocessing_of(model: nn.Module) -> Preprocessing:
-    """A loaded student's from its export (`load_student` attaches it); a student built here from its
-    config; a teacher's from its input size and CLIP4Clip's evaluation defaults (12 frames at 1 fps,
-    uniform slicing, 32 tokens)."""
-    found = getattr(model, "preprocessing", None)
-    if found is not None:
-        return found
-    if isinstance(model, Student):
-        return Preprocessing(max_frames=model.config.max_frames, image_size=model.input_size, max_words=model.max_words)
-    return Preprocessing(max_frames=12, image_size=model.input_size, max_words=min(32, model.context_length))
 
 
 @dataclass
 class VideoEmbeddings:
-    paths: list[str]  # the videos that decoded, in the order given
+    paths: list[str]  # the video of each embedding, in the order given (a path a segment, with `segment`)
+    spans: list[tuple[float, float]]  # (start, end) in seconds of the video each embedding covers
+    durations: list[float]  # the duration of each embedding's video, in seconds
     embeddings: torch.Tensor  # [len(paths), D], L2-normalised, float32 on the CPU
     failed: dict[str, str]  # video -> why it could not be read (never embedded)
 
 
 class VideoFiles(Dataset):
-    """Clips of video files as `model` reads them; a file that fails yields its error instead."""
+    """Each video file read as a model reads it, whole or cut into `segment`-second segments; a file that
+    fails yields its error instead."""
 
-    def __init__(self, paths: list[str], preprocessing: Preprocessing, backend: Backend):
-        self.paths, self.p, self.backend = paths, preprocessing, backend
+    def __init__(self, paths: list[str], preprocessing: Preprocessing, backend: Backend, segment: int | None):
+        self.paths, self.p, self.backend, self.segment = paths, preprocessing, backend, segment
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,74 +45,69 @@ class VideoFiles(Dataset):
     def __getitem__(self, index: int) -> dict:
         p = self.p
         try:
-            video, mask = read_clip(
+            spans, video, mask, duration = read_segments(
                 self.paths[index],
+                self.segment,
                 max_frames=p.max_frames,
                 size=p.image_size,
                 framerate=p.framerate,
                 slice_framepos=p.slice_framepos,
                 backend=self.backend,
             )
-            return {"index": index, "video": video, "mask": mask, "error": ""}
+            return {"index": index, "spans": spans, "video": video, "mask": mask, "duration": duration, "error": ""}
         except VideoError as error:
-            empty = torch.zeros(p.max_frames, 3, p.image_size, p.image_size)
-            return {
-                "index": index,
-                "video": empty,
-                "mask": torch.zeros(p.max_frames, dtype=torch.long),
-                "error": str(error),
-            }
+            return {"index": index, "error": str(error)}
 
 
-def two_tower(model: nn.Module):
-    scorer = scorer_for(model)
-    if scorer.pairwise:
-        raise ValueError(
-            "a cross-encoder (tightTransf) model scores caption-video pairs together and has no "
-            "embeddings to index or search; use a two-tower teacher or a student"
-        )
-    return scorer
+def as_list(items: list[dict]) -> list[dict]:
+    """The collate function of `VideoFiles`: files hold different numbers of segments."""
+    return items
 
 
 @torch.no_grad()
 def embed_videos(
-    model: nn.Module,
+    model: nn.Module | Encoder,
     paths: list[str],
     *,
     batch_size: int = 16,
     num_workers: int = 0,
+    segment: int | None = None,
     backend: Backend = "decord",
     progress: bool = False,
 ) -> VideoEmbeddings:
-    """The videos' embeddings; `num_workers` DataLoader processes decode them. A missing or broken file is
-    skipped and named in `failed`."""
-    scorer, device = two_tower(model), next(model.parameters()).device
+    """The videos' embeddings, a video each, or a `segment`-second segment each; `num_workers` DataLoader
+    processes decode them, `batch_size` files at a time. A missing or broken file is skipped and named in
+    `failed`."""
+    encoder = encoder_of(model)
     loader = DataLoader(
-        VideoFiles([str(p) for p in paths], preprocessing_of(model), backend),
+        VideoFiles([str(p) for p in paths], encoder.preprocessing, backend, segment),
         batch_size=batch_size,
         num_workers=num_workers,
+        collate_fn=as_list,
     )
-    kept, rows, failed = [], [], {}
+    found = VideoEmbeddings([], [], [], torch.empty(0, encoder.embed_dim), {})
+    rows = []
     for batch in tqdm(loader, desc="embed videos", unit="batch", disable=not progress):
-        ok = torch.tensor([not error for error in batch["error"]])
-        for index, error in zip(batch["index"].tolist(), batch["error"]):
-            if error:
-                failed[str(paths[index])] = error
-        if ok.any():
-            video, mask = batch["video"][ok].to(device), batch["mask"][ok].to(device)
-            rows.append(scorer.videos(model.frame_features(video), mask)["video_features"].float().cpu())
-            kept += [str(paths[i]) for i in batch["index"][ok].tolist()]
-    dim = model.embed_dim
-    return VideoEmbeddings(kept, torch.cat(rows) if rows else torch.empty(0, dim), failed)
+        read = [item for item in batch if not item["error"]]
+        found.failed |= {str(paths[item["index"]]): item["error"] for item in batch if item["error"]}
+        if read:
+            video = torch.cat([item["video"] for item in read])
+            rows.append(encoder.videos(video, torch.cat([item["mask"] for item in read])))
+        for item in read:
+            found.paths += [str(paths[item["index"]])] * len(item["spans"])
+            found.spans += item["spans"]
+            found.durations += [item["duration"]] * len(item["spans"])
+    if rows:
+        found.embeddings = torch.cat(rows)
+    return found
 
 
 @torch.no_grad()
-def embed_texts(model: nn.Module, captions: list[str], *, batch_size: int = 256) -> torch.Tensor:
+def embed_texts(model: nn.Module | Encoder, captions: list[str], *, batch_size: int = 256) -> torch.Tensor:
     """The captions' embeddings `[N, D]`, L2-normalised, float32 on the CPU."""
-    scorer, device = two_tower(model), next(model.parameters()).device
-    ids, mask = tokenize(captions, preprocessing_of(model).max_words)
+    encoder = encoder_of(model)
+    ids, mask = tokenize(captions, encoder.preprocessing.max_words)
     rows = [
-        scorer.texts(ids[i : i + batch_size].to(device), mask[i : i + batch_size].to(device))["text_features"]
-        for i in range(0, len(captions), batch_size)
+        encoder.texts(ids[i : i + batch_size], mask[i : i + batch_size]) for i in range(0, len(captions), batch_size)
     ]
-    return torch.cat(rows).float().cpu()
+    return torch.cat(rows)

@@ -1,175 +1,282 @@
 """Command line: `python -m distill.index MODEL VIDEOS --out INDEX_DIR`: embed a folder of videos for search.
 
-MODEL is a student export or any `teachers.load_teacher` source with embeddings (not tightTransf). VIDEOS
-is a folder, walked recursively for the containers decord reads, or a `.jsonl` file with a `video` path a
-line. An index folder holds
-    index.json            the format, the model (its path, sha256 and embedding width) and the count
-    embeddings.safetensors `embeddings [N, D]`, float16, L2-normalised
-    entries.jsonl         a line per embedding: path, size and mtime of the file
-    failed.txt            the videos that could not be read, with why (never embedded)
-A second run with the same model embeds only new or changed files (size or mtime) and drops deleted ones.
-The folder is written under a temporary name and swapped in, so a kill leaves the previous index whole.
+MODEL is a student export (its file or model card folder), any `teachers.load_teacher` source with
+embeddings (not tightTransf), or with `--runtime onnx` a folder of a student's ONNX encoders (written by
+`python -m students.onnx`). VIDEOS is a folder, walked recursively for the containers decord reads, or a
+`.jsonl` or `.csv` list with a `video` path a line (relative to the list's folder). `--segment SECONDS`
+cuts every video into segments of that many seconds, an entry each, as one would index long videos.
+
+An index folder holds
+    index.json                    the format, the model's record (`distill.encoders`: source, fingerprint,
+                                  embedding space) and preprocessing, the segment length, the count, the shards
+    embeddings-00000.safetensors  `embeddings [n, D]`, float16, L2-normalised, SHARD_ROWS rows a shard
+    entries.jsonl                 a line an embedding: path, size and mtime of the file, start and end (s),
+                                  the video's duration (s)
+    failed.txt                    the videos that could not be read, with why (never embedded)
+    faiss.index                   with `--faiss`: an approximate index for large galleries (`distill.ann`)
+
+A second run with the same model and segment length embeds only new or changed files (size or mtime) and
+drops deleted ones. Nothing is lost on a kill: videos are embedded in chunks of 8 batches, each saved to
+`INDEX_DIR.work/` as it is done, and a run started again (same `--batch-size`) embeds only the chunks not
+there; the index
+itself is written under a temporary name and swapped in, so a kill leaves the previous index whole.
+Through `accelerate launch -m distill.index ...` several processes (or machines sharing the folder) each
+embed every n-th chunk, and the main process writes the index: the same as one process writes, since a
+chunk's batches do not depend on the number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
+from tqdm.auto import tqdm
 
+from distill import ann
 from distill.embed import embed_videos
-from distill.files import atomic_dir
+from distill.encoders import RUNTIMES, Encoder, load_encoder
+from distill.files import atomic_dir, atomic_write
 
-FORMAT = "clip4clip-distill/index"
+FORMAT, VERSION = "clip4clip-distill/index", 2
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
+SHARD_ROWS = 65_536  # 64 MB of 512-d float16 a shard
+BATCHES_PER_CHUNK = 8  # what a kill can cost, and the share one process takes at a time
 
 
 class IndexFolderError(ValueError):
     """An index folder that cannot be used as asked: missing, foreign, made by another model."""
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_model(source: str) -> tuple[nn.Module, dict]:
-    """The model of `source` (a student export, else a teacher source) and its record for the index."""
-    from students import load_student, read_metadata
-    from teachers import load_teacher, parse_open_clip_source
-
-    file = Path(parse_open_clip_source(source)[1] if source.startswith("open_clip:") else source)
-    if not file.is_file():
-        raise FileNotFoundError(f"model {source}: no such file")
-    try:
-        read_metadata(file)
-    except ValueError:  # not a student export: a teacher source (a damaged student says so below)
-        model, kind = load_teacher(source), "teacher"
-    else:
-        model, kind = load_student(file), "student"
-    where = source if source.startswith("open_clip:") else str(file.resolve())
-    record = {"source": where, "kind": kind, "sha256": sha256_of(file), "embed_dim": model.embed_dim}
-    return model, record
-
-
 def list_videos(videos: Path) -> list[Path]:
-    """The video files under a folder (sorted), or those a `.jsonl` list names (relative to its folder)."""
+    """The video files under a folder (sorted), or those a `.jsonl` or `.csv` list names in its `video`
+    field (relative to the list's folder), in its order."""
     if videos.is_dir():
         found = sorted(p for p in videos.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not found:
             raise IndexFolderError(f"{videos}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in it or below")
         return found
-    if videos.suffix == ".jsonl" and videos.is_file():
-        lines = [json.loads(line) for line in videos.read_text().splitlines() if line.strip()]
+    if videos.suffix in (".jsonl", ".csv") and videos.is_file():
+        with open(videos, newline="") as f:
+            lines = list(csv.DictReader(f)) if videos.suffix == ".csv" else [json.loads(x) for x in f if x.strip()]
+        if missing := next((i + 1 for i, line in enumerate(lines) if not line.get("video")), None):
+            raise IndexFolderError(f"{videos}: entry {missing} has no 'video' field")
+        if not lines:
+            raise IndexFolderError(f"{videos}: lists no videos")
         return [(videos.parent / line["video"]).resolve() for line in lines]
-    raise IndexFolderError(f"{videos}: neither a folder of videos nor a .jsonl list of them")
+    raise IndexFolderError(f"{videos}: neither a folder of videos nor a .jsonl or .csv list of them")
 
 
-def read_index(folder: Path) -> tuple[dict, list[dict], torch.Tensor]:
-    """`(index.json, entries, embeddings [N, D] float16)` of an index folder."""
+def read_info(folder: Path) -> dict:
     path = folder / "index.json"
     if not path.is_file():
         raise IndexFolderError(f"{folder}: not an index (no index.json); build one with python -m distill.index")
     info = json.loads(path.read_text())
     if info.get("format") != FORMAT:
         raise IndexFolderError(f"{folder}: index.json is not a {FORMAT} index")
+    if info.get("version") != VERSION:
+        raise IndexFolderError(
+            f"{folder}: an index of version {info.get('version', 1)}, this is version {VERSION}; build it again"
+        )
+    return info
+
+
+def read_index(folder: Path) -> tuple[dict, list[dict], torch.Tensor]:
+    """`(index.json, entries, embeddings [N, D] float16)` of an index folder."""
+    info = read_info(folder)
     entries = [json.loads(line) for line in (folder / "entries.jsonl").read_text().splitlines()]
-    embeddings = load_file(str(folder / "embeddings.safetensors"))["embeddings"]
+    shards = [load_file(str(folder / name))["embeddings"] for name in info["shards"]]
+    embeddings = torch.cat(shards) if shards else torch.empty(0, info["model"]["embed_dim"], dtype=torch.float16)
     if len(entries) != len(embeddings) or len(entries) != info["count"]:
         raise IndexFolderError(f"{folder}: {len(entries)} entries for {len(embeddings)} embeddings; rebuild the index")
     return info, entries, embeddings
 
 
+def launch_state() -> PartialState:
+    """The processes `accelerate launch` started (one without it); on CPUs too, as `Accelerator` reads it."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def chunk_key(record: dict, segment: int | None, files: list[tuple[str, int, int]]) -> str:
+    """What a chunk's embeddings depend on: the model, the segment length, the files (path, size, mtime)."""
+    return hashlib.sha256(json.dumps([record["sha256"], segment, files]).encode()).hexdigest()[:32]
+
+
+def save_chunk(path: Path, found, stats: dict) -> None:
+    entries = [
+        {"path": p, "size": stats[p].st_size, "mtime": stats[p].st_mtime_ns, "start": s, "end": e, "duration": d}
+        for p, (s, e), d in zip(found.paths, found.spans, found.durations)
+    ]
+    metadata = {"entries": json.dumps(entries), "failed": json.dumps(found.failed)}
+    tensors = {"embeddings": found.embeddings.half().contiguous()}
+    atomic_write(path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
+
+
+def load_chunk(path: Path) -> tuple[list[dict], torch.Tensor, dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        metadata, embeddings = f.metadata(), f.get_tensor("embeddings")
+    return json.loads(metadata["entries"]), embeddings, json.loads(metadata["failed"])
+
+
+def previous_index(out: Path, record: dict, segment: int | None) -> dict[str, list[tuple[dict, torch.Tensor]]]:
+    """The entries (with their rows) of the index at `out`, by path, if the same model made it with the
+    same segment length; none if there is no index there."""
+    if not (out / "index.json").is_file():
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise IndexFolderError(f"{out} exists and is not an index: index into a new or empty folder")
+        return {}
+    info, entries, embeddings = read_index(out)
+    model = info["model"]
+    if model["sha256"] != record["sha256"]:
+        raise IndexFolderError(
+            f"{out} was built with another model ({model['source']}, sha256 {model['sha256'][:12]}), not "
+            f"{record['source']} ({record['sha256'][:12]}); index into another folder"
+        )
+    if info["segment"] != segment:
+        raise IndexFolderError(
+            f"{out} holds segments of {info['segment']} s, not {segment} s (--segment); index into another folder"
+        )
+    kept: dict[str, list[tuple[dict, torch.Tensor]]] = {}
+    for entry, row in zip(entries, embeddings):
+        kept.setdefault(entry["path"], []).append((entry, row))
+    return kept
+
+
 def build_index(
-    model: nn.Module,
+    encoder: Encoder,
     record: dict,
     videos: list[Path],
     out: Path,
     *,
+    segment: int | None = None,
+    faiss: bool = False,
     batch_size: int = 16,
     num_workers: int = 0,
     progress: bool = False,
-) -> dict[str, int]:
+) -> dict[str, int] | None:
     """Writes the index of `videos` to `out`, reusing the embeddings of an index there made by the same model
-    for files that did not change; returns the counts embedded, kept, dropped and failed."""
-    kept: dict[str, tuple[dict, torch.Tensor]] = {}
-    if (out / "index.json").is_file():
-        info, entries, embeddings = read_index(out)
-        if info["model"]["sha256"] != record["sha256"]:
-            raise IndexFolderError(
-                f"{out} was built with another model ({info['model']['source']}, sha256 "
-                f"{info['model']['sha256'][:12]}), not {record['source']} ({record['sha256'][:12]}); "
-                "index into another folder"
-            )
-        kept = {entry["path"]: (entry, row) for entry, row in zip(entries, embeddings)}
-    files = {str(p): p.stat() if p.is_file() else None for p in videos}
+        for files that did not change, and the chunks a killed run saved (with `faiss`, and an approximate index
+    of them); returns the counts of videos embedded,
+        resumed (from a killed run), kept, dropped and failed, or None on a process that is not the main one."""
+    state = launch_state()
+    kept = previous_index(out, record, segment)
+    stats = {str(p): p.stat() if p.is_file() else None for p in videos}
     unchanged = {
         path
-        for path, stat in files.items()
+        for path, stat in stats.items()
         if stat is not None
         and path in kept
-        and (kept[path][0]["size"], kept[path][0]["mtime"]) == (stat.st_size, stat.st_mtime_ns)
+        and (kept[path][0][0]["size"], kept[path][0][0]["mtime"]) == (stat.st_size, stat.st_mtime_ns)
     }
-    todo = [path for path in files if path not in unchanged]
-    done = embed_videos(model, todo, batch_size=batch_size, num_workers=num_workers, progress=progress)
-    new = dict(zip(done.paths, done.embeddings.half()))
-    entries, rows = [], []
-    for path, stat in files.items():
-        if path in unchanged:
-            entry, row = kept[path]
-        elif path in new:
-            entry, row = {"path": path, "size": stat.st_size, "mtime": stat.st_mtime_ns}, new[path]
-        else:
-            continue
-        entries.append(entry)
-        rows.append(row)
-    failed = {**done.failed, **{path: "no such file" for path, stat in files.items() if stat is None}}
-    info = {"format": FORMAT, "model": record, "count": len(entries)}
-    embeddings = torch.stack(rows) if rows else torch.empty(0, record["embed_dim"], dtype=torch.float16)
+    todo = [path for path, stat in stats.items() if stat is not None and path not in unchanged]
+    size = batch_size * BATCHES_PER_CHUNK
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    work = out.with_name(f"{out.name}.work")
+    paths = [
+        work / f"{chunk_key(record, segment, [(p, stats[p].st_size, stats[p].st_mtime_ns) for p in chunk])}.safetensors"
+        for chunk in chunks
+    ]
+    saved = {i for i, path in enumerate(paths) if path.is_file()}
+    mine = [i for i in range(len(chunks)) if i not in saved and i % state.num_processes == state.process_index]
+    work.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=sum(len(chunks[i]) for i in mine), desc="index", unit="video", disable=not progress)
+    for i in mine:
+        found = embed_videos(encoder, chunks[i], batch_size=batch_size, num_workers=num_workers, segment=segment)
+        save_chunk(paths[i], found, stats)
+        bar.update(len(chunks[i]))
+    bar.close()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    new: dict[str, list[tuple[dict, torch.Tensor]]] = {}
+    failed = {path: "no such file" for path, stat in stats.items() if stat is None}
+    resumed = set()
+    for i, path in enumerate(paths):
+        entries, embeddings, chunk_failed = load_chunk(path)
+        failed |= chunk_failed
+        for entry, row in zip(entries, embeddings):
+            new.setdefault(entry["path"], []).append((entry, row))
+            if i in saved:
+                resumed.add(entry["path"])
+    rows = [row for path in stats for row in (kept[path] if path in unchanged else new.get(path, []))]
+    entries = [entry for entry, _ in rows]
+    embeddings = torch.stack([row for _, row in rows]) if rows else torch.empty(0, record["embed_dim"]).half()
+    shards = [f"embeddings-{i:05d}.safetensors" for i in range(0, len(embeddings), SHARD_ROWS)]
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": record,
+        "preprocessing": dataclasses.asdict(encoder.preprocessing),
+        "segment": segment,
+        "count": len(entries),
+    }
     with atomic_dir(out) as partial:
-        save_file({"embeddings": embeddings.contiguous()}, str(partial / "embeddings.safetensors"))
+        for k, name in enumerate(shards):
+            shard = embeddings[k * SHARD_ROWS : (k + 1) * SHARD_ROWS].contiguous()
+            save_file({"embeddings": shard}, str(partial / name))
         (partial / "entries.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
         (partial / "failed.txt").write_text("".join(f"{path}\t{why}\n" for path, why in failed.items()))
-        (partial / "index.json").write_text(json.dumps(info, indent=1))
-    return {"embedded": len(new), "kept": len(unchanged), "dropped": len(set(kept) - set(files)), "failed": len(failed)}
+        if faiss and len(embeddings):
+            ann.save(ann.build(embeddings), partial / ann.FILE)
+            info["faiss"] = ann.FILE
+        (partial / "index.json").write_text(json.dumps({**info, "shards": shards}, indent=1))
+    shutil.rmtree(work)
+    return {
+        "embedded": len(new) - len(resumed),
+        "resumed": len(resumed),
+        "kept": len(unchanged),
+        "dropped": len(set(kept) - set(stats)),
+        "failed": len(failed),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a student export (.safetensors) or a teacher source")
-    parser.add_argument("videos", type=Path, help="a folder of videos (searched recursively) or a .jsonl list")
+    parser.add_argument("model", help="a student export, a teacher source, or (--runtime onnx) an ONNX folder")
+    parser.add_argument("videos", type=Path, help="a folder of videos (searched recursively), a .jsonl or .csv list")
     parser.add_argument("--out", type=Path, required=True, help="the index folder")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--segment", type=int, help="cut each video into segments of this many seconds")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch")
+    parser.add_argument("--faiss", action="store_true", help="also build an approximate (FAISS) index")
+    parser.add_argument("--batch-size", type=int, default=16, help="videos a batch")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the videos")
     args = parser.parse_args(argv)
+    if args.segment is not None and args.segment < 1:
+        parser.error(f"--segment {args.segment}: expected a positive number of seconds")
+    state = launch_state()
     try:
-        model, record = load_model(args.model)
+        encoder, record = load_encoder(args.model, args.runtime, state.device)
         counts = build_index(
-            model,
+            encoder,
             record,
             list_videos(args.videos),
             args.out,
+            segment=args.segment,
+            faiss=args.faiss,
             batch_size=args.batch_size,
             num_workers=args.workers,
-            progress=True,
+            progress=state.is_main_process,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"index {args.out}: {counts['embedded']} videos embedded, {counts['kept']} kept, {counts['dropped']} "
-        f"dropped, {counts['failed']} could not be read"
-        + (f" (listed in {args.out / 'failed.txt'})" if counts["failed"] else "")
-    )
+    if counts is not None:
+        print(
+            f"index {args.out}: {counts['embedded']} videos embedded, {counts['resumed']} resumed, "
+            f"{counts['kept']} kept, {counts['dropped']} dropped, {counts['failed']} could not be read"
+            + (f" (listed in {args.out / 'failed.txt'})" if counts["failed"] else "")
+        )
     return 0
 
 

@@ -1,12 +1,16 @@
 """Command line: search an index (`distill.index`) by caption or by video.
 
-    python -m distill.search INDEX_DIR "a small red circle moves left" --top 5
+    python -m distill.search INDEX_DIR "a small red circle moves left" --top 5 [--html results.html]
     python -m distill.search INDEX_DIR --video some/clip.mp4 --top 5 --json
+    python -m distill.search INDEX_DIR --also OTHER_INDEX --model TEACHER "a red circle"
 
-Prints a table of the best entries (rank, score, path) or, with `--json`, one JSON object a line, best
-first. The query is embedded by the model the index was built with, found at the path it records and
-checked against its sha256, so a query never lands in another model's embedding space. The search is
-exact, in chunks of the gallery, so memory stays bounded however large the index.
+Prints a table of the best entries (rank, score, path, start and end in seconds) or, with `--json`, one JSON
+object a line, best first; `--html FILE` also writes a page with the frames of each hit. The query is
+embedded by the model the index was built with (found where it records, and checked against its
+fingerprint), or by `--model` (on `--runtime`), which must be in the index's embedding space, as must every
+`--also` index searched with it: a query never lands in another model's space. The search is exact, in
+chunks of the gallery, so memory stays bounded however large the index, or with an index built with
+`--faiss`, approximate (`--exact` scans it anyway).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from distill import ann
 from distill.embed import embed_texts, embed_videos
-from distill.index import IndexFolderError, load_model, read_index
+from distill.encoders import RUNTIMES, load_encoder
+from distill.index import IndexFolderError, read_index
 
 CHUNK = 65_536  # gallery rows scored at once: 65k x 512 float32 is 128 MB
 
@@ -35,28 +41,67 @@ def top_k(query: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[torch.Ten
     return best_scores, best_rows
 
 
-def search(folder: Path, *, caption: str | None = None, video: Path | None = None, top: int = 5) -> list[dict]:
-    """The `top` entries of the index nearest to a caption or to a video: `{"rank", "score", "path"}`."""
-    info, entries, embeddings = read_index(folder)
-    model, record = load_model(info["model"]["source"])
-    if record["sha256"] != info["model"]["sha256"]:
+def query_encoder(infos: dict[Path, dict], model: str | None, runtime: str | None):
+    """The encoder for queries to these indexes: `model` on `runtime`, or the first index's own model;
+    refused unless every index and the model are in one embedding space."""
+    first, info = next(iter(infos.items()))
+    for folder, other in infos.items():
+        if other["model"]["space"] != info["model"]["space"]:
+            raise IndexFolderError(
+                f"{folder} ({other['model']['source']}) and {first} ({info['model']['source']}) hold embeddings "
+                "of different spaces; search them apart"
+            )
+    recorded = info["model"]
+    encoder, record = load_encoder(model or recorded["source"], runtime or ("torch" if model else recorded["runtime"]))
+    if model is None and record["sha256"] != recorded["sha256"]:
         raise IndexFolderError(
-            f"{folder} was built with {info['model']['source']} at sha256 {info['model']['sha256'][:12]}, but the "
-            f"file there now has sha256 {record['sha256'][:12]}: its embeddings are in another space; rebuild "
-            "the index"
+            f"{first} was built with {recorded['source']} at sha256 {recorded['sha256'][:12]}, but the file there "
+            f"now has sha256 {record['sha256'][:12]}: its embeddings are in another space; rebuild the index"
         )
+    if record["space"] != recorded["space"]:
+        raise IndexFolderError(
+            f"{record['source']} embeds in space {record['space'][:20]}, {first} (built with {recorded['source']}) "
+            f"holds space {recorded['space'][:20]}: their embeddings are not comparable; query with a model of "
+            "the index's space"
+        )
+    return encoder
+
+
+def search(
+    folders: list[Path],
+    *,
+    caption: str | None = None,
+    video: Path | None = None,
+    top: int = 5,
+    model: str | None = None,
+    runtime: str | None = None,
+    exact: bool = False,
+    nprobe: int = ann.NPROBE,
+) -> tuple[list[dict], dict[Path, dict]]:
+    """The `top` entries of the indexes nearest to a caption or to a video, best first: `{"rank", "score",
+    "path", "start", "end", "index"}`, and each index's `index.json`."""
+    indexes = {folder: read_index(folder) for folder in folders}
+    infos = {folder: info for folder, (info, _, _) in indexes.items()}
+    encoder = query_encoder(infos, model, runtime)
     if video is not None:
-        found = embed_videos(model, [str(video)])
+        found = embed_videos(encoder, [str(video)])
         if found.failed:
             raise IndexFolderError(f"query video: {found.failed[str(video)]}")
         query = found.embeddings[0]
     else:
-        query = embed_texts(model, [caption])[0]
-    scores, rows = top_k(query, embeddings, top)
+        query = embed_texts(encoder, [caption])[0]
+    hits = []
+    for folder, (info, entries, embeddings) in indexes.items():
+        if info.get("faiss") and not exact:
+            scores, rows = ann.top_k(ann.load(folder / info["faiss"]), query, top, nprobe)
+        else:
+            scores, rows = top_k(query, embeddings, top)
+        hits += [(s, folder, entries[r]) for s, r in zip(scores.tolist(), rows.tolist())]
+    hits = sorted(hits, key=lambda hit: -hit[0])[:top]
     return [
-        {"rank": i + 1, "score": round(s, 4), "path": entries[r]["path"]}
-        for i, (s, r) in enumerate(zip(scores.tolist(), rows.tolist()))
-    ]
+        {"rank": i + 1, "score": round(s, 4), "path": e["path"], "start": e["start"], "end": e["end"], "index": str(f)}
+        for i, (s, f, e) in enumerate(hits)
+    ], infos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,19 +111,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", type=Path, help="a video to find the nearest entries of, instead of a caption")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON object a line, best first")
+    parser.add_argument("--html", type=Path, help="also write a results page with the frames of each hit")
+    parser.add_argument("--also", type=Path, action="append", default=[], help="another index of the same space")
+    parser.add_argument("--model", help="embed the query with this model (of the index's space)")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="the runtime of --model (torch) or the index's own")
+    parser.add_argument("--exact", action="store_true", help="scan the whole gallery even with a FAISS index")
+    parser.add_argument("--nprobe", type=int, default=ann.NPROBE, help="cells a FAISS search scores")
     args = parser.parse_args(argv)
     if (args.caption is None) == (args.video is None):
         parser.error("give a caption or --video PATH (one of them)")
     try:
-        hits = search(args.index, caption=args.caption, video=args.video, top=args.top)
+        hits, infos = search(
+            [args.index, *args.also],
+            caption=args.caption,
+            video=args.video,
+            top=args.top,
+            model=args.model,
+            runtime=args.runtime,
+            exact=args.exact,
+            nprobe=args.nprobe,
+        )
+        if args.html:
+            from distill.page import write_page
+
+            write_page(args.html, args.caption or f"like {args.video}", hits, infos)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
         print("".join(json.dumps(hit) + "\n" for hit in hits), end="")
     else:
-        print("| rank | score | path |\n|---:|---:|---|")
-        print("".join(f"| {h['rank']} | {h['score']:.4f} | {h['path']} |\n" for h in hits), end="")
+        print("| rank | score | path | start (s) | end (s) |\n|---:|---:|---|---:|---:|")
+        print(
+            "".join(
+                f"| {h['rank']} | {h['score']:.4f} | {h['path']} | {h['start']:.1f} | {h['end']:.1f} |\n" for h in hits
+            ),
+            end="",
+        )
     return 0
 
 

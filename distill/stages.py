@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from torch import nn
 
-from distill.cache import CacheError, TeacherCache, build_cache, cache_key
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key, teacher_sha256
 from distill.config import recipe_to_dict
 from distill.context import Run, build_student, run_views, teacher_arch
 from distill.data.synthetic import generate_synthetic
@@ -246,6 +246,8 @@ def export(run: Run) -> None:
             "slice_framepos": r.data.slice_framepos,
         }
         metadata = {"recipe": json.dumps(recipe_to_dict(r)), "preprocessing": json.dumps(preprocessing)}
+        if r.student.text == "teacher":  # its videos land in the space of the teacher's text tower it ships
+            metadata["embedding_space"] = f"teacher:{teacher_sha256(run.teacher)}"
         if run.report is not None:
             metadata["metrics"] = json.dumps(run.report["student"])
         path = export_student(run.student, run.dir / "student.safetensors", metadata, dtype=r.export.dtype)

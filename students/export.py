@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -110,9 +109,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     except RuntimeError as error:
         raise ValueError(f"{path}: the weights do not fit the student its config describes: {error}") from None
     if "preprocessing" in metadata:
-        fields = {f.name for f in dataclasses.fields(Preprocessing)}
-        found = json.loads(metadata["preprocessing"])
-        student.preprocessing = Preprocessing(**{k: v for k, v in found.items() if k in fields})
+        student.preprocessing = Preprocessing.read(json.loads(metadata["preprocessing"]))
     return student.to(device).eval()
 
 

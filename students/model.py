@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import timm
 import torch
@@ -34,6 +34,11 @@ class Preprocessing:
     max_words: int = 32
     framerate: int = 1
     slice_framepos: int = 2
+
+    @classmethod
+    def read(cls, found: dict) -> Preprocessing:
+        """From an export's `preprocessing` record, which also holds fields for other readers (mean, std)."""
+        return cls(**{f.name: found[f.name] for f in fields(cls) if f.name in found})
 
 
 @dataclass(frozen=True)

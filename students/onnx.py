@@ -3,6 +3,8 @@
     video_encoder.onnx  video [B, T, 3, H, W] (CLIP-normalised frames), video_mask [B, T] -> embeddings [B, D]
     text_encoder.onnx   input_ids [N, L], attention_mask [N, L] -> embeddings [N, D]
     preprocessing.json  how to sample, size and normalise frames and tokenise captions for them
+    model.json          the student they come from, its fingerprint and embedding space (`distill.encoders`),
+                        so `distill.index` and `distill.search` run them with `--runtime onnx`
 
 Embeddings are L2-normalised, as `encode_video` and `encode_text` return them; the batch axis is dynamic.
 The backbone is reparameterised first where its timm family has train-time branches (RepVGG-style blocks).
@@ -14,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from distill.encoders import ONNX_FORMAT, preprocessing_of, student_record
 from students.export import load_student, read_metadata
 from students.model import Student
 
@@ -97,17 +102,21 @@ def onnx_difference(student: Student, paths: dict[str, Path], inputs: dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("student", type=Path, help="an exported student (.safetensors)")
+    parser.add_argument("student", type=Path, help="an exported student (.safetensors, or its model card folder)")
     parser.add_argument("out", type=Path, help="the folder for the .onnx files")
     args = parser.parse_args(argv)
     try:
-        student = load_student(args.student)
-        metadata = read_metadata(args.student)
+        file = args.student / "model.safetensors" if args.student.is_dir() else args.student
+        student = load_student(file)
+        metadata = read_metadata(file)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     paths = export_onnx(student, args.out)
-    (args.out / "preprocessing.json").write_text(metadata.get("preprocessing", "{}"))
+    preprocessing = metadata.get("preprocessing") or json.dumps(asdict(preprocessing_of(student)))
+    (args.out / "preprocessing.json").write_text(preprocessing)
+    record = {"format": ONNX_FORMAT, "student": str(args.student.resolve()), **student_record(file, metadata)}
+    (args.out / "model.json").write_text(json.dumps({**record, "embed_dim": student.embed_dim}, indent=1))
     difference = onnx_difference(student, paths, example_inputs(student, 3, seed=1))
     for name, path in paths.items():
         print(f"{path}: max abs difference to PyTorch {difference[name]:.2e} on random inputs")

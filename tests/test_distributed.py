@@ -44,8 +44,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script: Path, *args: str, processes: int, cwd: Path) -> subprocess.CompletedProcess:
-    """`script` with 1 plain process, or with `processes` CPU processes through `accelerate launch`."""
+def launch(script: Path | str, *args: str, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    """`script` (or `-m` and a module) with 1 plain process, or with `processes` CPU processes through
+    `accelerate launch`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf_home")}
     launcher = [sys.executable]
     if processes > 1:
@@ -298,6 +299,33 @@ def test_same_report(runs):
 
 
 # The teacher cache through the CLI
+
+
+def test_two_processes_write_the_one_process_index(runs):
+    """`accelerate launch -m distill.index`: each process embeds every other chunk of 16 videos (5 chunks
+    here), the main one writes the index: the same entries and bit-equal embeddings (the same batches)."""
+    from distill.index import read_index
+
+    student, videos = runs / "1" / "student.safetensors", runs / "data" / "videos"
+    for processes in (1, 2):
+        out = runs / f"index_{processes}"
+        done = launch(
+            "-m",
+            "distill.index",
+            str(student),
+            str(videos),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            processes=processes,
+            cwd=runs,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("videos embedded") == 1  # the main process reports
+    (_, entries, one), (_, two_entries, two) = read_index(runs / "index_1"), read_index(runs / "index_2")
+    assert len(entries) == len(list(videos.glob("*.mp4"))) > 64 and entries == two_entries
+    assert torch.equal(one, two)
 
 
 @pytest.fixture(scope="module")

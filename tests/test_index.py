@@ -1,12 +1,17 @@
-"""Put a student to work: embed videos and captions from Python, index a folder of videos, search it by
-caption and by video through the CLIs; incremental re-indexing; broken files listed, never embedded; an
-index never searched in another model's space."""
+"""Put a student to work: embed videos and captions from Python, index a folder of videos (whole or in
+segments), search it by caption and by video through the CLIs, exactly or with FAISS, and as a results
+page; incremental re-indexing and resuming after a kill; broken files listed, never embedded; an index never
+searched in another model's space."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -15,8 +20,9 @@ from tiny import student_config
 from distill.data.config import SyntheticConfig
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
-from distill.data.video import read_clip
-from distill.embed import embed_texts, embed_videos, preprocessing_of
+from distill.data.video import read_clip, read_segments
+from distill.embed import embed_texts, embed_videos
+from distill.encoders import preprocessing_of
 from distill.index import main as index_main
 from distill.index import read_index
 from distill.search import main as search_main
@@ -91,7 +97,7 @@ def test_index_then_search_by_caption_and_by_video(clips, student, tmp_path, cap
     folder, captions = clips
     out = tmp_path / "index"
     log = index(student, folder, out, capsys)
-    assert f"index {out}: 6 videos embedded, 0 kept, 0 dropped, 1 could not be read" in log
+    assert f"index {out}: 6 videos embedded, 0 resumed, 0 kept, 0 dropped, 1 could not be read" in log
     info, entries, embeddings = read_index(out)
     assert info["count"] == 6 and embeddings.dtype == torch.float16 and embeddings.shape == (6, 32)
     assert {e["path"] for e in entries} == {str(p) for p in folder.rglob("*.mp4")} - {str(folder / "broken.mp4")}
@@ -109,8 +115,8 @@ def test_index_then_search_by_caption_and_by_video(clips, student, tmp_path, cap
 
     assert search_main([str(out), "--video", str(folder / "deep" / "clip5.mp4"), "--top", "1"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[:2] == ["| rank | score | path |", "|---:|---:|---|"]
-    assert table[2].startswith("| 1 | 1.0") and table[2].endswith(f"| {folder / 'deep' / 'clip5.mp4'} |")
+    assert table[:2] == ["| rank | score | path | start (s) | end (s) |", "|---:|---:|---|---:|---:|"]
+    assert table[2].startswith("| 1 | 1.0") and table[2].endswith(f"| {folder / 'deep' / 'clip5.mp4'} | 0.0 | 2.0 |")
 
 
 def test_a_second_run_embeds_only_new_or_changed_files_and_drops_deleted_ones(clips, student, tmp_path, capsys):
@@ -120,12 +126,12 @@ def test_a_second_run_embeds_only_new_or_changed_files_and_drops_deleted_ones(cl
     out = tmp_path / "index"
     index(student, folder, out, capsys)
     _, _, before = read_index(out)
-    assert "0 videos embedded, 6 kept, 0 dropped" in index(student, folder, out, capsys)
+    assert "0 videos embedded, 0 resumed, 6 kept, 0 dropped" in index(student, folder, out, capsys)
     (folder / "clip0.mp4").unlink()
     shutil.copy(folder / "clip1.mp4", folder / "deep" / "new.mp4")
     stat = (folder / "clip2.mp4").stat()
     os.utime(folder / "clip2.mp4", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: embedded again
-    assert "2 videos embedded, 4 kept, 1 dropped, 1 could not be read" in index(student, folder, out, capsys)
+    assert "2 videos embedded, 0 resumed, 4 kept, 1 dropped, 1 could not be read" in index(student, folder, out, capsys)
     _, entries, after = read_index(out)
     paths = [e["path"] for e in entries]
     assert str(folder / "clip0.mp4") not in paths and str(folder / "deep" / "new.mp4") in paths
@@ -153,7 +159,7 @@ def test_an_index_is_never_searched_or_extended_with_another_model(clips, studen
     "make, message",
     [
         (lambda p: p.mkdir(), "no video files"),
-        (lambda p: p.with_suffix(".txt").write_text("x"), "neither a folder of videos nor a .jsonl list"),
+        (lambda p: p.with_suffix(".txt").write_text("x"), "neither a folder of videos nor a .jsonl or .csv list"),
     ],
 )
 def test_an_empty_or_wrong_video_argument_is_named(student, tmp_path, capsys, make, message):
@@ -164,6 +170,14 @@ def test_an_empty_or_wrong_video_argument_is_named(student, tmp_path, capsys, ma
     assert message in capsys.readouterr().err
     assert search_main([str(tmp_path / "nowhere"), "a circle"]) == 2
     assert "not an index (no index.json)" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_an_index_is_never_replaced(clips, student, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert index_main([str(student), str(clips[0]), "--out", str(tmp_path / "mine")]) == 2
+    assert f"{tmp_path / 'mine'} exists and is not an index" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_top_k_in_chunks_equals_a_full_sort(monkeypatch):
@@ -189,3 +203,152 @@ def test_a_damaged_student_is_named_as_one_not_tried_as_a_teacher(clips, student
     save_file(tensors, str(damaged), metadata=read_metadata(student))
     assert index_main([str(damaged), str(clips[0]), "--out", str(tmp_path / "index")]) == 2
     assert f"error: {damaged}: the weights do not match the export's checksum" in capsys.readouterr().err
+
+
+def test_long_videos_are_indexed_in_segments_with_their_spans(clips, student, tmp_path, capsys):
+    folder, captions = clips
+    out = tmp_path / "index"
+    assert index_main([str(student), str(folder), "--out", str(out), "--segment", "1"]) == 0
+    assert "6 videos embedded" in capsys.readouterr().out
+    info, entries, embeddings = read_index(out)
+    assert info["segment"] == 1 and info["count"] == 12  # 2 s clips: [0, 1) and [1, 2]
+    first = [e for e in entries if e["path"] == str(folder / "clip0.mp4")]
+    assert [(e["start"], e["end"], e["duration"]) for e in first] == [(0.0, 1.0, 2.0), (1.0, 2.0, 2.0)]
+    model = load_student(student)
+    _, video, mask, _ = read_segments(folder / "clip0.mp4", 1, max_frames=2, size=16)
+    with torch.no_grad():
+        exact = model.encode_video(video, mask)
+    rows = [i for i, e in enumerate(entries) if e["path"] == str(folder / "clip0.mp4")]
+    torch.testing.assert_close(embeddings[rows].float(), exact, rtol=0, atol=1e-3)  # float16 storage
+
+    assert search_main([str(out), captions[0], "--top", "12", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((h["path"], h["start"], h["end"]) for h in hits) == sorted(
+        (e["path"], e["start"], e["end"]) for e in entries
+    )
+    assert index_main([str(student), str(folder), "--out", str(out)]) == 2
+    assert f"{out} holds segments of 1 s, not None s (--segment)" in capsys.readouterr().err
+
+
+def test_a_csv_list_names_the_videos(clips, student, tmp_path, capsys):
+    folder, _ = clips
+    (folder.parent / "list.csv").write_text("video,caption\nvideos/clip1.mp4,a\nvideos/deep/clip4.mp4,b\n")
+    index(student, folder.parent / "list.csv", tmp_path / "index", capsys)
+    _, entries, _ = read_index(tmp_path / "index")
+    assert [e["path"] for e in entries] == [str(folder / "clip1.mp4"), str(folder / "deep" / "clip4.mp4")]
+
+
+def test_a_killed_index_run_resumes_from_its_saved_chunks(clips, student, tmp_path, capsys):
+    """Killed (SIGKILL) once some chunks of 8 videos are saved: the next run embeds only the others, and the
+    index equals one built in one go (the same batches: bit-equal)."""
+    source, _ = clips
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for k in range(8):  # 48 videos: 6 chunks of 8 at batch size 1
+        for clip in sorted(source.rglob("clip*.mp4")):
+            shutil.copy(clip, folder / f"{k}-{clip.name}")
+    out, work = tmp_path / "index", tmp_path / "index.work"
+    command = [sys.executable, "-m", "distill.index", str(student), str(folder), "--out", str(out), "--batch-size", "1"]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
+    while not (work.is_dir() and any(work.glob("*.safetensors"))) and process.poll() is None:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = len(list(work.glob("*.safetensors")))
+    assert 1 <= saved < 6 and not (out / "index.json").exists(), "the run ended before it could be killed"
+    assert index_main([str(student), str(folder), "--out", str(out), "--batch-size", "1"]) == 0
+    log = capsys.readouterr().out
+    assert f"{48 - 8 * saved} videos embedded, {8 * saved} resumed, 0 kept" in log and not work.exists()
+    assert index_main([str(student), str(folder), "--out", str(tmp_path / "whole"), "--batch-size", "1"]) == 0
+    _, entries, embeddings = read_index(out)
+    _, whole_entries, whole = read_index(tmp_path / "whole")
+    assert entries == whole_entries and torch.equal(embeddings, whole)
+
+
+def test_faiss_search_with_every_cell_probed_is_exact_search():
+    from distill import ann
+
+    gallery = torch.nn.functional.normalize(torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    faiss_index = ann.build(gallery.half())
+    assert faiss_index.nlist == 55 and faiss_index.ntotal == 3000
+    query = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    exact_scores, exact_rows = top_k(query, gallery.half(), 10)
+    scores, rows = ann.top_k(faiss_index, query, 10, nprobe=55)
+    assert rows.tolist() == exact_rows.tolist()
+    # FAISS scores the float16 vectors in float32 as exact search does, summed in another order.
+    torch.testing.assert_close(scores, exact_scores, rtol=0, atol=1e-5)
+    scores, rows = ann.top_k(faiss_index, query, 10, nprobe=1)  # fewer cells: maybe fewer right, scores exact
+    torch.testing.assert_close(scores, gallery.half()[rows].float() @ query, rtol=0, atol=1e-5)
+
+
+def test_an_index_with_faiss_searches_as_exact_search(clips, student, tmp_path, capsys):
+    folder, captions = clips
+    out = tmp_path / "index"
+    assert index_main([str(student), str(folder), "--out", str(out), "--faiss"]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "index.json").read_text())["faiss"] == "faiss.index" and (out / "faiss.index").is_file()
+    found = {}
+    for how in ([], ["--exact"]):
+        assert search_main([str(out), captions[1], "--top", "4", "--json", *how]) == 0
+        found[bool(how)] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [h["path"] for h in found[True]] == [h["path"] for h in found[False]]
+
+
+def test_the_results_page_shows_each_hit_with_its_sampled_frames(clips, student, tmp_path, capsys):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    folder, captions = clips
+    out = tmp_path / "index"
+    index(student, folder, out, capsys)
+    page = tmp_path / "results.html"
+    assert search_main([str(out), "a <red> circle & more", "--top", "3", "--html", str(page), "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    text = page.read_text()
+    assert "a &lt;red&gt; circle &amp; more" in text and text.count('class="hit"') == 3
+    assert all(text.index(h["path"]) < text.index(hits[i + 1]["path"]) for i, h in enumerate(hits[:-1]))
+    images = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
+    assert len(images) == 3 * 2  # 2 s clips sampled at 1 frame a second: 2 frames a hit
+    image = Image.open(io.BytesIO(base64.b64decode(images[0])))
+    assert image.format == "JPEG" and image.size == (96, 96)  # square 32 px clips, 96 px high
+
+
+def test_a_student_with_the_teachers_text_tower_shares_its_space_and_no_other(clips, student, tmp_path, capsys):
+    """Teacher queries search a gallery its text=teacher student embedded, and a gallery of both models'
+    embeddings; a student with its own text tower is refused, as a query model and as a gallery."""
+    from distill.cache import teacher_sha256
+    from students import teacher_text_tower
+    from teachers import save_teacher
+
+    folder, captions = clips
+    torch.manual_seed(2)
+    teacher = CLIP4Clip(clip4clip_arch("test_tiny", "meanP")).eval()
+    save_teacher(teacher, tmp_path / "teacher.safetensors")
+    sizes, weights = teacher_text_tower(teacher, 16)
+    twin = Student(
+        student_config(max_frames=2, text="teacher", embed_dim=teacher.embed_dim), max_words=16, teacher_text=sizes
+    )
+    twin.text.load_state_dict(weights)
+    space = {"embedding_space": f"teacher:{teacher_sha256(teacher)}"}  # as the export stage records it
+    export_student(twin, tmp_path / "twin.safetensors", space)
+    for model, out in (("teacher", "by_teacher"), ("twin", "by_twin"), (student, "by_own")):
+        source = student if out == "by_own" else tmp_path / f"{model}.safetensors"
+        index(source, folder, tmp_path / out, capsys)
+
+    by_teacher, by_twin, by_own = (str(tmp_path / name) for name in ("by_teacher", "by_twin", "by_own"))
+    command = [by_twin, captions[3], "--also", by_teacher, "--model", str(tmp_path / "teacher.safetensors")]
+    assert search_main([*command, "--top", "12", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 12 and {h["index"] for h in hits} == {by_twin, by_teacher}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+    assert search_main([by_twin, captions[3], "--model", str(student)]) == 2
+    assert f"{student.resolve()} embeds in space student:" in capsys.readouterr().err
+    assert search_main([by_twin, captions[3], "--also", by_own]) == 2
+    assert (
+        f"{by_own} ({student.resolve()}) and {by_twin} ({tmp_path / 'twin.safetensors'}) hold embeddings of "
+        "different spaces" in capsys.readouterr().err
+    )

@@ -5,6 +5,7 @@ other than the export's, and on real clips."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,40 @@ def test_not_a_student_is_named(tmp_path, capsys):
     (tmp_path / "x.safetensors").write_bytes(b"nope")
     assert main([str(tmp_path / "x.safetensors"), str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'x.safetensors'}: not a safetensors file" in capsys.readouterr().err
+
+
+def test_index_and_search_run_on_onnxruntime_in_the_students_space(clips, tmp_path, capsys):
+    """`--runtime onnx`: the index equals PyTorch's within float16 storage (the two runtimes differ by
+    under 1e-4 before it); it is the same student's index, so each runtime extends and queries the other's."""
+    from distill.index import main as index_main
+    from distill.index import read_index
+    from distill.search import main as search_main
+
+    torch.manual_seed(0)
+    preprocessing = {"max_frames": 3, "image_size": 16, "max_words": 16, "framerate": 1, "slice_framepos": 2}
+    path = export_student(
+        Student(student_config(), max_words=16).eval(),
+        tmp_path / "student.safetensors",
+        {"preprocessing": json.dumps(preprocessing)},
+    )
+    assert main([str(path), str(tmp_path / "onnx")]) == 0
+    record = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert record["student"] == str(path.resolve()) and record["space"] == f"student:{record['sha256']}"
+    videos = Path(clips[0].video).parent
+    for runtime, model in (("torch", path), ("onnx", tmp_path / "onnx")):
+        assert (
+            index_main([str(model), str(videos), "--out", str(tmp_path / f"by_{runtime}"), "--runtime", runtime]) == 0
+        )
+    (_, entries, by_torch), (_, onnx_entries, by_onnx) = (read_index(tmp_path / f"by_{r}") for r in ("torch", "onnx"))
+    assert entries == onnx_entries and len(entries) == 4  # 3 train clips and a test clip
+    torch.testing.assert_close(by_onnx.float(), by_torch.float(), rtol=0, atol=1e-3)
+
+    command = [str(tmp_path / "onnx"), "--runtime", "onnx", "--out", str(tmp_path / "by_torch")]
+    assert index_main([command[0], str(videos), *command[1:]]) == 0
+    assert "0 videos embedded, 0 resumed, 4 kept" in capsys.readouterr().out
+    found = {}
+    for runtime, model in (("torch", path), ("onnx", tmp_path / "onnx")):
+        query = [str(tmp_path / "by_torch"), clips[1].caption, "--model", str(model), "--runtime", runtime, "--json"]
+        assert search_main(query) == 0
+        found[runtime] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [h["path"] for h in found["onnx"]] == [h["path"] for h in found["torch"]]

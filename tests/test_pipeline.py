@@ -16,6 +16,8 @@ import yaml
 from safetensors.torch import load_file
 from tiny import TINY
 
+from distill.cache import teacher_sha256
+from distill.encoders import load_encoder
 from students import load_student, read_metadata
 from teachers import load_teacher, tokenize
 
@@ -269,6 +271,12 @@ def test_student_with_the_teachers_text_tower_embeds_captions_as_the_teacher(dem
     with torch.no_grad():
         torch.testing.assert_close(student.encode_text(ids, mask), teacher.encode_text(ids, mask), rtol=0, atol=2e-3)
     assert not any(p.requires_grad for p in student.text.parameters())
+    # Its videos are in the teacher's space: the index and search let teacher queries meet them.
+    spaces = [
+        load_encoder(str(path))[1]["space"]
+        for path in (demo / "text" / "student.safetensors", first / "teacher.safetensors")
+    ]
+    assert spaces[0] == spaces[1] == f"teacher:{teacher_sha256(teacher)}"
     done = run_cli(*common, f"output_dir={demo / 'text_wrong'}", "student.embed_dim=32", cwd=demo)
     assert done.returncode != 0
     assert (
