@@ -32,6 +32,39 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def recipe_models(path: Path, overrides: list[str]):
+    """`(recipe, {"teacher", "student"})` with random weights and the recipe's `preprocessing`: a recipe that
+    distils a given CLIP4Clip checkpoint gets CLIP4Clip's MSR-VTT teacher (ViT-B/32 seqTransf), else the one
+    its teacher stage would train; the teacher frozen. Stand-ins for the recipe's paths, which are not read."""
+    import torch
+
+    from distill.context import teacher_arch
+    from distill.recipe import load_recipe
+    from students import Student
+    from students.model import Preprocessing
+    from teachers import CLIP4Clip
+    from teachers.archs import clip4clip_arch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("checkpoint", "MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"):
+            (Path(tmp) / name).touch()
+        given = (yaml.safe_load(path.read_text()).get("teacher") or {}).get("source") is not None
+        paths = [f"data.annotations={tmp}", f"data.video_root={tmp}", f"data.root={tmp}", "stages=[data]"]
+        paths += [f"teacher.source={tmp}/checkpoint"] if given else []
+        recipe = load_recipe(path, [*paths, *overrides])
+    words = recipe.data.max_words
+    torch.manual_seed(0)
+    arch = clip4clip_arch("vit_b_32", "seqTransf") if given else teacher_arch(recipe.teacher, words)
+    models = {
+        "teacher": CLIP4Clip(arch).eval().requires_grad_(False),
+        "student": Student(recipe.student, max_words=words).eval(),
+    }
+    for name, model in models.items():  # how each reads a clip (distill.encoders.preprocessing_of)
+        frames = recipe.teacher.max_frames if name == "teacher" else recipe.student.max_frames
+        model.preprocessing = Preprocessing(frames, model.input_size, words, recipe.data.framerate)
+    return recipe, models
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "msrvtt.yaml")
@@ -43,41 +76,18 @@ def main() -> None:
 
     import torch
 
-    from distill.context import teacher_arch
     from distill.evaluate import PART_COLUMNS, count_gflops, parameter_parts
-    from distill.recipe import load_recipe
-    from students import Student, export_student, round_weights
-    from teachers import CLIP4Clip, save_teacher, tokenize
-    from teachers.archs import clip4clip_arch
+    from students import export_student, round_weights
+    from teachers import save_teacher, tokenize
 
-    with tempfile.TemporaryDirectory() as tmp:  # stand-ins for the recipe's paths, which are not read here
-        for name in ("checkpoint", "MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"):
-            (Path(tmp) / name).touch()
-        given = (yaml.safe_load(args.recipe.read_text()).get("teacher") or {}).get("source") is not None
-        paths = [f"data.annotations={tmp}", f"data.video_root={tmp}", f"data.root={tmp}", "stages=[data]"]
-        paths += [f"teacher.source={tmp}/checkpoint"] if given else []
-        recipe = load_recipe(args.recipe, [*paths, *args.overrides])
+    recipe, models = recipe_models(args.recipe, args.overrides)
     words = recipe.data.max_words
-    torch.manual_seed(0)
-    # A recipe that distils a given CLIP4Clip checkpoint: its MSR-VTT teacher; else the one it would train.
-    arch = clip4clip_arch("vit_b_32", "seqTransf") if given else teacher_arch(recipe.teacher, words)
-    models = {
-        "teacher": CLIP4Clip(arch).eval().requires_grad_(False),
-        "student": Student(recipe.student, max_words=words).eval(),
-    }
     ids, ids_mask = tokenize([f"a person is cooking dish number {i} in a kitchen" for i in range(args.captions)], words)
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            frames, size = (
-                (recipe.teacher.max_frames, model.input_size)
-                if name == "teacher"
-                else (
-                    recipe.student.max_frames,
-                    recipe.student.image_size,
-                )
-            )
+            frames, size = model.preprocessing.max_frames, model.preprocessing.image_size
             video = torch.randn(args.videos, frames, 3, size, size)
             mask = torch.ones(args.videos, frames, dtype=torch.long)
             file = Path(tmp) / f"{name}.safetensors"

@@ -26,31 +26,32 @@ from torch import nn
 
 from distill.encoders import ONNX_FORMAT, preprocessing_of, student_record
 from students.export import load_student, read_metadata
-from students.model import Student
 
 
 class VideoEncoder(nn.Module):
-    def __init__(self, student: Student):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.student = student
+        self.model = model
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        return self.student.encode_video(video, video_mask)
+        return self.model.encode_video(video, video_mask)
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, student: Student):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.student = student
+        self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.student.encode_text(input_ids, attention_mask)
+        return self.model.encode_text(input_ids, attention_mask)
 
 
-def example_inputs(student: Student, batch: int, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Random inputs of the encoders' shapes: frames, a mask with a shorter clip, token ids ending in EOT."""
+def example_inputs(model: nn.Module, batch: int, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Random inputs of the encoders' shapes (`distill.encoders.preprocessing_of`): frames, a mask with a
+    shorter clip, token ids ending in CLIP's end token."""
     g = torch.Generator().manual_seed(seed)
-    frames, size, words = student.config.max_frames, student.input_size, student.max_words
+    p = preprocessing_of(model)
+    frames, size, words = p.max_frames, p.image_size, p.max_words
     mask = torch.ones(batch, frames, dtype=torch.long)
     mask[0, max(1, frames // 2) :] = 0
     ids = torch.randint(1, 49406, (batch, words), generator=g)
@@ -61,16 +62,17 @@ def example_inputs(student: Student, batch: int, seed: int = 0) -> dict[str, dic
     }
 
 
-def export_onnx(student: Student, out: Path) -> dict[str, Path]:
-    """Writes `video_encoder.onnx` and `text_encoder.onnx` (opset of torch's exporter) to `out`."""
+def export_onnx(model: nn.Module, out: Path) -> dict[str, Path]:
+    """Writes `video_encoder.onnx` and `text_encoder.onnx` (opset of torch's exporter) of a student, or of a
+    two-tower teacher (for comparisons), to `out`."""
     from timm.utils.model import reparameterize_model
 
-    student = reparameterize_model(copy.deepcopy(student).eval())
+    model = reparameterize_model(copy.deepcopy(model).eval())
     out.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
-    inputs = example_inputs(student, 2)
+    inputs = example_inputs(model, 2)
     paths = {}
-    for name, module in (("video", VideoEncoder(student)), ("text", TextEncoder(student))):
+    for name, module in (("video", VideoEncoder(model)), ("text", TextEncoder(model))):
         path = paths[name] = out / f"{name}_encoder.onnx"
         torch.onnx.export(
             module,
@@ -85,11 +87,11 @@ def export_onnx(student: Student, out: Path) -> dict[str, Path]:
     return paths
 
 
-def onnx_difference(student: Student, paths: dict[str, Path], inputs: dict[str, dict[str, torch.Tensor]]) -> dict:
+def onnx_difference(model: nn.Module, paths: dict[str, Path], inputs: dict[str, dict[str, torch.Tensor]]) -> dict:
     """The largest absolute difference between onnxruntime's and PyTorch's embeddings, per encoder."""
     import onnxruntime
 
-    reference = {"video": student.encode_video, "text": student.encode_text}
+    reference = {"video": model.encode_video, "text": model.encode_text}
     found = {}
     for name, path in paths.items():
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
