@@ -115,6 +115,29 @@ def read_onnx_folder(folder: Path) -> dict:
     return info
 
 
+def teacher_preprocessing(model: nn.Module, source: str) -> Preprocessing:
+    """How a teacher reads clips: as the recipe that trained it says (`save_teacher` records it), else as
+    CLIP4Clip evaluates (`preprocessing_of`)."""
+    from safetensors import safe_open
+
+    from teachers.export import is_teacher_export
+
+    if source.startswith("open_clip:") or not is_teacher_export(Path(source)):
+        return preprocessing_of(model)
+    with safe_open(source, framework="pt") as f:
+        recipe = json.loads((f.metadata() or {}).get("recipe", "null"))
+    if recipe is None:
+        return preprocessing_of(model)
+    data = recipe["data"]
+    return Preprocessing(
+        max_frames=recipe["teacher"]["max_frames"],
+        image_size=model.input_size,
+        max_words=data["max_words"],
+        framerate=data["framerate"],
+        slice_framepos=data["slice_framepos"],
+    )
+
+
 def student_record(path: Path, metadata: dict[str, str]) -> dict:
     """The fingerprint and embedding space of a student export (also what its ONNX folder records)."""
     sha256 = sha256_of(path)
@@ -149,6 +172,7 @@ def load_encoder(source: str, runtime: str = "torch", device: str | torch.device
             metadata = read_metadata(export)
         except ValueError:  # not a student export: a teacher source (a damaged student says so below)
             model = load_teacher(source).to(device)
+            model.preprocessing = teacher_preprocessing(model, source)
             sha256 = teacher_sha256(model)
             record = {"kind": "teacher", "sha256": sha256, "space": f"teacher:{sha256}"}
         else:

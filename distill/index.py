@@ -86,7 +86,8 @@ def read_info(folder: Path) -> dict:
         raise IndexFolderError(f"{folder}: index.json is not a {FORMAT} index")
     if info.get("version") != VERSION:
         raise IndexFolderError(
-            f"{folder}: an index of version {info.get('version', 1)}, this is version {VERSION}; build it again"
+            f"{folder}: an index of version {info.get('version', 1)}, this is version {VERSION}; delete it and "
+            "build it again"
         )
     return info
 

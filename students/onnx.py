@@ -72,7 +72,7 @@ def export_onnx(model: nn.Module, out: Path) -> dict[str, Path]:
     batch = torch.export.Dim("batch", min=1)
     inputs = example_inputs(model, 2)
     paths = {}
-    for name, module in (("video", VideoEncoder(model)), ("text", TextEncoder(model))):
+    for name, module in (("video", VideoEncoder(model).eval()), ("text", TextEncoder(model).eval())):
         path = paths[name] = out / f"{name}_encoder.onnx"
         torch.onnx.export(
             module,

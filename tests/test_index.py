@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,26 @@ def test_a_model_built_here_reads_as_its_config_says(clips, student):
     teacher = CLIP4Clip(clip4clip_arch("test_tiny", "seqTransf")).eval()
     assert preprocessing_of(teacher) == Preprocessing(max_frames=12, image_size=16, max_words=16)
     assert embed_videos(teacher, [folder / "clip0.mp4"]).embeddings.shape == (1, 128)
+
+
+def test_a_teacher_trained_here_is_read_as_its_recipe_says(tmp_path):
+    """The teacher stage's export records its recipe: the index samples clips as the teacher was trained."""
+    from distill.config import recipe_to_dict
+    from distill.encoders import load_encoder
+    from distill.recipe import load_recipe
+    from teachers import save_teacher
+
+    changes = ["teacher.max_frames=5", "data.max_words=20", "data.framerate=2", "data.slice_framepos=0"]
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "demo.yaml", changes)
+    teacher = CLIP4Clip(clip4clip_arch("test_tiny", "meanP")).eval()
+    save_teacher(teacher, tmp_path / "trained.safetensors", recipe=json.dumps(recipe_to_dict(recipe)))
+    save_teacher(teacher, tmp_path / "given.safetensors")
+    encoder, record = load_encoder(str(tmp_path / "trained.safetensors"))
+    assert encoder.preprocessing == Preprocessing(
+        max_frames=5, image_size=16, max_words=20, framerate=2, slice_framepos=0
+    )
+    assert load_encoder(str(tmp_path / "given.safetensors"))[0].preprocessing == preprocessing_of(teacher)
+    assert record["kind"] == "teacher" and record["space"] == f"teacher:{record['sha256']}"
 
 
 def index(student, folder, out, capsys) -> str:
@@ -352,3 +373,16 @@ def test_a_student_with_the_teachers_text_tower_shares_its_space_and_no_other(cl
         f"{by_own} ({student.resolve()}) and {by_twin} ({tmp_path / 'twin.safetensors'}) hold embeddings of "
         "different spaces" in capsys.readouterr().err
     )
+
+
+def test_an_index_of_an_older_format_or_a_file_that_is_no_model_is_named(clips, student, tmp_path, capsys):
+    folder, _ = clips
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "index.json").write_text(json.dumps({"format": "clip4clip-distill/index", "count": 0}))
+    assert search_main([str(old), "a circle"]) == 2
+    assert f"{old}: an index of version 1, this is version 2; delete it and build it again" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert index_main([str(tmp_path / "notes.txt"), str(folder), "--out", str(tmp_path / "index")]) == 2
+    assert f"{tmp_path / 'notes.txt'}" in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()
