@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from distill.data.video import Backend, VideoError, read_segments
+from distill.data.video import DEFAULT_BACKEND, Backend, VideoError, load_segments, normalize, pad_clip
 from distill.encoders import Encoder, encoder_of
 from students.model import Preprocessing
 from teachers.tokenizer import tokenize
@@ -33,8 +33,9 @@ class VideoEmbeddings:
 
 
 class VideoFiles(Dataset):
-    """Each video file read as a model reads it, whole or cut into `segment`-second segments; a file that
-    fails yields its error instead."""
+    """Each video file read as a model reads it, whole or cut into `segment`-second segments, as resized
+    uint8 frames (a quarter of the float32 clips' memory: a long video has many segments); a file that fails
+    yields its error instead."""
 
     def __init__(self, paths: list[str], preprocessing: Preprocessing, backend: Backend, segment: int | None):
         self.paths, self.p, self.backend, self.segment = paths, preprocessing, backend, segment
@@ -45,7 +46,7 @@ class VideoFiles(Dataset):
     def __getitem__(self, index: int) -> dict:
         p = self.p
         try:
-            spans, video, mask, duration = read_segments(
+            spans, frames, duration = load_segments(
                 self.paths[index],
                 self.segment,
                 max_frames=p.max_frames,
@@ -54,7 +55,7 @@ class VideoFiles(Dataset):
                 slice_framepos=p.slice_framepos,
                 backend=self.backend,
             )
-            return {"index": index, "spans": spans, "video": video, "mask": mask, "duration": duration, "error": ""}
+            return {"index": index, "spans": spans, "frames": frames, "duration": duration, "error": ""}
         except VideoError as error:
             return {"index": index, "error": str(error)}
 
@@ -72,12 +73,12 @@ def embed_videos(
     batch_size: int = 16,
     num_workers: int = 0,
     segment: int | None = None,
-    backend: Backend = "decord",
+    backend: Backend = DEFAULT_BACKEND,
     progress: bool = False,
 ) -> VideoEmbeddings:
     """The videos' embeddings, a video each, or a `segment`-second segment each; `num_workers` DataLoader
-    processes decode them, `batch_size` files at a time. A missing or broken file is skipped and named in
-    `failed`."""
+    processes decode them, `batch_size` files at a time (the model sees `batch_size` clips at a time). A
+    missing or broken file is skipped and named in `failed`."""
     encoder = encoder_of(model)
     loader = DataLoader(
         VideoFiles([str(p) for p in paths], encoder.preprocessing, backend, segment),
@@ -90,9 +91,12 @@ def embed_videos(
     for batch in tqdm(loader, desc="embed videos", unit="batch", disable=not progress):
         read = [item for item in batch if not item["error"]]
         found.failed |= {str(paths[item["index"]]): item["error"] for item in batch if item["error"]}
-        if read:
-            video = torch.cat([item["video"] for item in read])
-            rows.append(encoder.videos(video, torch.cat([item["mask"] for item in read])))
+        segments = [frames for item in read for frames in item["frames"]]
+        for i in range(0, len(segments), batch_size):  # a long video's segments, batch_size at a time
+            clips = [
+                pad_clip(normalize(frames), encoder.preprocessing.max_frames) for frames in segments[i : i + batch_size]
+            ]
+            rows.append(encoder.videos(torch.stack([c[0] for c in clips]), torch.stack([c[1] for c in clips])))
         for item in read:
             found.paths += [str(paths[item["index"]])] * len(item["spans"])
             found.spans += item["spans"]

@@ -15,11 +15,11 @@ An index folder holds
     failed.txt                    the videos that could not be read, with why (never embedded)
     faiss.index                   with `--faiss`: an approximate index for large galleries (`distill.ann`)
 
-A second run with the same model and segment length embeds only new or changed files (size or mtime) and
-drops deleted ones. Nothing is lost on a kill: videos are embedded in chunks of 8 batches, each saved to
-`INDEX_DIR.work/` as it is done, and a run started again (same `--batch-size`) embeds only the chunks not
-there; the index
-itself is written under a temporary name and swapped in, so a kill leaves the previous index whole.
+A second run with the same model, sampling and segment length embeds only new or changed files (size or
+mtime) and drops deleted ones (`--faiss` builds the approximate index again; a run without it has none).
+Nothing is lost on a kill: videos are embedded in chunks of 8 batches, each saved to `INDEX_DIR.work/` as
+it is done, and a run started again embeds only the files no saved chunk holds as they are now; the index
+itself is filled under a temporary name and renamed into place.
 Through `accelerate launch -m distill.index ...` several processes (or machines sharing the folder) each
 embed every n-th chunk, and the main process writes the index: the same as one process writes, since a
 chunk's batches do not depend on the number of processes.
@@ -32,8 +32,8 @@ import csv
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -61,13 +61,14 @@ class IndexFolderError(ValueError):
 def list_videos(videos: Path) -> list[Path]:
     """The video files under a folder (sorted), or those a `.jsonl` or `.csv` list names in its `video`
     field (relative to the list's folder), in its order."""
+    videos = videos.resolve()  # entries name files wherever search runs from
     if videos.is_dir():
         found = sorted(p for p in videos.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not found:
             raise IndexFolderError(f"{videos}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in it or below")
         return found
     if videos.suffix in (".jsonl", ".csv") and videos.is_file():
-        with open(videos, newline="") as f:
+        with open(videos, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark, as Excel writes
             lines = list(csv.DictReader(f)) if videos.suffix == ".csv" else [json.loads(x) for x in f if x.strip()]
         if missing := next((i + 1 for i, line in enumerate(lines) if not line.get("video")), None):
             raise IndexFolderError(f"{videos}: entry {missing} has no 'video' field")
@@ -108,44 +109,69 @@ def launch_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def chunk_key(record: dict, segment: int | None, files: list[tuple[str, int, int]]) -> str:
-    """What a chunk's embeddings depend on: the model, the segment length, the files (path, size, mtime)."""
-    return hashlib.sha256(json.dumps([record["sha256"], segment, files]).encode()).hexdigest()[:32]
+def settings_of(record: dict, encoder: Encoder, segment: int | None) -> dict:
+    """What an embedding depends on besides its file: the model, how it reads clips, the segment length."""
+    return {"sha256": record["sha256"], "preprocessing": dataclasses.asdict(encoder.preprocessing), "segment": segment}
 
 
-def save_chunk(path: Path, found, stats: dict) -> None:
+def save_chunk(path: Path, found, stats: dict, settings: dict) -> None:
+    """A chunk's embeddings, entries and failures (with the size and mtime of each file) and settings."""
     entries = [
         {"path": p, "size": stats[p].st_size, "mtime": stats[p].st_mtime_ns, "start": s, "end": e, "duration": d}
         for p, (s, e), d in zip(found.paths, found.spans, found.durations)
     ]
-    metadata = {"entries": json.dumps(entries), "failed": json.dumps(found.failed)}
+    failed = {p: [why, stats[p].st_size, stats[p].st_mtime_ns] for p, why in found.failed.items()}
+    metadata = {"entries": json.dumps(entries), "failed": json.dumps(failed), "settings": json.dumps(settings)}
     tensors = {"embeddings": found.embeddings.half().contiguous()}
     atomic_write(path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
 
 
-def load_chunk(path: Path) -> tuple[list[dict], torch.Tensor, dict[str, str]]:
-    with safe_open(str(path), framework="pt") as f:
-        metadata, embeddings = f.metadata(), f.get_tensor("embeddings")
-    return json.loads(metadata["entries"]), embeddings, json.loads(metadata["failed"])
+def saved_chunks(work: Path, stats: dict, settings: dict) -> tuple[dict[str, list], dict[str, str]]:
+    """The entries (with their rows) and the failures the chunks in `work` hold for files that are as they
+    were then (size, mtime), made with these settings: `(entries by path, failures by path)`."""
+    entries: dict[str, list[tuple[dict, torch.Tensor]]] = {}
+    failed: dict[str, str] = {}
+
+    def same(path: str, size: int, mtime: int) -> bool:
+        return stats.get(path) is not None and (stats[path].st_size, stats[path].st_mtime_ns) == (size, mtime)
+
+    for file in sorted(work.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            metadata, embeddings = f.metadata(), f.get_tensor("embeddings")
+        if json.loads(metadata["settings"]) != settings:
+            continue
+        found: dict[str, list[tuple[dict, torch.Tensor]]] = {}
+        for entry, row in zip(json.loads(metadata["entries"]), embeddings):
+            if same(entry["path"], entry["size"], entry["mtime"]):
+                found.setdefault(entry["path"], []).append((entry, row))
+        entries = {**found, **entries}  # a file two killed runs embedded: the first chunk's entries
+        failed |= {p: why for p, (why, size, mtime) in json.loads(metadata["failed"]).items() if same(p, size, mtime)}
+    return entries, failed
 
 
-def previous_index(out: Path, record: dict, segment: int | None) -> dict[str, list[tuple[dict, torch.Tensor]]]:
-    """The entries (with their rows) of the index at `out`, by path, if the same model made it with the
-    same segment length; none if there is no index there."""
+def previous_index(out: Path, settings: dict, source: str) -> dict[str, list[tuple[dict, torch.Tensor]]]:
+    """The entries (with their rows) of the index at `out`, by path, if it was made with these settings;
+    none if there is no index there."""
     if not (out / "index.json").is_file():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise IndexFolderError(f"{out} exists and is not an index: index into a new or empty folder")
         return {}
     info, entries, embeddings = read_index(out)
     model = info["model"]
-    if model["sha256"] != record["sha256"]:
+    if model["sha256"] != settings["sha256"]:
         raise IndexFolderError(
             f"{out} was built with another model ({model['source']}, sha256 {model['sha256'][:12]}), not "
-            f"{record['source']} ({record['sha256'][:12]}); index into another folder"
+            f"{source} ({settings['sha256'][:12]}); index into another folder"
         )
-    if info["segment"] != segment:
+    if info["segment"] != settings["segment"]:
         raise IndexFolderError(
-            f"{out} holds segments of {info['segment']} s, not {segment} s (--segment); index into another folder"
+            f"{out} holds segments of {info['segment']} s, not {settings['segment']} s (--segment); index into "
+            "another folder"
+        )
+    if info["preprocessing"] != settings["preprocessing"]:
+        raise IndexFolderError(
+            f"{out} was built reading clips as {info['preprocessing']}, but {source} reads them as "
+            f"{settings['preprocessing']}; index into another folder"
         )
     kept: dict[str, list[tuple[dict, torch.Tensor]]] = {}
     for entry, row in zip(entries, embeddings):
@@ -165,12 +191,13 @@ def build_index(
     num_workers: int = 0,
     progress: bool = False,
 ) -> dict[str, int] | None:
-    """Writes the index of `videos` to `out`, reusing the embeddings of an index there made by the same model
-        for files that did not change, and the chunks a killed run saved (with `faiss`, and an approximate index
-    of them); returns the counts of videos embedded,
-        resumed (from a killed run), kept, dropped and failed, or None on a process that is not the main one."""
+    """Writes the index of `videos` to `out` (with `faiss`, and an approximate index of it), reusing the
+    embeddings of an index there made with the same settings for files that did not change, and those the
+    chunks of a killed run saved; returns the counts of videos embedded, resumed (from a killed run), kept,
+    dropped and failed, or None on a process that is not the main one."""
     state = launch_state()
-    kept = previous_index(out, record, segment)
+    settings = settings_of(record, encoder, segment)
+    kept = previous_index(out, settings, record["source"])
     stats = {str(p): p.stat() if p.is_file() else None for p in videos}
     unchanged = {
         path
@@ -179,49 +206,40 @@ def build_index(
         and path in kept
         and (kept[path][0][0]["size"], kept[path][0][0]["mtime"]) == (stat.st_size, stat.st_mtime_ns)
     }
-    todo = [path for path, stat in stats.items() if stat is not None and path not in unchanged]
+    work = out.with_name(f"{out.name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    resumed, resumed_failed = saved_chunks(work, stats, settings)
+    state.wait_for_everyone()  # every process has seen the same saved chunks before any writes one
+    todo = [
+        p for p, stat in stats.items() if stat and p not in unchanged and p not in resumed and p not in resumed_failed
+    ]
     size = batch_size * BATCHES_PER_CHUNK
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-    work = out.with_name(f"{out.name}.work")
-    paths = [
-        work / f"{chunk_key(record, segment, [(p, stats[p].st_size, stats[p].st_mtime_ns) for p in chunk])}.safetensors"
-        for chunk in chunks
-    ]
-    saved = {i for i, path in enumerate(paths) if path.is_file()}
-    mine = [i for i in range(len(chunks)) if i not in saved and i % state.num_processes == state.process_index]
-    work.mkdir(parents=True, exist_ok=True)
+    # Chunk files named by this run's work, the same in every process: a name from an earlier run holds the
+    # same files' embeddings made with the same settings.
+    run = hashlib.sha256(json.dumps([settings, [(p, stats[p].st_size, stats[p].st_mtime_ns) for p in todo]]).encode())
+    names = [work / f"{run.hexdigest()[:16]}-{i:06d}.safetensors" for i in range(len(chunks))]
+    mine = range(state.process_index, len(chunks), state.num_processes)
     bar = tqdm(total=sum(len(chunks[i]) for i in mine), desc="index", unit="video", disable=not progress)
     for i in mine:
         found = embed_videos(encoder, chunks[i], batch_size=batch_size, num_workers=num_workers, segment=segment)
-        save_chunk(paths[i], found, stats)
+        save_chunk(names[i], found, stats, settings)
         bar.update(len(chunks[i]))
     bar.close()
-    state.wait_for_everyone()
     if not state.is_main_process:
         return None
-
-    new: dict[str, list[tuple[dict, torch.Tensor]]] = {}
-    failed = {path: "no such file" for path, stat in stats.items() if stat is None}
-    resumed = set()
-    for i, path in enumerate(paths):
-        entries, embeddings, chunk_failed = load_chunk(path)
-        failed |= chunk_failed
-        for entry, row in zip(entries, embeddings):
-            new.setdefault(entry["path"], []).append((entry, row))
-            if i in saved:
-                resumed.add(entry["path"])
+    # The other processes' chunks: waited for as files, not at a barrier (one with a time limit), since a
+    # process may take far longer than another; `accelerate launch` stops every process if one fails.
+    while not all(name.is_file() for name in names):
+        time.sleep(1)
+    new, failed = saved_chunks(work, stats, settings)
+    failed |= {path: "no such file" for path, stat in stats.items() if stat is None}
     rows = [row for path in stats for row in (kept[path] if path in unchanged else new.get(path, []))]
     entries = [entry for entry, _ in rows]
     embeddings = torch.stack([row for _, row in rows]) if rows else torch.empty(0, record["embed_dim"]).half()
     shards = [f"embeddings-{i:05d}.safetensors" for i in range(0, len(embeddings), SHARD_ROWS)]
-    info = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": record,
-        "preprocessing": dataclasses.asdict(encoder.preprocessing),
-        "segment": segment,
-        "count": len(entries),
-    }
+    info = {"format": FORMAT, "version": VERSION, "model": record, **settings, "count": len(entries)}
+    del info["sha256"]  # the model record holds it
     with atomic_dir(out) as partial:
         for k, name in enumerate(shards):
             shard = embeddings[k * SHARD_ROWS : (k + 1) * SHARD_ROWS].contiguous()
@@ -232,10 +250,13 @@ def build_index(
             ann.save(ann.build(embeddings), partial / ann.FILE)
             info["faiss"] = ann.FILE
         (partial / "index.json").write_text(json.dumps({**info, "shards": shards}, indent=1))
-    shutil.rmtree(work)
+    for chunk in [*work.glob("*.safetensors"), *work.glob("*.safetensors.partial")]:  # only what we wrote
+        chunk.unlink()
+    if not any(work.iterdir()):
+        work.rmdir()
     return {
-        "embedded": len(new) - len(resumed),
-        "resumed": len(resumed),
+        "embedded": len(set(new) - set(resumed)),
+        "resumed": len(set(new) & set(resumed)),
         "kept": len(unchanged),
         "dropped": len(set(kept) - set(stats)),
         "failed": len(failed),
@@ -255,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.segment is not None and args.segment < 1:
         parser.error(f"--segment {args.segment}: expected a positive number of seconds")
+    if args.faiss:
+        ann.faiss_module()  # not installed: say so before any video is embedded
     state = launch_state()
     try:
         encoder, record = load_encoder(args.model, args.runtime, state.device)

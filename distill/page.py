@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from distill.data.video import VideoError, load_segments
+from distill.data.video import DEFAULT_BACKEND, VideoError, load_segments
 from students.model import Preprocessing
 
 HEIGHT = 96  # thumbnail height in pixels
@@ -27,21 +27,22 @@ h1 {{ font-size: 1.3em; }} .query {{ color: #555; }}
 
 
 def frame_strip(hit: dict, segment: int | None, preprocessing: Preprocessing) -> list[str]:
-    """The frames the index's model sampled from a hit's segment, as JPEG data URIs."""
+    """The frames the index's model sampled from a hit's segment, as the model saw them (the centre square)
+    at HEIGHT pixels, as JPEG data URIs."""
     spans, frames, _ = load_segments(
         hit["path"],
         segment,
         max_frames=preprocessing.max_frames,
         framerate=preprocessing.framerate,
         slice_framepos=preprocessing.slice_framepos,
+        size=HEIGHT,  # resized as decoded: a long video's segments never whole in memory
+        backend=DEFAULT_BACKEND,
     )
     nearest = min(range(len(spans)), key=lambda i: abs(spans[i][0] - hit["start"]))
     uris = []
-    for frame in frames[nearest].numpy():
-        image = Image.fromarray(frame)
-        image = image.resize((max(1, round(image.width * HEIGHT / image.height)), HEIGHT), Image.Resampling.BICUBIC)
+    for frame in frames[nearest].permute(0, 2, 3, 1).numpy():
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=85)
         uris.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
     return uris
 

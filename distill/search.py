@@ -9,8 +9,8 @@ object a line, best first; `--html FILE` also writes a page with the frames of e
 embedded by the model the index was built with (found where it records, and checked against its
 fingerprint), or by `--model` (on `--runtime`), which must be in the index's embedding space, as must every
 `--also` index searched with it: a query never lands in another model's space. The search is exact, in
-chunks of the gallery, so memory stays bounded however large the index, or with an index built with
-`--faiss`, approximate (`--exact` scans it anyway).
+chunks of the gallery (the scores of one chunk in memory at a time, beside the float16 gallery), or with
+an index built with `--faiss`, approximate (`--exact` scans it anyway).
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def search(
     hits = []
     for folder, (info, entries, embeddings) in indexes.items():
         if info.get("faiss") and not exact:
+            if not (folder / info["faiss"]).is_file():
+                raise IndexFolderError(f"{folder}: its {info['faiss']} is missing; rebuild the index or use --exact")
             scores, rows = ann.top_k(ann.load(folder / info["faiss"]), query, top, nprobe)
         else:
             scores, rows = top_k(query, embeddings, top)
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.caption is None) == (args.video is None):
         parser.error("give a caption or --video PATH (one of them)")
+    if args.top < 1 or args.nprobe < 1:
+        parser.error(f"--top {args.top}, --nprobe {args.nprobe}: expected positive numbers")
     try:
         hits, infos = search(
             [args.index, *args.also],

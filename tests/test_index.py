@@ -89,7 +89,7 @@ def test_a_model_built_here_reads_as_its_config_says(clips, student):
     assert embed_videos(teacher, [folder / "clip0.mp4"]).embeddings.shape == (1, 128)
 
 
-def test_a_teacher_trained_here_is_read_as_its_recipe_says(tmp_path):
+def test_a_teacher_trained_here_is_read_as_its_recipe_says(clips, tmp_path, capsys):
     """The teacher stage's export records its recipe: the index samples clips as the teacher was trained."""
     from distill.config import recipe_to_dict
     from distill.encoders import load_encoder
@@ -107,6 +107,11 @@ def test_a_teacher_trained_here_is_read_as_its_recipe_says(tmp_path):
     )
     assert load_encoder(str(tmp_path / "given.safetensors"))[0].preprocessing == preprocessing_of(teacher)
     assert record["kind"] == "teacher" and record["space"] == f"teacher:{record['sha256']}"
+    # The same weights read otherwise: not the same index.
+    folder = clips[0]
+    assert index_main([str(tmp_path / "trained.safetensors"), str(folder), "--out", str(tmp_path / "index")]) == 0
+    assert index_main([str(tmp_path / "given.safetensors"), str(folder), "--out", str(tmp_path / "index")]) == 2
+    assert f"{tmp_path / 'index'} was built reading clips as" in capsys.readouterr().err
 
 
 def index(student, folder, out, capsys) -> str:
@@ -253,15 +258,17 @@ def test_long_videos_are_indexed_in_segments_with_their_spans(clips, student, tm
 
 def test_a_csv_list_names_the_videos(clips, student, tmp_path, capsys):
     folder, _ = clips
-    (folder.parent / "list.csv").write_text("video,caption\nvideos/clip1.mp4,a\nvideos/deep/clip4.mp4,b\n")
+    text = "\ufeffvideo,caption\nvideos/clip1.mp4,a\nvideos/deep/clip4.mp4,b\n"  # a byte-order mark, as Excel saves
+    (folder.parent / "list.csv").write_text(text, encoding="utf-8")
     index(student, folder.parent / "list.csv", tmp_path / "index", capsys)
     _, entries, _ = read_index(tmp_path / "index")
     assert [e["path"] for e in entries] == [str(folder / "clip1.mp4"), str(folder / "deep" / "clip4.mp4")]
 
 
 def test_a_killed_index_run_resumes_from_its_saved_chunks(clips, student, tmp_path, capsys):
-    """Killed (SIGKILL) once some chunks of 8 videos are saved: the next run embeds only the others, and the
-    index equals one built in one go (the same batches: bit-equal)."""
+    """Killed (SIGKILL) once some chunks of 8 videos are saved, then a file added: the next run embeds only
+    the files no saved chunk holds, and the index equals one built in one go (batches of one video:
+    bit-equal)."""
     source, _ = clips
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -277,9 +284,10 @@ def test_a_killed_index_run_resumes_from_its_saved_chunks(clips, student, tmp_pa
     process.wait()
     saved = len(list(work.glob("*.safetensors")))
     assert 1 <= saved < 6 and not (out / "index.json").exists(), "the run ended before it could be killed"
+    shutil.copy(source / "clip0.mp4", folder / "0-added.mp4")  # listed first: every later chunk shifts
     assert index_main([str(student), str(folder), "--out", str(out), "--batch-size", "1"]) == 0
     log = capsys.readouterr().out
-    assert f"{48 - 8 * saved} videos embedded, {8 * saved} resumed, 0 kept" in log and not work.exists()
+    assert f"{49 - 8 * saved} videos embedded, {8 * saved} resumed, 0 kept" in log and not work.exists()
     assert index_main([str(student), str(folder), "--out", str(tmp_path / "whole"), "--batch-size", "1"]) == 0
     _, entries, embeddings = read_index(out)
     _, whole_entries, whole = read_index(tmp_path / "whole")
@@ -313,6 +321,10 @@ def test_an_index_with_faiss_searches_as_exact_search(clips, student, tmp_path, 
         assert search_main([str(out), captions[1], "--top", "4", "--json", *how]) == 0
         found[bool(how)] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [h["path"] for h in found[True]] == [h["path"] for h in found[False]]
+    (out / "faiss.index").unlink()  # the approximate search reads it; the exact one does not
+    assert search_main([str(out), captions[1]]) == 2
+    assert f"{out}: its faiss.index is missing; rebuild the index or use --exact" in capsys.readouterr().err
+    assert search_main([str(out), captions[1], "--exact"]) == 0
 
 
 def test_the_results_page_shows_each_hit_with_its_sampled_frames(clips, student, tmp_path, capsys):

@@ -268,3 +268,14 @@ def test_both_backends_apply_rotation_metadata(tmp_path, degrees):
     for frames in (decord_frames, pyav_frames):
         assert (frames.int() - upright.int()).abs().float().mean() < 2
     assert (pyav_frames.int() - decord_frames.int()).abs().max() <= 2
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_a_long_video_is_decoded_a_group_of_frames_at_a_time(video_8s, backend, monkeypatch):
+    """Frames decoded three at a time and resized as they come give what one decode of all of them gives."""
+    import distill.data.video as video
+
+    whole = read_segments(video_8s, 3, max_frames=4, size=16, backend=backend)
+    monkeypatch.setattr(video, "DECODE_GROUP", 3)
+    grouped = read_segments(video_8s, 3, max_frames=4, size=16, backend=backend)
+    assert grouped[0] == whole[0] and torch.equal(grouped[1], whole[1]) and torch.equal(grouped[2], whole[2])

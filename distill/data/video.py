@@ -29,6 +29,7 @@ _SHIFT = torch.tensor(CLIP_MEAN).view(3, 1, 1) / torch.tensor(CLIP_STD).view(3, 
 
 # decord is the fast default; PyAV runs where decord has no wheel (Linux aarch64, macOS arm64).
 Backend = Literal["decord", "pyav"]
+DEFAULT_BACKEND: Backend = "decord" if decord is not None else "pyav"  # for index, search and embed
 
 
 class VideoError(Exception):
@@ -111,9 +112,14 @@ def load_frames(
     ]
 
 
-def _read_frames(path, choose, backend: Backend) -> tuple[torch.Tensor, int, float]:
-    """`(uint8 [k, H, W, 3] frames, frame count, fps)`: the frames `choose(frame_count, fps)` names, decoded
-    with decord, or with PyAV where decord would misread the file or the backend says so."""
+DECODE_GROUP = 256  # frames decoded at a time: what a long video costs in memory before resizing
+
+
+def _read_frames(path, choose, backend: Backend, transform=None) -> tuple[torch.Tensor, int, float]:
+    """`(frames, frame count, fps)`: the frames `choose(frame_count, fps)` names, decoded with decord, or
+    with PyAV where decord would misread the file or the backend says so, as uint8 `[k, H, W, 3]`, or as
+    `transform` makes each group of DECODE_GROUP of them (so a long video is never whole in memory)."""
+    transform = transform or (lambda frames: frames)
     if backend == "decord":
         vr = _open_decord(path)
         try:
@@ -121,14 +127,18 @@ def _read_frames(path, choose, backend: Backend) -> tuple[torch.Tensor, int, flo
                 frame_count, fps = _checked(path, len(vr), vr.get_avg_fps())
                 indices = choose(frame_count, fps)
                 try:
-                    return torch.from_numpy(vr.get_batch(indices).asnumpy()), frame_count, fps  # t h w c
+                    groups = [
+                        transform(torch.from_numpy(vr.get_batch(indices[i : i + DECODE_GROUP]).asnumpy()))  # t h w c
+                        for i in range(0, len(indices), DECODE_GROUP)
+                    ]
+                    return torch.cat(groups), frame_count, fps
                 except (RuntimeError, decord.DECORDError) as e:
                     raise VideoError(f"cannot decode frames {indices} of video {path}: {e}") from None
         finally:
             del vr
     frame_count, fps = _probe_pyav(path)
     indices = choose(frame_count, fps)
-    return _decode_pyav(path, indices), frame_count, fps
+    return _decode_pyav(path, indices, transform), frame_count, fps
 
 
 def segment_frame_indices(
@@ -152,14 +162,17 @@ def load_segments(
     max_frames: int,
     framerate: int = 1,
     slice_framepos: int = 2,
+    size: int | None = None,
     backend: Backend = "decord",
 ) -> tuple[list[tuple[float, float]], list[torch.Tensor], float]:
     """A video cut into `seconds`-long segments, the frames of each sampled as `load_frames` samples a clip
-    (one decode of the file for all); `seconds=None` takes the whole video as one segment, as `load_frames`.
+    (one decode of the file for all, DECODE_GROUP frames at a time); `seconds=None` takes the whole video as
+    one segment, as `load_frames`. With `size`, frames are resized and cropped as they are decoded
+    (`resize_crop`).
 
     Returns:
-        (`(start, end)` of each segment in seconds of the video, uint8 `[k, H, W, 3]` frames of each, the
-        video's duration in seconds).
+        (`(start, end)` of each segment in seconds of the video, uint8 `[k, H, W, 3]` frames of each (with
+        `size`: `[k, 3, size, size]`), the video's duration in seconds).
 
     Raises:
         VideoError: The file is missing, cannot be decoded, or holds no frames.
@@ -175,7 +188,7 @@ def load_segments(
             plan.extend(segment_frame_indices(frame_count, fps, seconds, max_frames, **sampling))
         return sorted({i for _, indices in plan for i in indices})
 
-    frames, frame_count, fps = _read_frames(path, choose, backend)
+    frames, frame_count, fps = _read_frames(path, choose, backend, size and (lambda f: resize_crop(f, size)))
     duration = frame_count / fps
     row = {index: k for k, index in enumerate(sorted({i for _, indices in plan for i in indices}))}
     scale = max(int(fps), 1) / fps  # a second as CLIP4Clip counts frames, in seconds of the video
@@ -204,8 +217,8 @@ def read_segments(
         `[S, max_frames]` masks, the video's duration in seconds).
     """
     sampling = {"max_frames": max_frames, "framerate": framerate, "slice_framepos": slice_framepos}
-    spans, frames, duration = load_segments(path, seconds, **sampling, backend=backend)
-    clips = [pad_clip(preprocess(f, size), max_frames) for f in frames]
+    spans, frames, duration = load_segments(path, seconds, **sampling, size=size, backend=backend)
+    clips = [pad_clip(normalize(f), max_frames) for f in frames]
     return spans, torch.stack([c[0] for c in clips]), torch.stack([c[1] for c in clips]), duration
 
 
@@ -271,27 +284,35 @@ def _probe_pyav(path) -> tuple[int, float]:
         return _checked(path, frame_count, float(rate) if rate else math.nan)
 
 
-def _decode_pyav(path, indices: list[int]) -> torch.Tensor:
-    """Decodes the video from the start up to the last wanted frame and keeps the wanted ones, upright.
+def _decode_pyav(path, indices: list[int], transform=None) -> torch.Tensor:
+    """Decodes the video from the start up to the last wanted frame and keeps the wanted ones, upright,
+    passed through `transform` DECODE_GROUP at a time.
 
     PyAV leaves frames an edit list hides out of its output, so index i is the i-th presented frame. It does
     not apply the display matrix (the rotation a phone records instead of turning the pixels); decord does,
     so the frames are turned here by `frame.rotation` (degrees counter-clockwise), in quarter turns, to match.
     """
-    wanted, frames = set(indices), []
+    transform = transform or (lambda frames: frames)
+    wanted, frames, groups, count = set(indices), [], [], 0
     with _open_pyav(path) as container:
         stream = container.streams.video[0]
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
                     frames.append(np.rot90(frame.to_ndarray(format="rgb24"), round(frame.rotation / 90) % 4))
+                    count += 1
+                    if len(frames) == DECODE_GROUP:
+                        groups.append(transform(torch.from_numpy(np.stack(frames))))
+                        frames = []
                 if i == indices[-1]:
                     break
         except av.FFmpegError as e:
             raise VideoError(f"cannot decode video {path}: {e}") from None
-    if len(frames) < len(indices):
-        raise VideoError(f"video {path} ended before frame {indices[-1]}: decoded {len(frames)} of frames {indices}")
-    return torch.from_numpy(np.stack(frames))
+    if count < len(indices):
+        raise VideoError(f"video {path} ended before frame {indices[-1]}: decoded {count} of frames {indices}")
+    if frames:
+        groups.append(transform(torch.from_numpy(np.stack(frames))))
+    return torch.cat(groups)
 
 
 def preprocess(frames: torch.Tensor, size: int) -> torch.Tensor:
