@@ -21,6 +21,9 @@ smaller split gets about the demo's number of steps):
   cross  + cross-model contrastive
   all    contrastive + KL + feature matching + cross-model
   kd     distillation alone: KL + feature matching, no ground-truth term
+  kdpool kd on the labelled clips and every other pool clip (not the validation ones) with its caption
+         swapped for another clip's: clips and captions without their pairs, which kd never reads; the
+         epochs scaled down to the same number of steps
   kl50, kl100   contrastive + KL with the teacher's cosines at a fixed logit scale of 50 or 100 (its own
                 learned scale is about 15), TinyCLIP's and MobileCLIP's sharper targets
   all100 contrastive + KL at teacher scale 100 + feature matching
@@ -57,6 +60,7 @@ VARIANTS = {
     "cross": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 1.0},
     "all": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 1.0},
     "kd": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0},
+    "kdpool": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0, "pool": 1},
     "kl50": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 50.0},
     "kl100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 100.0},
     "all100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "teacher_logit_scale": 100.0},
@@ -131,29 +135,62 @@ def main() -> None:
         "eval.val_pairs=0",
         *args.overrides,
     ]
-    caches: dict[str, Path] = {}  # teacher -> a cache of it on the labelled clips, copied into later runs
+    caches: dict[tuple[str, bool], Path] = {}  # (teacher, pool) -> a cache of it on that data, for later runs
     for size, variant, seed in product(args.sizes, args.variants, args.seeds):
         folder = out / f"{size}_{variant}_seed{seed}"
         if (folder / "student.safetensors").is_file() or args.score_only:
             continue
         folder.mkdir(exist_ok=True)
         loss = dict(VARIANTS[variant])
-        names = loss.pop("teachers", ["seqTransf"])
+        names, pool = loss.pop("teachers", ["seqTransf"]), bool(loss.pop("pool", 0))
         folders = [folder / ("teacher_cache" if i == 0 else f"teacher_cache_{i}") for i in range(len(names))]
         for name, cache in zip(names, folders):
-            if name in caches and not cache.exists():
-                shutil.copytree(caches[name], cache)  # one teacher, one split: the same cache
+            if (name, pool) in caches and not cache.exists():
+                shutil.copytree(caches[name, pool], cache)  # one teacher, one split: the same cache
         sources = [
             f"teacher.source={teacher(names[0])}",
             f"teacher.ensemble=[{','.join(map(str, map(teacher, names[1:])))}]",
         ]
+        data = unpaired_pool(out, args.labelled) if pool else []  # after teacher(): it makes the pool
         weights = [f"loss.{key}={value}" for key, value in loss.items()]
         started = time.perf_counter()
-        run([*common, *sources, *SIZES[size], f"output_dir={folder}", f"seed={seed}", *weights], folder / "run.log")
-        caches.update(zip(names, folders))
+        run(
+            [*common, *data, *sources, *SIZES[size], f"output_dir={folder}", f"seed={seed}", *weights],
+            folder / "run.log",
+        )
+        caches.update(zip([(name, pool) for name in names], folders))
         print(f"{size} {variant} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 
     score(args, out, {name: teacher(name) for name in TEACHERS if (out / f"teacher_{name}").is_dir()}, epochs)
+
+
+def unpaired_pool(out: Path, labelled: int) -> list[str]:
+    """Overrides for a student dataset (jsonl) of the pool's first `labelled` clips with their captions and
+    every later pool clip outside the validation split with the caption of the next such clip (a fixed
+    shuffle, then a shift by one: no clip keeps its own), and `train.epochs` for the demo's ~150 steps."""
+    import random
+
+    from distill.data.splits import held_out
+
+    root = out / "pool"
+    lines = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    kept = [not held_out(line["video"], 0.1) for line in lines]  # the demo's data.val_fraction
+    paired = [line for line, keep in zip(lines[:labelled], kept) if keep]
+    rest = [line for line, keep in zip(lines[labelled:], kept[labelled:]) if keep]
+    order = list(range(len(rest)))
+    random.Random(0).shuffle(order)
+    swapped = [{"video": rest[order[i]]["video"], "caption": rest[order[i - 1]]["caption"]} for i in range(len(rest))]
+    path = out / f"pool_unpaired_{labelled}.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in paired + swapped))
+    epochs = max(1, round(150 * 64 / (len(paired) + len(rest))))
+    return [
+        "data.format=jsonl",
+        f"data.train={path}",
+        f"data.test={root / 'test.jsonl'}",
+        f"data.video_root={root}",
+        "data.val_fraction=0",
+        f"train.epochs={epochs}",
+    ]
 
 
 def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs: int) -> None:

@@ -4,7 +4,7 @@
 
 The student and teacher of the recipe (`bench_cost.recipe_models`: random weights, as speed does not depend
 on them) are exported with `students.onnx.export_onnx`; both runtimes then encode the same random inputs at
-batch 1 and 16 (msrvtt: 1 and 4), eval mode, float32, the machine's threads, alternating; medians of
+batch 1 and 16, eval mode, float32, the machine's threads, alternating; medians of
 `--rounds` rounds.
 """
 
@@ -37,7 +37,7 @@ def main() -> None:
     from students.onnx import example_inputs, export_onnx
 
     recipe, models = recipe_models(REPO / "recipes" / f"{args.recipe}.yaml", args.overrides)
-    batches = (1, 16) if args.recipe == "demo" else (1, 4)
+    batches = (1, 16)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name, model in models.items():
