@@ -29,11 +29,11 @@ smaller split gets about the demo's number of steps):
   all100 contrastive + KL at teacher scale 100 + feature matching
   klmeanP  contrastive + KL from a meanP teacher (the demo recipe with teacher.sim_header=meanP)
   ens    contrastive + KL from both teachers, their distributions averaged (teacher.ensemble)
-Sizes (student overrides of the demo recipe; `--sizes`):
-  demo   the demo's student: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
+Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
+  wide   the demo's student before issue 11: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
-  tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding
-  mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), rank-16 token embedding
+  tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding (the demo's student now)
+  mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2).
 """
 
@@ -70,22 +70,19 @@ VARIANTS = {
 # The teachers a variant may name (default: seqTransf, the demo's), each the demo recipe on the pool.
 TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"]}
 
+# Each size pins every student key it depends on, so a row means the same student when the demo recipe
+# changes (the demo's student is `tiny` now; `wide` was the demo's before issue 11).
+VIT = "student.backbone_kwargs={{img_size: 32, patch_size: 8, depth: 2, embed_dim: {}, num_heads: {}}}"
 SIZES = {
-    "demo": [],
-    "small": [
-        "student.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 96, num_heads: 3}",
-        "student.token_rank=16",
-    ],
-    "tiny": [
-        "student.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2, embed_dim: 64, num_heads: 2}",
-        "student.text_width=64",
-        "student.text_heads=2",
-        "student.token_rank=16",
-    ],
+    "wide": [VIT.format(192, 3), "student.text_width=96", "student.text_heads=4", "student.token_rank=0"],
+    "small": [VIT.format(96, 3), "student.text_width=96", "student.text_heads=4", "student.token_rank=16"],
+    "tiny": [VIT.format(64, 2), "student.text_width=64", "student.text_heads=2", "student.token_rank=16"],
     "mnv3": [
         "student.backbone=mobilenetv3_small_050",
         "student.backbone_kwargs={}",
         "student.image_size=64",
+        "student.text_width=96",
+        "student.text_heads=4",
         "student.token_rank=16",
     ],
 }
