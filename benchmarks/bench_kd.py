@@ -29,6 +29,7 @@ smaller split gets about the demo's number of steps):
   all100 contrastive + KL at teacher scale 100 + feature matching
   klmeanP  contrastive + KL from a meanP teacher (the demo recipe with teacher.sim_header=meanP)
   ens    contrastive + KL from both teachers, their distributions averaged (teacher.ensemble)
+  allT24 all, from the demo's teacher trained 4x longer (24 epochs, 528 steps)
 Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   wide   the demo's student before issue 11: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
@@ -53,12 +54,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = 1600  # the demo's train clips: what the teacher trains on
+ALL = {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 1.0}
 VARIANTS = {
     "gt": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 0.0},
     "kl": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "cross_weight": 0.0},
     "feat": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 1.0, "cross_weight": 0.0},
     "cross": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 1.0},
-    "all": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 1.0},
+    "all": ALL,
     "kd": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0},
     "kdpool": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0, "pool": 1},
     "kl50": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 50.0},
@@ -66,9 +68,10 @@ VARIANTS = {
     "all100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "teacher_logit_scale": 100.0},
     "klmeanP": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["meanP"]},
     "ens": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["seqTransf", "meanP"]},
+    "allT24": {**ALL, "teachers": ["seqTransf24"]},
 }
 # The teachers a variant may name (default: seqTransf, the demo's), each the demo recipe on the pool.
-TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"]}
+TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"], "seqTransf24": ["teacher.train.epochs=24"]}
 
 # Each size pins every student key it depends on, so a row means the same student when the demo recipe
 # changes (the demo's student is `tiny` now; `wide` was the demo's before issue 11).
