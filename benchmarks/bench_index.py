@@ -15,8 +15,6 @@ seconds. The machine's threads; nothing else should run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -46,9 +44,9 @@ def main() -> None:
 
     from distill.data.config import SyntheticConfig
     from distill.data.synthetic import generate_synthetic
-    from distill.encoders import ONNX_FORMAT, OnnxEncoder, TorchEncoder
+    from distill.encoders import OnnxEncoder, TorchEncoder
     from distill.index import build_index, list_videos
-    from students.onnx import export_onnx
+    from students.onnx import describe_folder, export_onnx
 
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
@@ -66,10 +64,7 @@ def main() -> None:
             encoders = {(name, "torch"): TorchEncoder(model) for name, model in models.items()}
             onnx = tmp / recipe_name / "onnx"
             export_onnx(models["student"], onnx)
-            student = encoders[("student", "torch")]
-            (onnx / "preprocessing.json").write_text(json.dumps(dataclasses.asdict(student.preprocessing)))
-            record = {"format": ONNX_FORMAT, "sha256": "-", "space": "-", "embed_dim": student.embed_dim}
-            (onnx / "model.json").write_text(json.dumps(record))
+            describe_folder(onnx, models["student"], {"sha256": "-", "space": "-"})
             encoders[("student", "onnx")] = OnnxEncoder(onnx)
             for (name, runtime), encoder in encoders.items():
                 record = {"sha256": f"{name}-{runtime}", "embed_dim": encoder.embed_dim, "source": name}

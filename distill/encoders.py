@@ -10,26 +10,18 @@ fingerprint as `embedding_space`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from distill.files import file_sha256
 from distill.scorers import scorer_for
 from students.model import Preprocessing, Student
 
 ONNX_FORMAT = "clip4clip-distill/onnx"
 RUNTIMES = ("torch", "onnx")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def preprocessing_of(model: nn.Module) -> Preprocessing:
@@ -140,7 +132,7 @@ def teacher_preprocessing(model: nn.Module, source: str) -> Preprocessing:
 
 def student_record(path: Path, metadata: dict[str, str]) -> dict:
     """The fingerprint and embedding space of a student export (also what its ONNX folder records)."""
-    sha256 = sha256_of(path)
+    sha256 = file_sha256(path)
     return {"sha256": sha256, "space": metadata.get("embedding_space", f"student:{sha256}")}
 
 

@@ -87,6 +87,14 @@ def export_onnx(model: nn.Module, out: Path) -> dict[str, Path]:
     return paths
 
 
+def describe_folder(out: Path, model: nn.Module, record: dict, preprocessing: str | None = None) -> None:
+    """`preprocessing.json` (an export's record, else `preprocessing_of(model)`) and `model.json` (`record`:
+    the fingerprint and space, `distill.encoders`) beside the encoders: what `OnnxEncoder` reads."""
+    (out / "preprocessing.json").write_text(preprocessing or json.dumps(asdict(preprocessing_of(model))))
+    info = {"format": ONNX_FORMAT, **record, "embed_dim": model.embed_dim}
+    (out / "model.json").write_text(json.dumps(info, indent=1))
+
+
 def onnx_difference(model: nn.Module, paths: dict[str, Path], inputs: dict[str, dict[str, torch.Tensor]]) -> dict:
     """The largest absolute difference between onnxruntime's and PyTorch's embeddings, per encoder."""
     import onnxruntime
@@ -115,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     paths = export_onnx(student, args.out)
-    preprocessing = metadata.get("preprocessing") or json.dumps(asdict(preprocessing_of(student)))
-    (args.out / "preprocessing.json").write_text(preprocessing)
-    record = {"format": ONNX_FORMAT, "student": str(args.student.resolve()), **student_record(file, metadata)}
-    (args.out / "model.json").write_text(json.dumps({**record, "embed_dim": student.embed_dim}, indent=1))
+    record = {"student": str(args.student.resolve()), **student_record(file, metadata)}
+    describe_folder(args.out, student, record, metadata.get("preprocessing"))
     difference = onnx_difference(student, paths, example_inputs(student, 3, seed=1))
     for name, path in paths.items():
         print(f"{path}: max abs difference to PyTorch {difference[name]:.2e} on random inputs")

@@ -21,7 +21,7 @@ from tiny import student_config
 from distill.data.config import SyntheticConfig
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
-from distill.data.video import read_clip, read_segments
+from distill.data.video import load_segments, normalize, pad_clip, read_clip
 from distill.embed import embed_texts, embed_videos
 from distill.encoders import preprocessing_of
 from distill.index import main as index_main
@@ -241,7 +241,8 @@ def test_long_videos_are_indexed_in_segments_with_their_spans(clips, student, tm
     first = [e for e in entries if e["path"] == str(folder / "clip0.mp4")]
     assert [(e["start"], e["end"], e["duration"]) for e in first] == [(0.0, 1.0, 2.0), (1.0, 2.0, 2.0)]
     model = load_student(student)
-    _, video, mask, _ = read_segments(folder / "clip0.mp4", 1, max_frames=2, size=16)
+    _, segments, _ = load_segments(folder / "clip0.mp4", 1, max_frames=2, size=16)
+    video, mask = (torch.stack(t) for t in zip(*(pad_clip(normalize(s), 2) for s in segments)))
     with torch.no_grad():
         exact = model.encode_video(video, mask)
     rows = [i for i, e in enumerate(entries) if e["path"] == str(folder / "clip0.mp4")]

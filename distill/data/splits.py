@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from distill.data.formats import Pair
-
-HASH_CHUNK = 1 << 20
+from distill.files import file_sha256
 
 
 def held_out(video: str, fraction: float) -> bool:
@@ -55,9 +54,9 @@ def check_disjoint(splits: Mapping[str, Sequence[Pair]]) -> None:
     for files in by_size.values():
         if len({split for split, _ in files}) < 2:
             continue
-        seen: dict[bytes, tuple[str, str]] = {}
+        seen: dict[str, tuple[str, str]] = {}
         for split, video in files:
-            digest = _sha256(video)
+            digest = file_sha256(video)
             if digest in seen and seen[digest][0] != split:
                 raise ValueError(_both(seen[digest], (split, video), "has the same bytes as"))
             seen.setdefault(digest, (split, video))
@@ -68,11 +67,3 @@ def _both(first: tuple[str, str], second: tuple[str, str], relation: str) -> str
         f"data: {second[0]} video {second[1]} {relation} {first[0]} video {first[1]}; a clip may be in one split "
         "only (one trained on and then evaluated measures memory, not retrieval): remove it from one of them"
     )
-
-
-def _sha256(path: str) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.digest()

@@ -199,29 +199,6 @@ def load_segments(
     return spans, [frames[[row[i] for i in indices]] for _, indices in plan], duration
 
 
-def read_segments(
-    path,
-    seconds: int | None,
-    *,
-    max_frames: int,
-    size: int,
-    framerate: int = 1,
-    slice_framepos: int = 2,
-    backend: Backend = "decord",
-) -> tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor, float]:
-    """`load_segments`, each segment read into the model's input as `read_clip` reads a clip (so
-    `seconds=None` gives exactly what `read_clip` gives).
-
-    Returns:
-        (`(start, end)` of each segment in seconds, float32 `[S, max_frames, 3, size, size]` frames, long
-        `[S, max_frames]` masks, the video's duration in seconds).
-    """
-    sampling = {"max_frames": max_frames, "framerate": framerate, "slice_framepos": slice_framepos}
-    spans, frames, duration = load_segments(path, seconds, **sampling, size=size, backend=backend)
-    clips = [pad_clip(normalize(f), max_frames) for f in frames]
-    return spans, torch.stack([c[0] for c in clips]), torch.stack([c[1] for c in clips]), duration
-
-
 def _checked(path, frame_count: int, fps: float) -> tuple[int, float]:
     if frame_count == 0:
         raise VideoError(f"video {path} has no frames")
