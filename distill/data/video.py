@@ -131,7 +131,8 @@ def _read_frames(path, choose, backend: Backend, transform=None) -> tuple[torch.
                         transform(torch.from_numpy(vr.get_batch(indices[i : i + DECODE_GROUP]).asnumpy()))  # t h w c
                         for i in range(0, len(indices), DECODE_GROUP)
                     ]
-                    return torch.cat(groups), frame_count, fps
+                    # a training clip is one group: its frames as decoded, no copy
+                    return (groups[0] if len(groups) == 1 else torch.cat(groups)), frame_count, fps
                 except (RuntimeError, decord.DECORDError) as e:
                     raise VideoError(f"cannot decode frames {indices} of video {path}: {e}") from None
         finally:
@@ -289,7 +290,7 @@ def _decode_pyav(path, indices: list[int], transform=None) -> torch.Tensor:
         raise VideoError(f"video {path} ended before frame {indices[-1]}: decoded {count} of frames {indices}")
     if frames:
         groups.append(transform(torch.from_numpy(np.stack(frames))))
-    return torch.cat(groups)
+    return groups[0] if len(groups) == 1 else torch.cat(groups)  # a clip: no copy, as before groups
 
 
 def preprocess(frames: torch.Tensor, size: int) -> torch.Tensor:
