@@ -60,6 +60,7 @@ def test_layout_and_counts(dataset):
         "fps": 4,
         "seconds": 4,
         "seed": 0,
+        "style": "shapes",
     }
     train, test = read_split(dataset, "train"), read_split(dataset, "test")
     assert [item["video"] for item in train] == [f"videos/train_{i:05d}.mp4" for i in range(6)]

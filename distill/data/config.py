@@ -14,6 +14,9 @@ class SyntheticConfig:
     fps: int = 4  # frames per second of the written .mp4
     seconds: int = 8  # clip length
     seed: int = 0  # the dataset depends on this seed only, so runs with other seeds share it
+    # shapes: flat colours on a plain background, a still camera; scenes: the same captions over textured
+    # backdrops and objects, a panning camera, distractors and near-duplicate twins (distill.data.scenes)
+    style: Literal["shapes", "scenes"] = "shapes"
 
 
 @dataclass

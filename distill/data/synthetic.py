@@ -6,6 +6,8 @@ direction can only be read from the order of the frames: an orderless model (one
 frames) sees "moves left" and "moves right" alike, and "appears" and "disappears" alike.
 
 No caption repeats within a split: two test clips with one caption would tie, and cap R@1 below 100.
+Two styles tell the same stories: `shapes`, flat colours on a plain background with a still camera (the
+demo's), and `scenes`, with textures, camera motion, distractors and near-duplicates (`distill.data.scenes`).
 
 Layout under `root`: `videos/{split}_{i:05d}.mp4`, `train.jsonl` and `test.jsonl` (one
 `{"video", "caption"}` object a line, paths relative to root, the same layout as `data.format: jsonl`),
@@ -15,6 +17,7 @@ and `manifest.json` with the settings, so a later run reuses the dataset or refu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,10 +45,12 @@ TRAVEL = 0.3  # distance of one motion, as a fraction of the frame size
 # clips a split.
 CAPTIONS = len(SIZES) * len(COLOURS) * len(SHAPES) * len(DIRECTIONS) * ((len(COLOURS) - 1) * (len(SHAPES) + 1) + 4)
 VERSION = 2  # of what a seed generates; 2: distinct captions within a split
+SHADE = 0.55  # a textured object's pattern in this fraction of its colour (`scenes`)
 
 
-def draw(canvas: np.ndarray, shape: str, centre: tuple[float, float], radius: float, colour) -> None:
-    """Paints one filled shape into an `[H, W, 3]` uint8 canvas, in place."""
+def draw(canvas: np.ndarray, shape: str, centre, radius: float, colour, texture: dict | None = None) -> None:
+    """Paints one filled shape into an `[H, W, 3]` uint8 canvas, in place; with a `texture`
+    (`distill.data.scenes.pattern`), the pattern's pixels in a darker shade of `colour`, moving with the shape."""
     h, w, _ = canvas.shape
     y, x = np.mgrid[0:h, 0:w] + 0.5
     dx, dy = x - centre[0], y - centre[1]
@@ -56,35 +61,44 @@ def draw(canvas: np.ndarray, shape: str, centre: tuple[float, float], radius: fl
     else:  # an upward triangle: below the two slanted edges, above the base
         inside = (dy <= radius * 0.8) & (dy >= -radius + 2 * np.abs(dx))
     canvas[inside] = colour
+    if texture is not None:
+        canvas[inside & (pattern(dx, dy, texture) > 0.5)] = (np.array(colour) * SHADE).astype(np.uint8)
 
 
-def sample_story(rng: np.random.Generator, size: int) -> tuple[dict, str]:
-    """Draws the objects and events of one clip and writes its caption."""
+def pattern(dx: np.ndarray, dy: np.ndarray, texture: dict) -> np.ndarray:
+    """A texture's weight in [0, 1] at offsets `(dx, dy)` from its origin (`scenes.sample_texture`):
+    stripes and checkerboards are 0 or 1, waves are smooth."""
+    a = texture["angle"]
+    u = (dx * math.cos(a) + dy * math.sin(a)) / texture["period"]
+    if texture["kind"] == "stripes":
+        return (u % 1.0 < 0.5).astype(np.float32)
+    v = (-dx * math.sin(a) + dy * math.cos(a)) / texture["period"]
+    if texture["kind"] == "checker":
+        return ((np.floor(u) + np.floor(v)) % 2).astype(np.float32)
+    return (0.5 + 0.25 * (np.sin(2 * np.pi * u) + np.sin(2 * np.pi * v * texture["ratio"]))).astype(np.float32)
+
+
+def sample_story(rng: np.random.Generator, size: int, sizes=SIZES, travel=TRAVEL) -> tuple[dict, str]:
+    """Draws the objects and events of one clip and writes its caption; `sizes` (radius as a fraction of
+    the frame for each size word) and `travel` (one motion's distance) are the `shapes` style's unless set."""
     story = {
-        "size": rng.choice(list(SIZES)),
+        "size": rng.choice(list(sizes)),
         "colour": rng.choice(list(COLOURS)),
         "shape": rng.choice(SHAPES),
         "direction": rng.choice(list(DIRECTIONS)),
         "event": rng.choice(SECOND_EVENTS),
         "background": rng.integers(0, 90, size=3),
     }
-    radius = SIZES[story["size"]] * size
-    caption = f"a {story['size']} {story['colour']} {story['shape']} moves {story['direction']}, then "
+    radius = sizes[story["size"]] * size
+    if story["event"] in ("appears", "turns"):
+        story["other_colour"] = rng.choice([c for c in COLOURS if c != story["colour"]])
     if story["event"] == "appears":
-        story["other_colour"] = rng.choice([c for c in COLOURS if c != story["colour"]])
         story["other_shape"] = rng.choice(SHAPES)
-        caption += f"a {story['other_colour']} {story['other_shape']} appears"
-    elif story["event"] == "turns":
-        story["other_colour"] = rng.choice([c for c in COLOURS if c != story["colour"]])
-        caption += f"it turns {story['other_colour']}"
     elif story["event"] == "moves":
         story["direction2"] = rng.choice([d for d in DIRECTIONS if d != story["direction"]])
-        caption += f"it moves {story['direction2']}"
-    else:
-        caption += "it disappears"
 
     # Start where both motions stay inside the frame.
-    travel = TRAVEL * size
+    travel = travel * size
     steps = [np.array(DIRECTIONS[story["direction"]])]
     if story["event"] == "moves":
         steps.append(np.array(DIRECTIONS[story["direction2"]]))
@@ -94,20 +108,47 @@ def sample_story(rng: np.random.Generator, size: int) -> tuple[dict, str]:
     story["start"] = rng.uniform(low, high)
     story["travel"] = travel
     story["radius"] = radius
-    other_radius = SIZES[rng.choice(list(SIZES))] * size
+    other_radius = sizes[rng.choice(list(sizes))] * size
     story["other_radius"] = other_radius
     story["other_centre"] = rng.uniform(other_radius + 1, size - other_radius - 1, size=2)
-    return story, caption
+    return story, caption_of(story)
+
+
+def caption_of(story: dict) -> str:
+    """"a small red circle moves left, then ..." for a story of `sample_story`."""
+    caption = f"a {story['size']} {story['colour']} {story['shape']} moves {story['direction']}, then "
+    if story["event"] == "appears":
+        return caption + f"a {story['other_colour']} {story['other_shape']} appears"
+    if story["event"] == "turns":
+        return caption + f"it turns {story['other_colour']}"
+    if story["event"] == "moves":
+        return caption + f"it moves {story['direction2']}"
+    return caption + "it disappears"
 
 
 def render(story: dict, *, size: int, frames: int) -> np.ndarray:
-    """Renders a story as uint8 `[frames, size, size, 3]`: event one in the first half, event two after."""
+    """Renders a story as uint8 `[frames, size, size, 3]`: event one in the first half, event two after.
+
+    A `scenes` story (`distill.data.scenes.sample_scene`) adds a textured backdrop seen through a panning
+    camera, textured objects and distractors; positions are on screen at the first frame, and whatever
+    does not move in the scene moves on screen against the camera.
+    """
     half = frames // 2
     video = np.empty((frames, size, size, 3), np.uint8)
     first = np.array(DIRECTIONS[story["direction"]]) * story["travel"]
+    backdrop = story.get("backdrop")
+    margin = 0 if backdrop is None else (backdrop.shape[0] - size) // 2
     for t in range(frames):
         canvas = video[t]
-        canvas[:] = story["background"]
+        shift = camera_shift(story.get("camera", np.zeros(2)), t, frames)
+        if backdrop is None:
+            canvas[:] = story["background"]
+        else:
+            x, y = margin + shift
+            canvas[:] = backdrop[y : y + size, x : x + size]
+        for other in story.get("distractors", ()):  # under the objects the caption names
+            centre = other["start"] + t / (frames - 1) * other["drift"] - shift
+            draw(canvas, other["shape"], centre, other["radius"], COLOURS[other["colour"]], other["texture"])
         progress1 = min(t / (half - 1), 1.0)
         progress2 = max(0.0, (t - half) / (frames - half - 1))
         centre = story["start"] + progress1 * first
@@ -118,16 +159,22 @@ def render(story: dict, *, size: int, frames: int) -> np.ndarray:
         if event == "turns" and t >= half:
             colour = COLOURS[story["other_colour"]]
         if not (event == "disappears" and t >= half):
-            draw(canvas, story["shape"], tuple(centre), story["radius"], colour)
+            draw(canvas, story["shape"], tuple(centre - shift), story["radius"], colour, story.get("texture"))
         if event == "appears" and t >= half:  # drawn last: the object the caption names is never hidden
             draw(
                 canvas,
                 story["other_shape"],
-                story["other_centre"],
+                story["other_centre"] - shift,
                 story["other_radius"],
                 COLOURS[story["other_colour"]],
+                story.get("other_texture"),
             )
     return video
+
+
+def camera_shift(camera: np.ndarray, t: int, frames: int) -> np.ndarray:
+    """Whole pixels `(x, y)` the camera has moved by frame `t` of a pan of `camera` over the clip."""
+    return np.round(t / (frames - 1) * camera).astype(int)
 
 
 def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
@@ -159,11 +206,14 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
     for key in ("num_train", "num_test"):
         if getattr(config, key) > CAPTIONS:
             raise ValueError(f"data.synthetic.{key}: at most {CAPTIONS} clips (the distinct captions a split can have)")
+    from distill.data.scenes import sample_scene  # scenes builds on this module's stories
+
     root = Path(root)
     settings = asdict(config)
     manifest = root / "manifest.json"
     if manifest.exists():
         found = json.loads(manifest.read_text())
+        found["settings"].setdefault("style", "shapes")  # written before scenes existed
         if found["settings"] != settings or found.get("version", 1) != VERSION:
             made = f"version {found.get('version', 1)} of the generator with {found['settings']}"
             raise ValueError(
@@ -179,14 +229,20 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
         for split, count, seed_offset in (("train", config.num_train, 0), ("test", config.num_test, 1)):
             rng = np.random.default_rng([config.seed, seed_offset])
             lines, captions = [], set()
-            for i in tqdm(range(count), desc=f"synthetic {split}", unit="video"):
-                story, caption = sample_story(rng, config.size)
-                while caption in captions:
-                    story, caption = sample_story(rng, config.size)
-                captions.add(caption)
-                name = f"videos/{split}_{i:05d}.mp4"
-                write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
-                lines.append(json.dumps({"video": name, "caption": caption}))
+            with tqdm(total=count, desc=f"synthetic {split}", unit="video") as progress:
+                while len(lines) < count:
+                    if config.style == "scenes":  # a scene, or a scene and its twin
+                        told = sample_scene(rng, config.size, frames)[: count - len(lines)]
+                    else:
+                        told = [sample_story(rng, config.size)]
+                    if any(caption in captions for _, caption in told):
+                        continue
+                    for story, caption in told:
+                        captions.add(caption)
+                        name = f"videos/{split}_{len(lines):05d}.mp4"
+                        write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
+                        lines.append(json.dumps({"video": name, "caption": caption}))
+                        progress.update()
             (partial / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
         (partial / "manifest.json").write_text(json.dumps({"settings": settings, "version": VERSION}, indent=1))
     return root
