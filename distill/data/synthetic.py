@@ -115,7 +115,7 @@ def sample_story(rng: np.random.Generator, size: int, sizes=SIZES, travel=TRAVEL
 
 
 def caption_of(story: dict) -> str:
-    """"a small red circle moves left, then ..." for a story of `sample_story`."""
+    """The caption of a story of `sample_story`: "a small red circle moves left, then ..."."""
     caption = f"a {story['size']} {story['colour']} {story['shape']} moves {story['direction']}, then "
     if story["event"] == "appears":
         return caption + f"a {story['other_colour']} {story['other_shape']} appears"
