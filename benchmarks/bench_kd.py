@@ -2,7 +2,8 @@
 the teacher, over seeds; R@1 on the validation split.
 
     python benchmarks/bench_kd.py [--labelled 400] [--seeds 0 1 2] [--variants gt kl all kd] [--split val]
-                                  [--out runs/bench_kd] [dotted.key=value ...]
+                                  [--style shapes] [--teacher key=value ...] [--out runs/bench_kd]
+                                  [dotted.key=value ...]
 
 As in real use, the teacher knows more than the student's labelled data: it is the demo teacher, trained on
 the demo's whole pool of synthetic clips (1,600, less the validation videos held out of them), and the
@@ -35,7 +36,8 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
   tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding (the demo's student now)
   mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
-Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2).
+Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
+ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
 """
 
 from __future__ import annotations
@@ -107,12 +109,15 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--split", choices=["val", "test"], default="val")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_kd")
+    parser.add_argument("--style", choices=["shapes", "scenes"], default="shapes", help="data.synthetic.style")
+    parser.add_argument("--teacher", nargs="+", default=[], help="dotted.key=value for every teacher's training")
+    parser.add_argument("--out", type=Path, help="default runs/bench_kd, runs/bench_kd_scenes for --style scenes")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the students there are")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
     args = parser.parse_args()
-    out = args.out.resolve()
+    out = (args.out or REPO / "runs" / ("bench_kd" if args.style == "shapes" else f"bench_kd_{args.style}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    style = [f"data.synthetic.style={args.style}"]
 
     def teacher(name: str) -> Path:
         """The demo's teacher with the TEACHERS overrides of `name`, trained on the whole pool (or reused)."""
@@ -120,8 +125,8 @@ def main() -> None:
         if not path.is_file():
             started = time.perf_counter()
             path.parent.mkdir(exist_ok=True)
-            overrides = [f"output_dir={path.parent}", f"data.root={out / 'pool'}", "stages=[data,teacher]"]
-            run([*overrides, *TEACHERS[name]], path.parent / "teacher.log")
+            overrides = [f"output_dir={path.parent}", f"data.root={out / 'pool'}", "stages=[data,teacher]", *style]
+            run([*overrides, *args.teacher, *TEACHERS[name]], path.parent / "teacher.log")
             print(f"teacher {name}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
         return path
 
@@ -133,6 +138,7 @@ def main() -> None:
         "stages=[data,cache,distill,export]",
         f"train.epochs={epochs}",
         "eval.val_pairs=0",
+        *style,
         *args.overrides,
     ]
     caches: dict[tuple[str, bool], Path] = {}  # (teacher, pool) -> a cache of it on that data, for later runs
@@ -207,6 +213,7 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
     torch.set_num_threads(os.cpu_count() or 1)
     first = teachers["seqTransf"]
     overrides = [f"data.root={out / 'pool'}", f"output_dir={out / 'score'}", "stages=[evaluate]"]
+    overrides.append(f"data.synthetic.style={args.style}")
     run_ = start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*overrides, f"teacher.source={first}"]))
     data = open_datasets(run_)[args.split]
 

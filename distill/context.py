@@ -65,9 +65,10 @@ def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
 
 
 def given_teacher(recipe: Recipe, device="cpu") -> CLIP4Clip | None:
-    """`teacher.source` loaded, or None where the teacher stage trains one. Loaded before anything else:
-    its input size is the teacher view's."""
-    source = recipe.teacher.source
+    """`teacher.source` (or `teacher.init`, which the teacher stage then fine-tunes) loaded, or None where the
+    teacher stage trains one from random weights. Loaded before anything else: its input size is the teacher
+    view's."""
+    source = recipe.teacher.source or recipe.teacher.init
     return None if source is None else load_teacher(source, device=device, precision=recipe.teacher.precision)
 
 

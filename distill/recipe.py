@@ -43,6 +43,10 @@ class TrainConfig:
 @dataclass
 class TeacherConfig:
     source: str | None = None  # anything load_teacher takes; unset: the teacher stage trains one
+    # A teacher (anything load_teacher takes) that the teacher stage fine-tunes on the train pairs instead of
+    # training one from random weights, as CLIP4Clip fine-tunes CLIP: it keeps its own architecture (the keys
+    # below are then unused), and its CLIP weights train at teacher.train.lr * teacher.train.coef_lr.
+    init: str | None = None
     # More teachers (load_teacher sources, frozen) for the KL term, whose target is then the mean of every
     # teacher's similarity distribution, after the softmax (MobileCLIP); feature matching and the
     # cross-model term read the first teacher (source, or the one trained here). Each is cached once.
@@ -211,17 +215,15 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
     if data_only:
         return recipe
     source = recipe.teacher.source
-    if source is not None and source.startswith("open_clip:"):
-        from teachers import parse_open_clip_source  # torch and open_clip, only for recipes that need them
-
-        try:
-            _, weights = parse_open_clip_source(source)
-        except ValueError as error:
-            raise RecipeError(f"teacher.source: {error}") from None
-        if not weights.is_file():
-            raise RecipeError(f"teacher.source: no such weights file: {weights} (the pretrained= file of {source})")
-    elif source is not None and not Path(source).is_file():
-        raise RecipeError(f"teacher.source: no such file: {source}")
+    if source is not None and recipe.teacher.init is not None:
+        raise RecipeError(
+            "teacher.init and teacher.source are both set: init is fine-tuned by the teacher stage, source is used "
+            "as it is; set one"
+        )
+    if recipe.teacher.init is not None and "teacher" not in recipe.stages:
+        raise RecipeError("teacher.init: the 'teacher' stage fine-tunes it; add that stage, or use teacher.source")
+    for key, given in (("teacher.source", source), ("teacher.init", recipe.teacher.init)):
+        check_teacher_file(key, given)
     for i, member in enumerate(recipe.teacher.ensemble):
         if not member.startswith("open_clip:") and not Path(member).is_file():
             raise RecipeError(f"teacher.ensemble[{i}]: no such file: {member}")
@@ -242,12 +244,28 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         raise RecipeError("teacher.cache: false, but the stages include 'cache'; drop one of them")
     if (
         source is None
+        and recipe.teacher.init is None
         and recipe.teacher.sim_header == "tightTransf"
         and "distill" in recipe.stages
         and (term := embedding_term(recipe.loss))
     ):
         raise RecipeError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe
+
+
+def check_teacher_file(key: str, source: str | None) -> None:
+    """A teacher file (or open_clip source's weights file) that is not there, named by its recipe `key`."""
+    if source is not None and source.startswith("open_clip:"):
+        from teachers import parse_open_clip_source  # torch and open_clip, only for recipes that need them
+
+        try:
+            _, weights = parse_open_clip_source(source)
+        except ValueError as error:
+            raise RecipeError(f"{key}: {error}") from None
+        if not weights.is_file():
+            raise RecipeError(f"{key}: no such weights file: {weights} (the pretrained= file of {source})")
+    elif source is not None and not Path(source).is_file():
+        raise RecipeError(f"{key}: no such file: {source}")
 
 
 def parse_recipe_args(

@@ -79,13 +79,18 @@ def validation(run: Run, trained: str) -> Callable[[nn.Module], dict[str, float]
 
 
 def train_teacher(run: Run) -> CLIP4Clip:
-    """teacher: a given `teacher.source` as it is; without one, a CLIP4Clip trained from random weights on
-    the train pairs (contrastive loss only), saved as `teacher.safetensors` and loaded back frozen."""
+    """teacher: a given `teacher.source` as it is; without one, a CLIP4Clip trained on the train pairs
+    (contrastive loss only) from `teacher.init` or from random weights, saved as `teacher.safetensors` and
+    loaded back frozen."""
     r = run.recipe
     if r.teacher.source is not None:
         return run.teacher
     set_seed(r.seed)
-    model = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words))
+    if r.teacher.init is not None:  # loaded frozen when the run started (its input size is the teacher view's)
+        model = run.teacher.requires_grad_(True).train()
+        model.precision, model.fine_tuning = None, True
+    else:
+        model = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words))
     loss = DistillationLoss(LossConfig(contrastive_weight=1.0), student_dim=0, teacher_dim=0)
     model = train(
         model,

@@ -132,6 +132,7 @@ class CLIP4Clip(nn.Module):
         self.arch = arch
         self.sim_header = arch["sim_header"]
         self.precision: Precision | None = None  # how a frozen teacher computes: see `in_precision`
+        self.fine_tuning = False  # True while the teacher stage fine-tunes a loaded teacher (`teacher.init`)
         self.linear_patch = arch.get("linear_patch", "2d")
         self.clip = clip if clip is not None else build_clip(arch)
         width = arch["embed_dim"]
@@ -159,6 +160,11 @@ class CLIP4Clip(nn.Module):
             self.similarity_dense = nn.Linear(width, 1)
             # The cross encoder's scores are raw: CLIP's logit scale gets no gradient, which DDP refuses.
             self.clip.logit_scale.requires_grad_(False)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The CLIP weights of a teacher being fine-tuned, which train at `coef_lr` under the heads as in
+        CLIP4Clip (`distill.train.param_groups`); none for one trained from random weights."""
+        return list(self.clip.parameters()) if self.fine_tuning else []
 
     @property
     def embed_dim(self) -> int:

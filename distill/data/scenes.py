@@ -24,6 +24,7 @@ from distill.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_of, patt
 CAMERA = 0.1  # the longest camera pan over a clip, as a fraction of the frame size
 SIZES = {"small": 0.09, "large": 0.15}  # smaller than `shapes`': a scene holds more objects
 TRAVEL = 0.25  # one motion's distance; over 2 * CAMERA, so screen and scene directions agree in sign
+DISTRACTORS = 2  # at most this many distractors a scene, at least one
 DRIFT = 0.15  # a distractor's longest drift over a clip
 TWIN_SHARE = 0.5  # the share of scenes followed by their twin
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -41,14 +42,15 @@ def sample_texture(rng: np.random.Generator, size: int, kinds=("stripes", "check
 
 def sample_backdrop(rng: np.random.Generator, size: int) -> np.ndarray:
     """uint8 `[size + 2m, size + 2m, 3]`: a textured backdrop with margin `m` for the camera to pan over.
-    Its two colours stay dull (at most 150 a channel) so the named colours stand out from it."""
+    Its two colours are near-greys (a tint of at most 15 a channel) 20-50 levels apart: edges and
+    patterns everywhere, but no hue a named colour could be mistaken for."""
     margin = math.ceil(CAMERA * size) + 1
     side = size + 2 * margin
     y, x = np.mgrid[0:side, 0:side] + 0.5
     texture = sample_texture(rng, size)
     texture["period"] *= 2  # coarser than the objects' patterns
-    low = rng.integers(0, 90, size=3)
-    high = np.minimum(low + rng.integers(25, 70, size=3), 150)
+    low = rng.integers(20, 110) + rng.integers(-15, 16, size=3)
+    high = low + rng.integers(20, 51)
     weight = pattern(x, y, texture)[..., None]
     return np.round(low * (1 - weight) + high * weight).astype(np.uint8)
 
@@ -106,7 +108,7 @@ def sample_scene(rng: np.random.Generator, size: int, frames: int) -> list[tuple
     story["other_texture"] = sample_texture(rng, size, kinds=("stripes", "checker"))
     named = {story["colour"], story.get("other_colour")}
     story["distractors"] = []
-    for _ in range(rng.integers(1, 3)):
+    for _ in range(rng.integers(1, DISTRACTORS + 1)):
         radius = SIZES[rng.choice(list(SIZES))] * size
         drift = np.array(DIRECTIONS[rng.choice(list(DIRECTIONS))]) * rng.uniform(0, DRIFT) * size
         path = np.arange(frames)[:, None] / (frames - 1) * drift - shift

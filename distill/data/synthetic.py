@@ -45,7 +45,7 @@ TRAVEL = 0.3  # distance of one motion, as a fraction of the frame size
 # clips a split.
 CAPTIONS = len(SIZES) * len(COLOURS) * len(SHAPES) * len(DIRECTIONS) * ((len(COLOURS) - 1) * (len(SHAPES) + 1) + 4)
 VERSION = 2  # of what a seed generates; 2: distinct captions within a split
-SHADE = 0.55  # a textured object's pattern in this fraction of its colour (`scenes`)
+SHADE = 0.7  # a textured object's pattern in this fraction of its colour (`scenes`)
 
 
 def draw(canvas: np.ndarray, shape: str, centre, radius: float, colour, texture: dict | None = None) -> None:
