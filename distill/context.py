@@ -23,7 +23,7 @@ from distill.data.shards import open_shards
 from distill.data.splits import check_disjoint, hold_out
 from distill.recipe import Recipe, TeacherConfig
 from distill.train import check_split
-from students import Student, teacher_text_tower
+from students import Student, load_student, teacher_text_tower
 from teachers import CLIP4Clip, load_teacher
 from teachers.archs import clip_arch
 
@@ -91,6 +91,11 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     student = Student(s, max_words=recipe.data.max_words, teacher_text=sizes)
     if text_weights is not None:
         student.text.load_state_dict(text_weights)
+    if s.init is not None:
+        try:  # strict: every key of the export, of the shapes the recipe's student has
+            student.load_state_dict(load_student(s.init).state_dict())
+        except RuntimeError as error:
+            raise ValueError(f"student.init: {s.init} is not the student the recipe describes: {error}") from None
     if not (recipe.loss.kl_weight or recipe.loss.contrastive_weight):
         # No term reads the logit scale, and DDP refuses a parameter that gets no gradient.
         student.logit_scale_log.requires_grad_(False)

@@ -81,6 +81,9 @@ class StudentConfig:
     # Local timm weights for the backbone (.safetensors, .pth, .bin: e.g. ImageNet ViT-Tiny); timm adapts
     # them (position embeddings to img_size, classifier dropped). Trained at train.lr * train.coef_lr.
     pretrained: str | None = None
+    # A student export (or its model card folder) whose weights the distill stage starts from instead of
+    # random ones, e.g. a shipped student fine-tuned on new data; the keys here must describe its architecture.
+    init: str | None = None
     max_frames: int = 8
     image_size: int = 32
     temporal: Literal["mean", "transformer"] = "transformer"  # how frame features become one video vector
@@ -229,6 +232,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
             raise RecipeError(f"teacher.ensemble[{i}]: no such file: {member}")
     if recipe.student.pretrained is not None and not Path(recipe.student.pretrained).is_file():
         raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
+    if recipe.student.init is not None and not Path(recipe.student.init).exists():
+        raise RecipeError(f"student.init: no such student export: {recipe.student.init}")
     if recipe.student.text == "teacher" and recipe.student.token_rank:
         raise RecipeError("student.token_rank: student.text=teacher keeps the teacher's token embedding; set it to 0")
     if "distill" in recipe.stages:

@@ -130,7 +130,7 @@ class Student(nn.Module):
         weights replace."""
         spec = dict(spec)
         max_words, teacher_text = spec.pop("max_words"), spec.pop("teacher_text", None)
-        config = replace(StudentConfig(**spec), pretrained=None)
+        config = replace(StudentConfig(**spec), pretrained=None, init=None)
         return cls(config, max_words=max_words, teacher_text=teacher_text and TextTower(**teacher_text))
 
     def pretrained_parameters(self) -> list[nn.Parameter]:

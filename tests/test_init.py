@@ -1,4 +1,4 @@
-"""teacher.init: the teacher stage fine-tunes a loaded teacher instead of training one from random weights."""
+"""teacher.init and student.init: training starts from a loaded teacher or student, not from random weights."""
 
 from pathlib import Path
 
@@ -6,8 +6,10 @@ import pytest
 import torch
 from tiny import TINY
 
+from distill.context import build_student
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
+from students import load_student
 from teachers import load_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +46,25 @@ def test_recipe_errors_name_teacher_init(tmp_path, overrides, message):
     file.write_bytes(b"")
     with pytest.raises(RecipeError, match=message):
         load_recipe(DEMO, [f"data.root={tmp_path}", *[o.format(file=file) for o in overrides]])
+
+
+def test_student_init_starts_from_the_export(tmp_path):
+    common = [*TINY, f"data.root={tmp_path / 'data'}"]
+    run_recipe(load_recipe(DEMO, [*common, f"output_dir={tmp_path / 'first'}", "stages=[data,teacher,distill,export]"]))
+    first = tmp_path / "first"
+    teacher = load_teacher(first / "teacher.safetensors")
+    again = [*common, f"teacher.source={first / 'teacher.safetensors'}", "stages=[distill,export]"]
+    built = build_student(load_recipe(DEMO, [*again, f"student.init={first / 'student.safetensors'}"]), teacher)
+    exported = load_student(first / "student.safetensors").state_dict()
+    assert built.state_dict().keys() == exported.keys()
+    for name, value in built.state_dict().items():
+        assert torch.equal(value, exported[name]), name
+    fresh = build_student(load_recipe(DEMO, again), teacher).state_dict()
+    assert not torch.equal(fresh["frame_proj.weight"], exported["frame_proj.weight"])
+    other = load_recipe(
+        DEMO, [*again, f"student.init={first / 'student.safetensors'}", "student.text_width=16", "student.text_heads=1"]
+    )
+    with pytest.raises(ValueError, match="student.init: .* is not the student the recipe describes"):
+        build_student(other, teacher)
+    with pytest.raises(RecipeError, match="student.init: no such student export: missing"):
+        load_recipe(DEMO, [*again, "student.init=missing"])
