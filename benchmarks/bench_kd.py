@@ -2,7 +2,8 @@
 the teacher, over seeds; R@1 on the validation split.
 
     python benchmarks/bench_kd.py [--labelled 400] [--seeds 0 1 2] [--variants gt kl all kd] [--split val]
-                                  [--style shapes] [--teacher key=value ...] [--out runs/bench_kd]
+                                  [--style shapes] [--teacher key=value ...] [--student-init TEMPLATE]
+                                  [--out runs/bench_kd]
                                   [dotted.key=value ...]
 
 As in real use, the teacher knows more than the student's labelled data: it is the demo teacher, trained on
@@ -38,6 +39,9 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
+`--student-init` starts every student from an export (`student.init`), its path with `{size}` and `{seed}`
+filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
+both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["val", "test"], default="val")
     parser.add_argument("--style", choices=["shapes", "scenes"], default="shapes", help="data.synthetic.style")
     parser.add_argument("--teacher", nargs="+", default=[], help="dotted.key=value for every teacher's training")
+    parser.add_argument("--student-init", help="student.init for every student, with {size} and {seed} filled in")
     parser.add_argument("--out", type=Path, help="default runs/bench_kd, runs/bench_kd_scenes for --style scenes")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the students there are")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
@@ -159,6 +164,8 @@ def main() -> None:
         ]
         data = unpaired_pool(out, args.labelled) if pool else []  # after teacher(): it makes the pool
         weights = [f"loss.{key}={value}" for key, value in loss.items()]
+        if args.student_init:
+            weights.append(f"student.init={args.student_init.format(size=size, seed=seed)}")
         started = time.perf_counter()
         run(
             [*common, *data, *sources, *SIZES[size], f"output_dir={folder}", f"seed={seed}", *weights],
@@ -180,7 +187,7 @@ def unpaired_pool(out: Path, labelled: int) -> list[str]:
 
     root = out / "pool"
     lines = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
-    kept = [not held_out(line["video"], 0.1) for line in lines]  # the demo's data.val_fraction
+    kept = [not held_out(line.get("group", line["video"]), 0.1) for line in lines]  # the demo's data.val_fraction
     paired = [line for line, keep in zip(lines[:labelled], kept) if keep]
     rest = [line for line, keep in zip(lines[labelled:], kept[labelled:]) if keep]
     order = list(range(len(rest)))

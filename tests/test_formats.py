@@ -327,6 +327,27 @@ def test_jsonl_several_captions_per_video_blank_and_bad_lines(tmp_path, clip):
     assert "empty caption" in problems[3].message
 
 
+def test_jsonl_and_csv_group_field(tmp_path, clip):
+    place(clip, tmp_path / "videos", "a.mp4", "b.mp4")
+    jsonl = write_lines(
+        tmp_path / "train.jsonl",
+        [
+            '{"video": "a.mp4", "caption": "one", "group": "scene1"}',
+            '{"video": "b.mp4", "caption": "two"}',
+            '{"video": "b.mp4", "caption": "three", "group": 7}',
+        ],
+    )
+    data = DataConfig(format="jsonl", train=str(jsonl), test=str(jsonl), video_root=str(tmp_path / "videos"))
+    found = read_split(data, "train")
+    assert [p.group for p in found.pairs] == ["scene1", None]
+    assert [p.fatal for p in found.problems] == [True] and "'group', if any" in found.problems[0].message
+    csv = write_lines(tmp_path / "train.csv", ["video,caption,group", "a.mp4,one,scene1", "b.mp4,two,"])
+    found = read_split(
+        DataConfig(format="csv", train=str(csv), test=str(csv), video_root=str(tmp_path / "videos")), "train"
+    )
+    assert [p.group for p in found.pairs] == ["scene1", None] and not found.problems
+
+
 def test_csv_video_and_caption_columns(tmp_path, clip):
     place(clip, tmp_path / "videos", "a.mp4", "b.mp4")
     (tmp_path / "ann").mkdir()

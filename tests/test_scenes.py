@@ -110,6 +110,11 @@ def test_generated_scenes_decode_with_distinct_captions(tmp_path):
     train = read_split(root, "train")
     assert [item["video"] for item in train] == [f"videos/train_{i:05d}.mp4" for i in range(9)]
     assert len({item["caption"] for item in train}) == 9
+    # A twin and its scene share a group (the scene's first file name), so they share a split.
+    groups = [item.get("group") for item in train]
+    twins = [(i, g) for i, g in enumerate(groups) if g is not None]
+    assert twins and all(groups.count(g) == 2 for _, g in twins)
+    assert all(g == f"train_{i:05d}.mp4" or g == groups[i - 1] == f"train_{i - 1:05d}.mp4" for i, g in twins)
     frames = decode(root / train[0]["video"]).get_batch(list(range(16))).asnumpy()
     assert frames.shape == (16, 32, 32, 3) and frames.std() > 10
     shapes = generate_synthetic(tmp_path / "shapes", SyntheticConfig(**{**vars(config), "style": "shapes"}))

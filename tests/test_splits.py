@@ -35,6 +35,17 @@ def test_hold_out_splits_by_video_and_keeps_the_order():
     assert hold_out(pairs_of(names), 0.0) == (pairs_of(names), [])
 
 
+def test_videos_of_one_group_are_held_out_together():
+    names = [f"train_{i:05d}.mp4" for i in range(400)]
+    grouped = [pair._replace(group=names[i - i % 2]) for i, pair in enumerate(pairs_of(names))]  # twos
+    train, val = hold_out(grouped, 0.1)
+    groups = {p.group for p in val}
+    assert len(val) == 2 * len(groups) and not groups & {p.group for p in train}
+    # A group is held out as a video of its name would be: the first video of each two keeps its place.
+    alone = {p.video for p in hold_out(pairs_of(names), 0.1)[1]}
+    assert {p.video for p in val if p.video.endswith(p.group)} == {v for v in alone if int(v[-9:-4]) % 2 == 0}
+
+
 def test_a_subset_holds_out_its_share_of_the_wholes_validation_videos():
     """A teacher trained on all clips never sees the validation clips of a student trained on some."""
     names = [f"train_{i:05d}.mp4" for i in range(1600)]

@@ -31,6 +31,9 @@ class Pair(NamedTuple):
     video: str  # path of the video file
     caption: str
     where: str  # the annotation it was read from ("file, line 3"), for problem reports
+    # Clips that must share a split (cut from one source video, near-duplicates) share a group: the
+    # validation split holds out groups (distill.data.splits). None: the video is its own group.
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,9 @@ class Annotations:
     pairs: list[Pair] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
-    def add(self, video: str | Path, caption: str, where: str) -> None:
+    def add(self, video: str | Path, caption: str, where: str, group: str | None = None) -> None:
         if caption.strip():
-            self.pairs.append(Pair(str(video), caption, where))
+            self.pairs.append(Pair(str(video), caption, where, group or None))
         else:
             self.problems.append(Problem(where, "empty caption; pair skipped"))
 
@@ -153,7 +156,8 @@ def read_split(data: DataConfig, split: str) -> Annotations:
 @register_format("jsonl")
 def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """One `{"video": ..., "caption": ...}` object a line; a video may have several lines. With `split`, only
-    that split's lines when the objects carry a "split" field (see `_of_split`)."""
+    that split's lines when the objects carry a "split" field (see `_of_split`); an optional string "group"
+    keeps videos in one split (`Pair.group`)."""
     found = Annotations()
     rows = []
     for where, line in _lines(path):
@@ -166,23 +170,24 @@ def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = N
             not isinstance(item, dict)
             or not isinstance(item.get("video"), str)
             or not isinstance(item.get("caption"), str)
+            or not isinstance(item.get("group", ""), str)
         ):
-            found.error(where, "expected an object with string 'video' and 'caption'")
+            found.error(where, "expected an object with string 'video' and 'caption' (and 'group', if any)")
             continue
         rows.append((where, item))
     for where, item in _of_split(rows, split, path, found):
-        found.add(video_root / item["video"], item["caption"], where)
+        found.add(video_root / item["video"], item["caption"], where, item.get("group"))
     return found
 
 
 @register_format("csv")
 def read_csv(path: Path, folder: Path, video_root: Path, split: str | None = None) -> Annotations:
     """A comma-separated file with a header naming (at least) `video` and `caption` columns, and maybe `split`
-    (see `_of_split`)."""
+    (see `_of_split`) and `group` (`Pair.group`)."""
     found = Annotations()
     rows = list(_csv_rows(path, ("video", "caption"), found))
     for where, row in _of_split(rows, split, path, found):
-        found.add(video_root / row["video"], row["caption"], where)
+        found.add(video_root / row["video"], row["caption"], where, row.get("group"))
     return found
 
 

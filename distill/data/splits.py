@@ -1,10 +1,11 @@
 """The validation split, held out of the training pairs by video, and the check that no video is in two splits.
 
-A video is held out when the SHA-256 of its file name, read as a fraction of 2**64, falls below
-`data.val_fraction`. Membership depends on the name alone: the held-out videos of a subset of a dataset are
-the subset's share of the whole's, so a teacher trained on the whole never sees a student's validation clips,
-and the split stays put when files move or the annotation order changes. Every caption of a video goes with
-it, never a caption alone.
+A video is held out when the SHA-256 of its file name (or of its group's name, `Pair.group`: clips of one
+source video, near-duplicates), read as a fraction of 2**64, falls below `data.val_fraction`. Membership
+depends on the name alone: the held-out videos of a subset of a dataset are the subset's share of the
+whole's, so a teacher trained on the whole never sees a student's validation clips, and the split stays put
+when files move or the annotation order changes. Every caption of a video goes with it, never a caption
+alone, and every video of a group with the group.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from distill.files import file_sha256
 
 
 def held_out(video: str, fraction: float) -> bool:
-    """Whether `video` (a path) is in the validation split held out with `fraction`."""
+    """Whether `video` (a path, or a group's name) is in the validation split held out with `fraction`."""
     digest = hashlib.sha256(Path(video).name.encode()).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
 def hold_out(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
-    """(the training pairs, the validation pairs) of `pairs`, in their order, split by video."""
+    """(the training pairs, the validation pairs) of `pairs`, in their order, split by video (by group, where
+    pairs have one)."""
     train, val = [], []
     for pair in pairs:
-        (val if held_out(pair.video, fraction) else train).append(pair)
+        (val if held_out(pair.group or pair.video, fraction) else train).append(pair)
     return train, val
 
 

@@ -10,7 +10,8 @@ Two styles tell the same stories: `shapes`, flat colours on a plain background w
 demo's), and `scenes`, with textures, camera motion, distractors and near-duplicates (`distill.data.scenes`).
 
 Layout under `root`: `videos/{split}_{i:05d}.mp4`, `train.jsonl` and `test.jsonl` (one
-`{"video", "caption"}` object a line, paths relative to root, the same layout as `data.format: jsonl`),
+`{"video", "caption"}` object a line, and the `group` of a scenes twin; paths relative to root, the same
+layout as `data.format: jsonl`),
 and `manifest.json` with the settings, so a later run reuses the dataset or refuses one made otherwise.
 """
 
@@ -237,11 +238,13 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig) -> Path:
                         told = [sample_story(rng, config.size)]
                     if any(caption in captions for _, caption in told):
                         continue
+                    # A twin shares its scene's group (the first clip's file name): both go to one split.
+                    group = {"group": f"{split}_{len(lines):05d}.mp4"} if len(told) > 1 else {}
                     for story, caption in told:
                         captions.add(caption)
                         name = f"videos/{split}_{len(lines):05d}.mp4"
                         write_mp4(partial / name, render(story, size=config.size, frames=frames), config.fps)
-                        lines.append(json.dumps({"video": name, "caption": caption}))
+                        lines.append(json.dumps({"video": name, "caption": caption, **group}))
                         progress.update()
             (partial / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
         (partial / "manifest.json").write_text(json.dumps({"settings": settings, "version": VERSION}, indent=1))
