@@ -44,7 +44,7 @@ def test_captions_are_the_shapes_captions_and_twins_differ_in_direction_or_order
     told = scenes(300)
     assert all(CAPTION.fullmatch(caption) for _, caption in told)
     twins = [(a, b) for (a, _), (b, _) in zip(told, told[1:]) if b["backdrop"] is a["backdrop"]]
-    assert 0.25 * len(told) < len(twins) < 0.45 * len(told)  # half the scenes: 1/3 of the clips are twins
+    assert 0.25 * len(told) < len(twins) < 0.45 * len(told)  # half the scenes have a twin: a pair per 3 clips
     for a, b in twins:
         if a["event"] == "moves":
             assert (b["direction"], b["direction2"]) == (a["direction2"], a["direction"])
