@@ -187,7 +187,7 @@ def unpaired_pool(out: Path, labelled: int) -> list[str]:
 
     root = out / "pool"
     lines = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
-    kept = [not held_out(line.get("group", line["video"]), 0.1) for line in lines]  # the demo's data.val_fraction
+    kept = [not held_out(line["video"], 0.1, line.get("group")) for line in lines]  # the demo's data.val_fraction
     paired = [line for line, keep in zip(lines[:labelled], kept) if keep]
     rest = [line for line, keep in zip(lines[labelled:], kept[labelled:]) if keep]
     order = list(range(len(rest)))

@@ -91,9 +91,12 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     student = Student(s, max_words=recipe.data.max_words, teacher_text=sizes)
     if text_weights is not None:
         student.text.load_state_dict(text_weights)
-    if s.init is not None:
-        try:  # strict: every key of the export, of the shapes the recipe's student has
-            student.load_state_dict(load_student(s.init).state_dict())
+    if s.init is not None:  # the same architecture (recipe.check_student_init); strict on every key
+        weights = load_student(s.init).state_dict()
+        if s.text == "teacher":  # the text tower stays this teacher's, whatever the export's was
+            weights.update({f"text.{k}": v for k, v in student.text.state_dict().items()})
+        try:
+            student.load_state_dict(weights)
         except RuntimeError as error:
             raise ValueError(f"student.init: {s.init} is not the student the recipe describes: {error}") from None
     if not (recipe.loss.kl_weight or recipe.loss.contrastive_weight):

@@ -7,9 +7,10 @@ checks what only the whole recipe can tell (files that must exist, stage combina
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from operator import attrgetter
 from pathlib import Path
 from typing import Literal, get_args
@@ -31,7 +32,8 @@ class TrainConfig:
     # forward pass of the student per step), so a large batch fits in memory at the cost of time.
     accumulate: int = 1
     lr: float = 1e-3
-    coef_lr: float = 1.0  # multiplies lr for pretrained weights (student.pretrained), as CLIP4Clip's coef_lr
+    # multiplies lr for pretrained weights (student.pretrained, teacher.init's CLIP), as CLIP4Clip's coef_lr
+    coef_lr: float = 1.0
     weight_decay: float = 0.05
     warmup_ratio: float = 0.1  # fraction of the steps with a linear warmup, then cosine decay
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
@@ -232,8 +234,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
             raise RecipeError(f"teacher.ensemble[{i}]: no such file: {member}")
     if recipe.student.pretrained is not None and not Path(recipe.student.pretrained).is_file():
         raise RecipeError(f"student.pretrained: no such weights file: {recipe.student.pretrained}")
-    if recipe.student.init is not None and not Path(recipe.student.init).exists():
-        raise RecipeError(f"student.init: no such student export: {recipe.student.init}")
+    if recipe.student.init is not None:
+        check_student_init(recipe)
     if recipe.student.text == "teacher" and recipe.student.token_rank:
         raise RecipeError("student.token_rank: student.text=teacher keeps the teacher's token embedding; set it to 0")
     if "distill" in recipe.stages:
@@ -256,6 +258,30 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
     ):
         raise RecipeError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe
+
+
+def check_student_init(recipe: Recipe) -> None:
+    """`student.init` names a student export whose architecture is the recipe's student's (read from its
+    header, before any stage runs)."""
+    from students import read_metadata  # safetensors and timm, only for recipes that need them
+
+    path = Path(recipe.student.init)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise RecipeError(f"student.init: no such student export: {recipe.student.init}")
+    try:
+        found = json.loads(read_metadata(path)["config"])
+    except (ValueError, KeyError) as error:
+        raise RecipeError(f"student.init: {error}") from None
+    wanted = {**asdict(recipe.student), "max_words": recipe.data.max_words}
+    differ = [
+        f"{key}={found[key]!r} (the recipe: {value!r})"
+        for key, value in wanted.items()
+        if key not in ("pretrained", "init") and key in found and found[key] != value
+    ]
+    if differ:
+        raise RecipeError(f"student.init: {path} is another student: {', '.join(differ)}")
 
 
 def check_teacher_file(key: str, source: str | None) -> None:

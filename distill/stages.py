@@ -87,7 +87,7 @@ def train_teacher(run: Run) -> CLIP4Clip:
         return run.teacher
     set_seed(r.seed)
     if r.teacher.init is not None:  # loaded frozen when the run started (its input size is the teacher view's)
-        model = run.teacher.requires_grad_(True).train()
+        model = run.teacher.trainable()
         model.precision, model.fine_tuning = None, True
     else:
         model = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words))

@@ -122,7 +122,8 @@ class Student(nn.Module):
     def spec(self) -> dict:
         """Everything that rebuilds this model (`from_spec`), as JSON-ready values: stored in its export."""
         teacher_text = None if self.teacher_text is None else asdict(self.teacher_text)
-        return {**asdict(self.config), "max_words": self.max_words, "teacher_text": teacher_text}
+        config = {k: v for k, v in asdict(self.config).items() if k != "init"}  # where it started: no part of it
+        return {**config, "max_words": self.max_words, "teacher_text": teacher_text}
 
     @classmethod
     def from_spec(cls, spec: dict) -> Student:

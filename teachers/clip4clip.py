@@ -158,8 +158,22 @@ class CLIP4Clip(nn.Module):
         if self.sim_header == "tightTransf":
             self.cross = CrossEncoder(width, arch["cross_layers"], positions)
             self.similarity_dense = nn.Linear(width, 1)
-            # The cross encoder's scores are raw: CLIP's logit scale gets no gradient, which DDP refuses.
-            self.clip.logit_scale.requires_grad_(False)
+        for parameter in self.unused_parameters():
+            parameter.requires_grad_(False)
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters no output reads, kept frozen in training because DDP refuses a parameter without a
+        gradient: CLIP's logit scale under tightTransf (the cross encoder's scores are raw), the 2d patch
+        embedding `conv1` of a 3d-linear-patch model (kept in the state dict, unused)."""
+        unused = [self.clip.logit_scale] if self.sim_header == "tightTransf" else []
+        return unused + (list(self.clip.visual.conv1.parameters()) if self.linear_patch == "3d" else [])
+
+    def trainable(self) -> CLIP4Clip:
+        """This model in training mode with every used parameter trainable (`teacher.init`), in place."""
+        self.requires_grad_(True).train()
+        for parameter in self.unused_parameters():
+            parameter.requires_grad_(False)
+        return self
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The CLIP weights of a teacher being fine-tuned, which train at `coef_lr` under the heads as in

@@ -10,7 +10,8 @@ from distill.context import build_student
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
 from students import load_student
-from teachers import load_teacher
+from teachers import CLIP4Clip, load_teacher
+from teachers.archs import clip4clip_arch
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "demo.yaml"
@@ -25,7 +26,7 @@ def test_fine_tunes_the_loaded_teacher_with_its_clip_at_coef_lr(tmp_path):
     overrides = [f"teacher.init={first}", "teacher.train.coef_lr=0", "teacher.vision_layers=3"]
     run = run_recipe(load_recipe(DEMO, [*common, *overrides, f"output_dir={tmp_path / 'tuned'}"]))
     before, after = load_teacher(first).state_dict(), load_teacher(tmp_path / "tuned" / "teacher.safetensors")
-    assert run.teacher.clip.visual.transformer.layers == 1 and not run.teacher.fine_tuning
+    assert run.teacher.clip.visual.transformer.layers == 1
     for name, value in after.state_dict().items():
         if name.startswith("clip."):
             assert torch.equal(value, before[name]), name
@@ -61,10 +62,15 @@ def test_student_init_starts_from_the_export(tmp_path):
         assert torch.equal(value, exported[name]), name
     fresh = build_student(load_recipe(DEMO, again), teacher).state_dict()
     assert not torch.equal(fresh["frame_proj.weight"], exported["frame_proj.weight"])
-    other = load_recipe(
-        DEMO, [*again, f"student.init={first / 'student.safetensors'}", "student.text_width=16", "student.text_heads=1"]
-    )
-    with pytest.raises(ValueError, match="student.init: .* is not the student the recipe describes"):
-        build_student(other, teacher)
+    # Refused when the recipe is read (from the export's header), naming what differs.
+    with pytest.raises(RecipeError, match=r"student.init: .* is another student: text_width=32 \(the recipe: 16\)"):
+        load_recipe(DEMO, [*again, f"student.init={first / 'student.safetensors'}", "student.text_width=16"])
     with pytest.raises(RecipeError, match="student.init: no such student export: missing"):
         load_recipe(DEMO, [*again, "student.init=missing"])
+
+
+def test_a_fine_tuned_teacher_keeps_its_unused_parameters_frozen():
+    """DDP refuses a parameter without a gradient: tightTransf's CLIP logit scale stays frozen."""
+    teacher = CLIP4Clip(clip4clip_arch("test_tiny", "tightTransf")).requires_grad_(False).trainable()
+    frozen = [n for n, p in teacher.named_parameters() if not p.requires_grad]
+    assert frozen == ["clip.logit_scale"] and teacher.training

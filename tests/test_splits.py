@@ -113,3 +113,9 @@ def test_val_fraction_must_be_below_one(tmp_path):
     (tmp_path / "r.yaml").write_text("name: x\n")
     with pytest.raises(ValueError, match="data.val_fraction: must be at least 0 and below 1, got 1.0"):
         load_recipe(tmp_path / "r.yaml", ["data.val_fraction=1.0", "stages=[data]"])
+
+
+def test_a_video_in_two_groups_is_an_error_naming_it():
+    pairs = [Pair("videos/a.mp4", "one", "line 1", "g1"), Pair("videos/a.mp4", "two", "line 2", "g2")]
+    with pytest.raises(ValueError, match="line 2: video videos/a.mp4 is in group 'g2' here and 'g1'"):
+        hold_out(pairs, 0.5)

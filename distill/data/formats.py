@@ -170,7 +170,7 @@ def read_jsonl(path: Path, folder: Path, video_root: Path, split: str | None = N
             not isinstance(item, dict)
             or not isinstance(item.get("video"), str)
             or not isinstance(item.get("caption"), str)
-            or not isinstance(item.get("group", ""), str)
+            or not isinstance(item.get("group") or "", str)
         ):
             found.error(where, "expected an object with string 'video' and 'caption' (and 'group', if any)")
             continue

@@ -19,18 +19,24 @@ from distill.data.formats import Pair
 from distill.files import file_sha256
 
 
-def held_out(video: str, fraction: float) -> bool:
-    """Whether `video` (a path, or a group's name) is in the validation split held out with `fraction`."""
-    digest = hashlib.sha256(Path(video).name.encode()).digest()
+def held_out(video: str, fraction: float, group: str | None = None) -> bool:
+    """Whether `video` (a path) is in the validation split held out with `fraction`: by its file name, or
+    by its `group` when it has one."""
+    digest = hashlib.sha256((Path(video).name if group is None else group).encode()).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
 def hold_out(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
     """(the training pairs, the validation pairs) of `pairs`, in their order, split by video (by group, where
     pairs have one)."""
-    train, val = [], []
+    train, val, groups = [], [], {}
     for pair in pairs:
-        (val if held_out(pair.group or pair.video, fraction) else train).append(pair)
+        if groups.setdefault(pair.video, pair.group) != pair.group:
+            raise ValueError(
+                f"data: {pair.where}: video {pair.video} is in group {pair.group!r} here and "
+                f"{groups[pair.video]!r} in an earlier row; a video has one group"
+            )
+        (val if held_out(pair.video, fraction, pair.group) else train).append(pair)
     return train, val
 
 
