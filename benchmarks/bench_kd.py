@@ -39,6 +39,8 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
+`--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
+in `--out` is reused whatever `--teacher` says, so other teacher settings need another `--out`.
 `--student-init` starts every student from an export (`student.init`), its path with `{size}` and `{seed}`
 filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
 both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
@@ -120,6 +122,10 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the students there are")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
     args = parser.parse_args()
+    if any(o.startswith("teacher.init=") for o in args.teacher) and any(
+        VARIANTS[v].get("teachers", ["seqTransf"]) != ["seqTransf"] for v in args.variants
+    ):
+        sys.exit("--teacher teacher.init=...: every teacher is fine-tuned from it with its own head; no meanP one")
     out = (args.out or REPO / "runs" / ("bench_kd" if args.style == "shapes" else f"bench_kd_{args.style}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     style = [f"data.synthetic.style={args.style}"]
