@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from distill.data.synthetic import COLOURS, DIRECTIONS, SHAPES, caption_of, pattern, sample_story
+from distill.data.synthetic import COLOURS, DIRECTIONS, SHAPES, camera_shift, caption_of, pattern, sample_story
 
 CAMERA = 0.1  # the longest camera pan over a clip, as a fraction of the frame size
 SIZES = {"small": 0.09, "large": 0.15}  # smaller than `shapes`': a scene holds more objects
@@ -63,12 +63,7 @@ def motion(story: dict, frames: int) -> np.ndarray:
     t = np.arange(frames)[:, None]
     progress1 = np.minimum(t / (half - 1), 1.0)
     progress2 = np.maximum(0.0, (t - half) / (frames - half - 1))
-    return progress1 * first + progress2 * second - pan(story["camera"], frames)
-
-
-def pan(camera: np.ndarray, frames: int) -> np.ndarray:
-    """`[frames, 2]`: the camera's whole-pixel shift at each frame (`synthetic.camera_shift`)."""
-    return np.round(np.arange(frames)[:, None] / (frames - 1) * camera).astype(int)
+    return progress1 * first + progress2 * second - camera_shift(story["camera"], t[:, 0], frames)
 
 
 def twin_of(story: dict) -> dict:
@@ -100,7 +95,7 @@ def sample_scene(rng: np.random.Generator, size: int, frames: int) -> list[tuple
         start = place(rng, [motion(s, frames) for s in told], story["radius"], size)
         if start is not None:
             break
-    shift = pan(story["camera"], frames)
+    shift = camera_shift(story["camera"], np.arange(frames), frames)
     story["start"] = start
     story["other_centre"] = place(rng, [-shift[frames // 2 :]], story["other_radius"], size)
     story["backdrop"] = sample_backdrop(rng, size)

@@ -51,7 +51,7 @@ SHADE = 0.7  # a textured object's pattern in this fraction of its colour (`scen
 
 def draw(canvas: np.ndarray, shape: str, centre, radius: float, colour, texture: dict | None = None) -> None:
     """Paints one filled shape into an `[H, W, 3]` uint8 canvas, in place; with a `texture`
-    (`distill.data.scenes.pattern`), the pattern's pixels in a darker shade of `colour`, moving with the shape."""
+    (`pattern`), the pattern's pixels in a darker shade of `colour` (`SHADE`), moving with the shape."""
     h, w, _ = canvas.shape
     y, x = np.mgrid[0:h, 0:w] + 0.5
     dx, dy = x - centre[0], y - centre[1]
@@ -173,9 +173,10 @@ def render(story: dict, *, size: int, frames: int) -> np.ndarray:
     return video
 
 
-def camera_shift(camera: np.ndarray, t: int, frames: int) -> np.ndarray:
-    """Whole pixels `(x, y)` the camera has moved by frame `t` of a pan of `camera` over the clip."""
-    return np.round(t / (frames - 1) * camera).astype(int)
+def camera_shift(camera: np.ndarray, t, frames: int) -> np.ndarray:
+    """Whole pixels `(x, y)` the camera has moved by frame `t` (an int, or an array of them: `[..., 2]`) of
+    a pan of `camera` over the clip."""
+    return np.round(np.asarray(t)[..., None] / (frames - 1) * camera).astype(int)
 
 
 def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
