@@ -3,6 +3,7 @@ the teacher, over seeds; R@1 on the validation split.
 
     python benchmarks/bench_kd.py [--labelled 400] [--seeds 0 1 2] [--variants gt kl all kd] [--split val]
                                   [--style shapes] [--teacher key=value ...] [--student-init TEMPLATE]
+                                  [--teacher-extra N]
                                   [--out runs/bench_kd]
                                   [dotted.key=value ...]
 
@@ -44,6 +45,9 @@ in `--out` is reused whatever `--teacher` says, so other teacher settings need a
 `--student-init` starts every student from an export (`student.init`), its path with `{size}` and `{seed}`
 filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
 both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
+`--teacher-extra N` trains the teacher on N more clips besides the pool: a second synthetic dataset of the
+same style from another seed (its validation videos held out as well), as a real teacher has seen far more
+than any student's labelled data. The students and the scores stay on the pool.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ def main() -> None:
     parser.add_argument("--style", choices=["shapes", "scenes"], default="shapes", help="data.synthetic.style")
     parser.add_argument("--teacher", nargs="+", default=[], help="dotted.key=value for every teacher's training")
     parser.add_argument("--student-init", help="student.init for every student, with {size} and {seed} filled in")
+    parser.add_argument("--teacher-extra", type=int, default=0, help="clips of a second dataset for the teacher")
     parser.add_argument("--out", type=Path, help="default runs/bench_kd, runs/bench_kd_scenes for --style scenes")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the students there are")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
@@ -137,6 +142,8 @@ def main() -> None:
             started = time.perf_counter()
             path.parent.mkdir(exist_ok=True)
             overrides = [f"output_dir={path.parent}", f"data.root={out / 'pool'}", "stages=[data,teacher]", *style]
+            if args.teacher_extra:
+                overrides += teacher_data(out, args.style, args.teacher_extra)
             run([*overrides, *args.teacher, *TEACHERS[name]], path.parent / "teacher.log")
             print(f"teacher {name}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
         return path
@@ -181,6 +188,36 @@ def main() -> None:
         print(f"{size} {variant} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
 
     score(args, out, {name: teacher(name) for name in TEACHERS if (out / f"teacher_{name}").is_dir()}, epochs)
+
+
+def teacher_data(out: Path, style: str, extra: int) -> list[str]:
+    """Overrides for a teacher dataset (jsonl under `out`) of the pool and `extra` clips of a synthetic
+    dataset from seed 1 (in `out/extra`), both generated here if they are not yet. Validation videos are
+    held out by file name, so the pool's are held out as in every other run; the extra dataset's names are
+    the pool's, so its held-out clips are those at the same places."""
+    from dataclasses import replace
+
+    from distill.data.synthetic import generate_synthetic
+    from distill.recipe import load_recipe
+
+    pool = load_recipe(REPO / "recipes" / "demo.yaml", [f"data.synthetic.style={style}"]).data.synthetic
+    generate_synthetic(out / "pool", pool)
+    generate_synthetic(out / "extra", replace(pool, num_train=extra, num_test=1, seed=1))
+    files = {}
+    for split, folders in (("train", ["pool", "extra"]), ("test", ["pool"])):
+        lines = []
+        for folder in folders:
+            for line in (out / folder / f"{split}.jsonl").read_text().splitlines():
+                item = json.loads(line)
+                lines.append(json.dumps({**item, "video": f"{folder}/{item['video']}"}))
+        files[split] = out / f"teacher_{split}.jsonl"
+        files[split].write_text("\n".join(lines) + "\n")
+    return [
+        "data.format=jsonl",
+        f"data.train={files['train']}",
+        f"data.test={files['test']}",
+        f"data.video_root={out}",
+    ]
 
 
 def unpaired_pool(out: Path, labelled: int) -> list[str]:
