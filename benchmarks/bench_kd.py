@@ -38,6 +38,7 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
   tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding (the demo's student now)
   mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
+  effvit timm's EfficientViT-M0 narrowed to 32/64/96 channels with 2 heads, at 64 px; tiny's text tower
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
 `--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
@@ -98,6 +99,14 @@ SIZES = {
         "student.image_size=64",
         "student.text_width=96",
         "student.text_heads=4",
+        "student.token_rank=16",
+    ],
+    "effvit": [
+        "student.backbone=efficientvit_m0",
+        "student.backbone_kwargs={img_size: 64, embed_dim: [32, 64, 96], num_heads: [2, 2, 2]}",
+        "student.image_size=64",
+        "student.text_width=64",
+        "student.text_heads=2",
         "student.token_rank=16",
     ],
 }

@@ -21,9 +21,12 @@ from teachers import tokenize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BACKBONES = {  # (timm model, kwargs): a ViT, and a MobileNetV3 (BatchNorm, depthwise convolutions)
+# (timm model, kwargs): a ViT, a MobileNetV3 (BatchNorm, depthwise convolutions) and an EfficientViT-M,
+# whose BatchNorm'd convolutions and linears timm's reparameterisation fuses before the export
+BACKBONES = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}),
     "mobilenet": ("mobilenetv3_small_050", {}),
+    "effvit": ("efficientvit_m0", {"img_size": 32, "embed_dim": [16, 32, 48], "num_heads": [2, 2, 2]}),
 }
 
 

@@ -31,6 +31,8 @@ BACKBONES = {
     "cnn": ("test_efficientnet", {}, 32),  # timm's tiny registered test architecture (has BatchNorm)
     # returns its 1024-wide pre-logits layer, not its 576 num_features
     "mobilenet": ("mobilenetv3_small_050", {}, 32),
+    # EfficientViT-M (cascaded group attention, BatchNorm'd convolutions and linears), narrowed
+    "effvit": ("efficientvit_m0", {"img_size": 32, "embed_dim": [16, 32, 48], "num_heads": [2, 2, 2]}, 32),
 }
 
 
@@ -99,6 +101,23 @@ def test_padded_frames_do_not_matter(backbone, temporal):
     # each padded video equals the same video cut to its valid frames, encoded on its own
     for b, n in enumerate(mask.sum(1).tolist()):
         close(student.encode_video(video[b : b + 1, :n], mask[b : b + 1, :n]), out[b : b + 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet", "effvit"])
+@torch.no_grad()
+def test_frames_reach_the_backbone_channels_last_with_the_same_features(backbone):
+    """Channels-last frames (faster convolutions on CPU) are a layout, not a change of model: the features
+    equal the backbone's on the same frames in the default layout, up to float32 rounding (1e-5; the two
+    layouts take other convolution kernels, which sum in other orders)."""
+    student = make_student(backbone, "transformer")
+    _, _, video, mask = make_batch(BACKBONES[backbone][2])
+    seen = []
+    student.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    features = student.frame_features(video)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    frames = video.flatten(0, 1).contiguous()
+    direct = student.frame_proj(student.backbone(frames))  # the frames as they come: contiguous
+    close(features, direct.unflatten(0, video.shape[:2]), atol=1e-5)
 
 
 @pytest.mark.parametrize("temporal, order_matters", [("mean", False), ("transformer", True)])
