@@ -39,6 +39,9 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding (the demo's student now)
   mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
   effvit timm's EfficientViT-M0 narrowed to 32/64/96 channels with 2 heads, at 64 px; tiny's text tower
+  tiny128  tiny with a text tower of the teacher's width (128, 2 heads), 2 layers, rank 16
+  inherit  tiny128 inherited from the teacher's text tower (`student.text=inherit`: its first and last
+           layers, its embeddings factorised to rank 16 by SVD)
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
 `--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
@@ -100,6 +103,14 @@ SIZES = {
         "student.text_width=96",
         "student.text_heads=4",
         "student.token_rank=16",
+    ],
+    "tiny128": [VIT.format(64, 2), "student.text_width=128", "student.text_heads=2", "student.token_rank=16"],
+    "inherit": [
+        VIT.format(64, 2),
+        "student.text_width=128",
+        "student.text_heads=2",
+        "student.token_rank=16",
+        "student.text=inherit",
     ],
     "effvit": [
         "student.backbone=efficientvit_m0",

@@ -23,7 +23,7 @@ from distill.data.shards import open_shards
 from distill.data.splits import check_disjoint, hold_out
 from distill.recipe import Recipe, TeacherConfig
 from distill.train import check_split
-from students import Student, load_student, teacher_text_tower
+from students import Student, inherited_text_tower, load_student, teacher_text_tower
 from teachers import CLIP4Clip, load_teacher
 from teachers.archs import clip_arch
 
@@ -79,7 +79,7 @@ def run_views(recipe: Recipe, teacher: CLIP4Clip | None) -> dict[str, View]:
 
 def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     """The student of the recipe, with the teacher's text tower (frozen, its weights loaded) when
-    `student.text=teacher`."""
+    `student.text=teacher`, or a tower inherited from it (`inherit`: trained from the teacher's weights)."""
     s, sizes, text_weights = recipe.student, None, None
     if s.text == "teacher":
         if s.embed_dim != teacher.embed_dim:
@@ -88,9 +88,11 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
                 f"{teacher.embed_dim}-d text tower; set student.embed_dim={teacher.embed_dim}"
             )
         sizes, text_weights = teacher_text_tower(teacher, recipe.data.max_words)
+    elif s.text == "inherit":
+        sizes, text_weights = inherited_text_tower(teacher, s, recipe.data.max_words)
     student = Student(s, max_words=recipe.data.max_words, teacher_text=sizes)
-    if text_weights is not None:
-        student.text.load_state_dict(text_weights)
+    if text_weights is not None:  # strict: every inherited name is the student's; the rest keep their init
+        student.text.load_state_dict({**student.text.state_dict(), **text_weights})
     if s.init is not None:  # the same architecture (recipe.check_student_init); strict on every key
         weights = load_student(s.init).state_dict()
         if s.text == "teacher":  # the text tower stays this teacher's, whatever the export's was

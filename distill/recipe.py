@@ -93,8 +93,10 @@ class StudentConfig:
     embed_dim: int = 96  # width of the student's joint embedding space
     # own: a small text transformer of text_width, text_layers and text_heads, trained; teacher: the
     # teacher's text tower, frozen and shipped in the export (needs embed_dim equal to the teacher's): the
-    # student embeds captions exactly as the teacher does, so its videos are searchable with teacher text
-    text: Literal["own", "teacher"] = "own"
+    # student embeds captions exactly as the teacher does, so its videos are searchable with teacher text;
+    # inherit: an own tower of text_layers of the teacher's layers, evenly spaced, and its embeddings
+    # (TinyCLIP's weight inheritance; text_width and text_heads the teacher's), trained
+    text: Literal["own", "teacher", "inherit"] = "own"
     text_width: int = 96
     text_layers: int = 2
     text_heads: int = 4

@@ -1,12 +1,13 @@
 """Compact students: a timm frame encoder, a temporal head, a small text transformer; export and reload."""
 
 from students.export import export_student, load_student, read_metadata, round_weights
-from students.model import Student, check_student, teacher_text_tower
+from students.model import Student, check_student, inherited_text_tower, teacher_text_tower
 
 __all__ = [
     "Student",
     "check_student",
     "export_student",
+    "inherited_text_tower",
     "load_student",
     "read_metadata",
     "round_weights",

@@ -43,7 +43,8 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class TextTower:
-    """The sizes of a teacher's text tower that `student.text=teacher` reuses (`teacher_text_tower`)."""
+    """The sizes of a text tower from the teacher: its own (`student.text=teacher`, `teacher_text_tower`)
+    or one inherited from it (`inherit`, `inherited_text_tower`)."""
 
     width: int
     heads: int
@@ -57,8 +58,8 @@ class Student(nn.Module):
     Args:
         config: the recipe's `student` section.
         max_words: caption length in tokens (`data.max_words`).
-        teacher_text: with `config.text == "teacher"`, the teacher text tower's sizes (its weights are
-            loaded after building).
+        teacher_text: with `config.text` "teacher" or "inherit", the sizes of the text tower taken from the
+            teacher (its weights are loaded after building).
     """
 
     PARTS = {  # distill.scorers.Retriever.PARTS
@@ -89,10 +90,10 @@ class Student(nn.Module):
             # much smaller positions do not train within a short distillation (BENCHMARKS.md).
             self.frame_position_embeddings = nn.Parameter(torch.randn(config.max_frames, dim))
             self.temporal_transformer = Transformer(dim, config.temporal_layers, max(1, dim // 32))
-        if (config.text == "teacher") != (teacher_text is not None):
+        if (config.text == "own") == (teacher_text is not None):
             raise ValueError(
-                f"student.text={config.text} needs teacher_text sizes exactly when it is 'teacher' "
-                "(students.model.teacher_text_tower gives them and the weights)"
+                f"student.text={config.text} needs teacher_text sizes exactly when it is 'teacher' or 'inherit' "
+                "(students.model.teacher_text_tower and inherited_text_tower give them and the weights)"
             )
         tower = teacher_text or TextTower(config.text_width, config.text_heads, config.text_layers, quick_gelu=False)
         self.text = TextTransformer(
@@ -103,9 +104,9 @@ class Student(nn.Module):
             layers=tower.layers,
             output_dim=dim,
             act_layer=QuickGELU if tower.quick_gelu else nn.GELU,
-        ).requires_grad_(teacher_text is None)  # the teacher's tower ships frozen
+        ).requires_grad_(config.text != "teacher")  # the teacher's own tower ships frozen
         if config.token_rank:
-            if teacher_text is not None:
+            if config.text == "teacher":
                 raise ValueError("student.token_rank: the teacher's text tower keeps its own embedding; set it to 0")
             self.text.token_embedding = factorised_embedding(VOCAB_SIZE, config.token_rank, tower.width)
         self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -226,13 +227,13 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, d
     clip = teacher.clip
     if not teacher.openai_text_tower:
         raise ValueError(
-            "student.text=teacher needs a teacher whose text tower is OpenAI CLIP's (a causal "
+            "student.text=teacher (or inherit) needs a teacher whose text tower is OpenAI CLIP's (a causal "
             "transformer read at the end token); this teacher's is not"
         )
     if max_words > teacher.context_length:
         raise ValueError(
             f"data.max_words: {max_words}, more than the teacher's text context "
-            f"({teacher.context_length}), which student.text=teacher reuses"
+            f"({teacher.context_length}), which student.text=teacher or inherit reads"
         )
     block = clip.transformer.resblocks[0]
     sizes = TextTower(
@@ -249,3 +250,47 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, d
         **{f"ln_final.{k}": v for k, v in clip.ln_final.state_dict().items()},
     }
     return sizes, {k: v.detach().clone() for k, v in weights.items()}
+
+
+def inherited_text_tower(
+    teacher: nn.Module, config: StudentConfig, max_words: int
+) -> tuple[TextTower, dict[str, torch.Tensor]]:
+    """The sizes and the weights of a text tower inherited from the teacher's (`student.text=inherit`;
+    TinyCLIP's manual weight inheritance): `config.text_layers` of the teacher's layers, evenly spaced (the
+    first, and the last when there are two or more), its token and position embeddings and final norm, and
+    its text projection when `config.embed_dim` is the teacher's (else the student's own projection stays).
+    With `config.token_rank` r, the token embedding is its best rank-r factorisation (a truncated SVD:
+    `embedding.0` is U_r S_r, `embedding.1` maps r to the width by V_r).
+
+    Raises:
+        ValueError: names `student.text_width`/`text_heads` unlike the teacher's, `student.text_layers` more
+            than it has, or the teacher's tower (`teacher_text_tower`).
+    """
+    sizes, weights = teacher_text_tower(teacher, max_words)
+    if (config.text_width, config.text_heads) != (sizes.width, sizes.heads):
+        raise ValueError(
+            f"student.text_width, text_heads: {config.text_width}, {config.text_heads}, but student.text=inherit "
+            f"takes the teacher's layers, {sizes.width} wide with {sizes.heads} heads; set those"
+        )
+    if config.token_rank > sizes.width:
+        raise ValueError(f"student.token_rank: {config.token_rank}, more than the text width {sizes.width}")
+    if not 1 <= config.text_layers <= sizes.layers:
+        raise ValueError(
+            f"student.text_layers: {config.text_layers}; student.text=inherit takes 1 to the teacher's "
+            f"{sizes.layers} layers"
+        )
+    n, k = sizes.layers, config.text_layers
+    kept = [round(i * (n - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
+    inherited = {key: value for key, value in weights.items() if not key.startswith("transformer.")}
+    for i, layer in enumerate(kept):
+        old = f"transformer.resblocks.{layer}."
+        new = f"transformer.resblocks.{i}."
+        inherited |= {new + key[len(old) :]: v for key, v in weights.items() if key.startswith(old)}
+    if config.embed_dim != teacher.embed_dim:
+        del inherited["text_projection"]  # into another space: the student's own, learned
+    if config.token_rank:
+        u, s, vh = torch.linalg.svd(inherited.pop("token_embedding.weight").float(), full_matrices=False)
+        r = config.token_rank
+        inherited["token_embedding.0.weight"] = u[:, :r] * s[:r]
+        inherited["token_embedding.1.weight"] = vh[:r].T.contiguous()  # nn.Linear(r, width) holds [width, r]
+    return replace(sizes, layers=k), inherited

@@ -9,7 +9,7 @@ from tiny import TINY
 from distill.context import build_student
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
-from students import load_student
+from students import export_student, load_student
 from teachers import CLIP4Clip, load_teacher
 from teachers.archs import clip4clip_arch
 
@@ -74,3 +74,23 @@ def test_a_fine_tuned_teacher_keeps_its_unused_parameters_frozen():
     teacher = CLIP4Clip(clip4clip_arch("test_tiny", "tightTransf")).requires_grad_(False).trainable()
     frozen = [n for n, p in teacher.named_parameters() if not p.requires_grad]
     assert frozen == ["clip.logit_scale"] and teacher.training
+
+
+def test_student_text_inherit_starts_from_the_teachers_tower_and_ships(tmp_path):
+    """`student.text=inherit` through the recipe: the teacher's text layer and embeddings (factorised to rank
+    8), the student's own projection into its 32-d space, all trainable; the export rebuilds it."""
+    torch.manual_seed(0)
+    teacher = CLIP4Clip(clip4clip_arch("test_tiny", "meanP", context_length=16)).eval()  # text: 128 wide, 1 layer
+    inherit = ["student.text=inherit", "student.text_width=128", "student.text_heads=2", "student.text_layers=1"]
+    common = [*TINY, f"data.root={tmp_path}", "data.max_words=16"]
+    student = build_student(load_recipe(DEMO, [*common, *inherit, "student.token_rank=8"]), teacher)
+    ours = student.text.transformer.resblocks[0].state_dict()
+    theirs = teacher.clip.transformer.resblocks[0].state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert student.text.text_projection.shape == (128, 32)
+    assert all(p.requires_grad for p in student.text.parameters())
+    path = export_student(student, tmp_path / "student.safetensors", {})
+    reloaded = load_student(path).state_dict()
+    assert all(torch.equal(value, reloaded[name]) for name, value in student.state_dict().items())
+    with pytest.raises(ValueError, match="student.text_width, text_heads: 32, 2, but student.text=inherit"):
+        build_student(load_recipe(DEMO, [*common, "student.text=inherit"]), teacher)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.recipe import StudentConfig
-from students import Student, export_student, load_student, read_metadata, round_weights, teacher_text_tower
+from students import (
+    Student,
+    export_student,
+    inherited_text_tower,
+    load_student,
+    read_metadata,
+    round_weights,
+    teacher_text_tower,
+)
 from students.export import DTYPES
 from students.model import TextTower
 from teachers import tokenize
@@ -278,8 +287,74 @@ def test_teachers_text_tower_is_frozen_and_needs_an_openai_style_teacher():
         teacher_text_tower(teacher, CONTEXT + 1)
     arch = tiny_arch("meanP")
     arch["text_cfg"] = {**arch["text_cfg"], "pool_type": "last"}
-    with pytest.raises(ValueError, match="student.text=teacher needs a teacher whose text tower is OpenAI CLIP's"):
+    with pytest.raises(ValueError, match=r"student.text=teacher \(or inherit\) needs a teacher whose text tower is"):
         teacher_text_tower(CLIP4Clip(arch), MAX_WORDS)
+
+
+def three_layer_teacher():
+    """The tiny meanP teacher with three text layers (128 wide, 2 heads, QuickGELU; 128-d embeddings)."""
+    from test_teacher import tiny_arch
+
+    from teachers import CLIP4Clip
+
+    arch = tiny_arch("meanP")
+    arch["text_cfg"] = {**arch["text_cfg"], "layers": 3}
+    torch.manual_seed(0)
+    return CLIP4Clip(arch).eval()
+
+
+def test_inherited_text_tower_starts_from_the_teachers_layers_and_trains():
+    teacher = three_layer_teacher()
+    inherit = {"text": "inherit", "text_width": 128, "text_heads": 2, "embed_dim": 128}
+    config = student_config("vit", "mean", **inherit, text_layers=3)
+    sizes, weights = inherited_text_tower(teacher, config, MAX_WORDS)
+    assert sizes == TextTower(width=128, heads=2, layers=3, quick_gelu=True)
+    student = Student(config, max_words=MAX_WORDS, teacher_text=sizes)
+    student.text.load_state_dict(weights)
+    # every layer: the teacher's own text embeddings, but trainable (text=teacher's are frozen)
+    input_ids, attention_mask, *_ = make_batch(16)
+    close(student.encode_text(input_ids, attention_mask), teacher.encode_text(input_ids, attention_mask))
+    assert all(p.requires_grad for p in student.text.parameters())
+    # two of three layers: the first and the last
+    sizes, weights = inherited_text_tower(teacher, replace(config, text_layers=2), MAX_WORDS)
+    blocks = teacher.clip.transformer.resblocks
+    for i, layer in enumerate([0, 2]):
+        for key, value in blocks[layer].state_dict().items():
+            assert torch.equal(weights[f"transformer.resblocks.{i}.{key}"], value), key
+    assert sizes.layers == 2 and not any(k.startswith("transformer.resblocks.2.") for k in weights)
+    # another embedding width: the student keeps its own projection
+    assert "text_projection" not in inherited_text_tower(teacher, replace(config, embed_dim=64), MAX_WORDS)[1]
+
+
+@pytest.mark.parametrize("rank", [8, 128])
+def test_inherited_factorised_embedding_is_the_best_of_its_rank(rank):
+    """A rank-r token embedding inherited is the truncated SVD of the teacher's: its error is the norm of the
+    singular values it leaves out (Eckart-Young), none at full rank. Tolerance 1e-4 of the embedding's norm:
+    the factors come from a float32 SVD."""
+    teacher = three_layer_teacher()
+    config = student_config("vit", "mean", text="inherit", text_width=128, text_heads=2, token_rank=rank)
+    sizes, weights = inherited_text_tower(teacher, config, MAX_WORDS)
+    student = Student(config, max_words=MAX_WORDS, teacher_text=sizes)
+    student.text.load_state_dict({**student.text.state_dict(), **weights})
+    full = teacher.clip.token_embedding.weight.detach().double()  # norms summed in float64
+    with torch.no_grad():
+        error = torch.linalg.matrix_norm(student.text.token_embedding(torch.arange(full.shape[0])).double() - full)
+    left_out = torch.linalg.svdvals(full)[rank:].square().sum().sqrt()
+    assert abs(error - left_out) <= 1e-4 * torch.linalg.matrix_norm(full)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"text_width": 64, "text_heads": 2}, "student.text_width, text_heads: 64, 2, but student.text=inherit"),
+        ({"text_layers": 4}, "student.text_layers: 4; student.text=inherit takes 1 to the teacher's 3 layers"),
+        ({"token_rank": 129}, "student.token_rank: 129, more than the text width 128"),
+    ],
+)
+def test_inherited_text_tower_names_what_does_not_fit(changes, message):
+    config = student_config("vit", "mean", **{"text": "inherit", "text_width": 128, "text_heads": 2, **changes})
+    with pytest.raises(ValueError, match=message):
+        inherited_text_tower(three_layer_teacher(), config, MAX_WORDS)
 
 
 def test_load_student_rejects_other_safetensors(tmp_path):
