@@ -170,6 +170,7 @@ def main() -> None:
 
     # The students: the first --labelled clips, about the demo's 150 steps of 64 whatever their number.
     epochs = max(1, round(150 * 64 / (0.9 * args.labelled)))
+    epochs = next((int(o.split("=")[1]) for o in args.overrides if o.startswith("train.epochs=")), epochs)
     common = [
         f"data.root={out / f'labelled_{args.labelled}'}",
         f"data.synthetic.num_train={args.labelled}",
@@ -322,7 +323,8 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
 
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"teacher on the {POOL}-clip pool, students on its first {args.labelled} clips for {epochs} epochs; "
+        f"teacher on the {POOL}-clip pool{f' and {args.teacher_extra} more clips' if args.teacher_extra else ''}, "
+        f"students on its first {args.labelled} clips for {epochs} epochs; "
         f"R@1 on the pool's {args.split} split ({len(data)} captions of {len(set(data.video_ids))} videos), "
         f"mean ± std over seeds {args.seeds}\n"
     )
