@@ -50,8 +50,9 @@ in `--out` is reused whatever `--teacher` says, so other teacher settings need a
 filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
 both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
 `--teacher-extra N` trains the teacher on N more clips besides the pool: a second synthetic dataset of the
-same style from another seed (its validation videos held out as well), as a real teacher has seen far more
-than any student's labelled data. The students and the scores stay on the pool.
+same style from another seed (its validation videos held out as well, and its clips with a caption of the
+pool's validation split left out), as a real teacher has seen far more than any student's labelled data.
+The students and the scores stay on the pool.
 """
 
 from __future__ import annotations
@@ -215,24 +216,31 @@ def teacher_data(out: Path, style: str, extra: int) -> list[str]:
     """Overrides for a teacher dataset (jsonl under `out`) of the pool and `extra` clips of a synthetic
     dataset from seed 1 (in `out/extra`), both generated here if they are not yet. Validation videos are
     held out by file name, so the pool's are held out as in every other run; the extra dataset's names are
-    the pool's, so its held-out clips are those at the same places."""
+    the pool's, so its held-out clips are those at the same places. Extra clips whose caption is a pool
+    validation caption are left out: within one synthetic split captions are distinct, so no training clip
+    of the pool carries one, and the extra clips do not either."""
     from dataclasses import replace
 
+    from distill.data.splits import held_out
     from distill.data.synthetic import generate_synthetic
     from distill.recipe import load_recipe
 
-    pool = load_recipe(REPO / "recipes" / "demo.yaml", [f"data.synthetic.style={style}"]).data.synthetic
-    generate_synthetic(out / "pool", pool)
-    generate_synthetic(out / "extra", replace(pool, num_train=extra, num_test=1, seed=1))
+    data = load_recipe(REPO / "recipes" / "demo.yaml", [f"data.synthetic.style={style}"]).data
+    generate_synthetic(out / "pool", data.synthetic)
+    generate_synthetic(out / "extra", replace(data.synthetic, num_train=extra, num_test=1, seed=1))
+    read = {
+        (folder, split): [json.loads(line) for line in (out / folder / f"{split}.jsonl").read_text().splitlines()]
+        for folder, split in (("pool", "train"), ("pool", "test"), ("extra", "train"))
+    }
+    val = {p["caption"] for p in read["pool", "train"] if held_out(p["video"], data.val_fraction, p.get("group"))}
+    read["extra", "train"] = [p for p in read["extra", "train"] if p["caption"] not in val]
     files = {}
-    for split, folders in (("train", ["pool", "extra"]), ("test", ["pool"])):
-        lines = []
-        for folder in folders:
-            for line in (out / folder / f"{split}.jsonl").read_text().splitlines():
-                item = json.loads(line)
-                lines.append(json.dumps({**item, "video": f"{folder}/{item['video']}"}))
+    for split in ("train", "test"):
+        lines = [
+            {**p, "video": f"{folder}/{p['video']}"} for (folder, s), pairs in read.items() if s == split for p in pairs
+        ]
         files[split] = out / f"teacher_{split}.jsonl"
-        files[split].write_text("\n".join(lines) + "\n")
+        files[split].write_text("".join(json.dumps(line) + "\n" for line in lines))
     return [
         "data.format=jsonl",
         f"data.train={files['train']}",
