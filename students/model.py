@@ -147,9 +147,9 @@ class Student(nn.Module):
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
         """Projected per-frame features `[B, T, D]` from `video [B, T, 3, H, W]` (padded frames too).
 
-        The frames go to the backbone channels-last: on CPU, timm's convolutional families (MobileNetV3,
-        EfficientViT) run 1.5-1.9x faster that way, training and inference alike, and a ViT, whose only
-        convolution is its patch embedding, the same (BENCHMARKS.md, "Frame encoders")."""
+        The frames go to the backbone channels-last: on CPU, timm's convolutional families train 1.3x
+        (EfficientViT-M) to 2.4x (MobileNetV3) faster that way and infer up to 1.26x faster, and a ViT,
+        whose only convolution is its patch embedding, runs as fast (BENCHMARKS.md, bench_layout.py)."""
         frames = rearrange(video, "b t c h w -> (b t) c h w").contiguous(memory_format=torch.channels_last)
         frames = self.backbone(frames)
         return rearrange(self.frame_proj(frames), "(b t) d -> b t d", b=video.shape[0])
