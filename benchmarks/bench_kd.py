@@ -45,7 +45,8 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
 `--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
-in `--out` is reused whatever `--teacher` says, so other teacher settings need another `--out`.
+in `--out` is reused whatever `--teacher` or `--teacher-extra` says, so other teacher settings need
+another `--out`.
 `--student-init` starts every student from an export (`student.init`), its path with `{size}` and `{seed}`
 filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
 both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
@@ -93,6 +94,8 @@ TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"], "seqTransf24
 # Each size pins every student key it depends on, so a row means the same student when the demo recipe
 # changes (the demo's student is `tiny` now; `wide` was the demo's before issue 11).
 VIT = "student.backbone_kwargs={{img_size: 32, patch_size: 8, depth: 2, embed_dim: {}, num_heads: {}}}"
+TEXT128 = ["student.text_width=128", "student.text_heads=2", "student.text_layers=2", "student.token_rank=16"]
+TEXT128 += ["student.embed_dim=96"]  # not the teacher's 128: an inherited tower keeps its own projection
 SIZES = {
     "wide": [VIT.format(192, 3), "student.text_width=96", "student.text_heads=4", "student.token_rank=0"],
     "small": [VIT.format(96, 3), "student.text_width=96", "student.text_heads=4", "student.token_rank=16"],
@@ -105,14 +108,8 @@ SIZES = {
         "student.text_heads=4",
         "student.token_rank=16",
     ],
-    "tiny128": [VIT.format(64, 2), "student.text_width=128", "student.text_heads=2", "student.token_rank=16"],
-    "inherit": [
-        VIT.format(64, 2),
-        "student.text_width=128",
-        "student.text_heads=2",
-        "student.token_rank=16",
-        "student.text=inherit",
-    ],
+    "tiny128": [VIT.format(64, 2), *TEXT128],
+    "inherit": [VIT.format(64, 2), *TEXT128, "student.text=inherit"],
     "effvit": [
         "student.backbone=efficientvit_m0",
         "student.backbone_kwargs={img_size: 64, embed_dim: [32, 64, 96], num_heads: [2, 2, 2]}",
@@ -215,10 +212,11 @@ def main() -> None:
 def teacher_data(out: Path, style: str, extra: int) -> list[str]:
     """Overrides for a teacher dataset (jsonl under `out`) of the pool and `extra` clips of a synthetic
     dataset from seed 1 (in `out/extra`), both generated here if they are not yet. Validation videos are
-    held out by file name, so the pool's are held out as in every other run; the extra dataset's names are
-    the pool's, so its held-out clips are those at the same places. Extra clips whose caption is a pool
-    validation caption are left out: within one synthetic split captions are distinct, so no training clip
-    of the pool carries one, and the extra clips do not either."""
+    held out by file name (or group), so the pool's are held out as in every other run, the extra
+    dataset's by their own names. Extra clips whose caption is a pool validation caption are left out:
+    within one synthetic split captions are distinct, so no training clip of the pool carries one, and the
+    extra clips do not either. Test captions are not left out (the pool's training clips carry 343 of the
+    500 as well). The pool is the demo recipe's, whatever `--teacher data.*` says."""
     from dataclasses import replace
 
     from distill.data.splits import held_out

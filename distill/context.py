@@ -88,11 +88,13 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
                 f"{teacher.embed_dim}-d text tower; set student.embed_dim={teacher.embed_dim}"
             )
         sizes, text_weights = teacher_text_tower(teacher, recipe.data.max_words)
-    elif s.text == "inherit":
+    elif s.text == "inherit":  # its sizes; with student.init, the export's trained weights replace these
         sizes, text_weights = inherited_text_tower(teacher, s, recipe.data.max_words)
     student = Student(s, max_words=recipe.data.max_words, teacher_text=sizes)
-    if text_weights is not None:  # strict: every inherited name is the student's; the rest keep their init
-        student.text.load_state_dict({**student.text.state_dict(), **text_weights})
+    if s.text == "inherit":  # a projection not inherited: the student's own stays
+        text_weights = {**student.text.state_dict(), **text_weights}
+    if text_weights is not None:  # strict: the teacher's tower gives every weight, an inherited one none unknown
+        student.text.load_state_dict(text_weights)
     if s.init is not None:  # the same architecture (recipe.check_student_init); strict on every key
         weights = load_student(s.init).state_dict()
         if s.text == "teacher":  # the text tower stays this teacher's, whatever the export's was

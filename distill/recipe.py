@@ -240,6 +240,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         check_student_init(recipe)
     if recipe.student.text == "teacher" and recipe.student.token_rank:
         raise RecipeError("student.token_rank: student.text=teacher keeps the teacher's token embedding; set it to 0")
+    if recipe.student.text == "inherit" and source is None and recipe.teacher.init is None:
+        check_inheritance_here(recipe)
     if "distill" in recipe.stages:
         from students import check_student  # timm, only for recipes that train a student
 
@@ -260,6 +262,19 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
     ):
         raise RecipeError(f"loss.{term}: a tightTransf teacher has no embeddings to match; set it to 0")
     return recipe
+
+
+def check_inheritance_here(recipe: Recipe) -> None:
+    """`student.text=inherit` fits the text tower of the teacher the teacher stage trains (a given teacher is
+    checked when the distill stage reads it)."""
+    from distill.context import teacher_arch  # torch and open_clip, only for recipes that need them
+    from students.model import TextTower, check_inheritance
+
+    text = teacher_arch(recipe.teacher, recipe.data.max_words)["text_cfg"]
+    try:
+        check_inheritance(recipe.student, TextTower(text["width"], text["heads"], text["layers"], quick_gelu=True))
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
 
 
 def check_student_init(recipe: Recipe) -> None:

@@ -252,21 +252,9 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, d
     return sizes, {k: v.detach().clone() for k, v in weights.items()}
 
 
-def inherited_text_tower(
-    teacher: nn.Module, config: StudentConfig, max_words: int
-) -> tuple[TextTower, dict[str, torch.Tensor]]:
-    """The sizes and the weights of a text tower inherited from the teacher's (`student.text=inherit`;
-    TinyCLIP's manual weight inheritance): `config.text_layers` of the teacher's layers, evenly spaced (the
-    first, and the last when there are two or more), its token and position embeddings and final norm, and
-    its text projection when `config.embed_dim` is the teacher's (else the student's own projection stays).
-    With `config.token_rank` r, the token embedding is its best rank-r factorisation (a truncated SVD:
-    `embedding.0` is U_r S_r, `embedding.1` maps r to the width by V_r).
-
-    Raises:
-        ValueError: names `student.text_width`/`text_heads` unlike the teacher's, `student.text_layers` more
-            than it has, or the teacher's tower (`teacher_text_tower`).
-    """
-    sizes, weights = teacher_text_tower(teacher, max_words)
+def check_inheritance(config: StudentConfig, sizes: TextTower) -> None:
+    """Raises ValueError naming `student.text_width`/`text_heads` unlike the teacher tower's `sizes`,
+    `student.token_rank` above its width, or `student.text_layers` outside 1 to its layers."""
     if (config.text_width, config.text_heads) != (sizes.width, sizes.heads):
         raise ValueError(
             f"student.text_width, text_heads: {config.text_width}, {config.text_heads}, but student.text=inherit "
@@ -279,6 +267,23 @@ def inherited_text_tower(
             f"student.text_layers: {config.text_layers}; student.text=inherit takes 1 to the teacher's "
             f"{sizes.layers} layers"
         )
+
+
+def inherited_text_tower(
+    teacher: nn.Module, config: StudentConfig, max_words: int
+) -> tuple[TextTower, dict[str, torch.Tensor]]:
+    """The sizes and the weights of a text tower inherited from the teacher's (`student.text=inherit`;
+    TinyCLIP's manual weight inheritance): `config.text_layers` of the teacher's layers, evenly spaced (the
+    first, and the last when there are two or more), its token and position embeddings and final norm, and
+    its text projection when `config.embed_dim` is the teacher's (else the student's own projection stays).
+    With `config.token_rank` r, the token embedding is its best rank-r factorisation (a truncated SVD:
+    `embedding.0` is U_r S_r, `embedding.1` maps r to the width by V_r).
+
+    Raises:
+        ValueError: `check_inheritance`'s, or the teacher's tower's (`teacher_text_tower`).
+    """
+    sizes, weights = teacher_text_tower(teacher, max_words)
+    check_inheritance(config, sizes)
     n, k = sizes.layers, config.text_layers
     kept = [round(i * (n - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
     inherited = {key: value for key, value in weights.items() if not key.startswith("transformer.")}

@@ -10,7 +10,7 @@ from distill.context import build_student
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
 from students import export_student, load_student
-from teachers import CLIP4Clip, load_teacher
+from teachers import CLIP4Clip, load_teacher, save_teacher
 from teachers.archs import clip4clip_arch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,20 +77,28 @@ def test_a_fine_tuned_teacher_keeps_its_unused_parameters_frozen():
 
 
 def test_student_text_inherit_starts_from_the_teachers_tower_and_ships(tmp_path):
-    """`student.text=inherit` through the recipe: the teacher's text layer and embeddings (factorised to rank
-    8), the student's own projection into its 32-d space, all trainable; the export rebuilds it."""
+    """`student.text=inherit` through the recipe: two of a given teacher's three text layers (the first and
+    the last), its position embeddings, its token embedding factorised to rank 8, the student's own
+    projection into its 32-d space, all trainable; the export rebuilds it. A tower that does not fit the
+    teacher the recipe trains is refused when the recipe is read."""
+    arch = clip4clip_arch("test_tiny", "meanP", context_length=16)
+    arch["text_cfg"] = {**arch["text_cfg"], "layers": 3}  # 128 wide, 2 heads
     torch.manual_seed(0)
-    teacher = CLIP4Clip(clip4clip_arch("test_tiny", "meanP", context_length=16)).eval()  # text: 128 wide, 1 layer
-    inherit = ["student.text=inherit", "student.text_width=128", "student.text_heads=2", "student.text_layers=1"]
-    common = [*TINY, f"data.root={tmp_path}", "data.max_words=16"]
-    student = build_student(load_recipe(DEMO, [*common, *inherit, "student.token_rank=8"]), teacher)
-    ours = student.text.transformer.resblocks[0].state_dict()
-    theirs = teacher.clip.transformer.resblocks[0].state_dict()
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    teacher = CLIP4Clip(arch).eval()
+    save_teacher(teacher, tmp_path / "teacher.safetensors")
+    inherit = ["student.text=inherit", "student.text_width=128", "student.text_heads=2", "student.text_layers=2"]
+    given = [*TINY, f"data.root={tmp_path}", "data.max_words=16", f"teacher.source={tmp_path / 'teacher.safetensors'}"]
+    student = build_student(load_recipe(DEMO, [*given, *inherit, "student.token_rank=8"]), teacher)
+    for ours, theirs in zip(student.text.transformer.resblocks, teacher.clip.transformer.resblocks[::2], strict=True):
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert torch.equal(student.text.positional_embedding, teacher.clip.positional_embedding[:16])
     assert student.text.text_projection.shape == (128, 32)
     assert all(p.requires_grad for p in student.text.parameters())
     path = export_student(student, tmp_path / "student.safetensors", {})
     reloaded = load_student(path).state_dict()
     assert all(torch.equal(value, reloaded[name]) for name, value in student.state_dict().items())
     with pytest.raises(ValueError, match="student.text_width, text_heads: 32, 2, but student.text=inherit"):
-        build_student(load_recipe(DEMO, [*common, "student.text=inherit"]), teacher)
+        build_student(load_recipe(DEMO, [*given, "student.text=inherit"]), teacher)
+    # the teacher of TINY, trained by the recipe: 64 wide (1 head), one layer
+    with pytest.raises(RecipeError, match="student.text_width, text_heads: 32, 2, .* 64 wide with 1 heads"):
+        load_recipe(DEMO, [*TINY, f"data.root={tmp_path}", "student.text=inherit"])

@@ -324,8 +324,9 @@ def normalize(frames: torch.Tensor) -> torch.Tensor:
 
     `(x / 255 - mean) / std` as one scale and one shift, in place on the float copy: one float tensor
     allocated instead of three. The copy is contiguous whatever the input's layout (a resize hands back
-    channels-last frames, frame shards contiguous ones), so both data paths give the model the same
-    tensors: on some CPUs convolutions pick other kernels, with other rounding, for another layout.
+    channels-last frames, frame shards contiguous ones), so both data paths give the models the same
+    tensors: on some CPUs convolutions pick other kernels, with other rounding, for another layout (a
+    student then lays its frames out channels-last itself, the same way on both paths).
     """
     return frames.to(torch.float32, memory_format=torch.contiguous_format).mul_(_SCALE).sub_(_SHIFT)
 
