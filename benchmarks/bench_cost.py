@@ -22,12 +22,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from pinned import restart_pinned  # benchmarks/pinned.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,9 +154,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # glibc hands large buffers back to the system and page-faults them in again every call; pin it. It reads
-    # these at start-up, so the script starts itself again with them set.
-    pinned = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-    if any(os.environ.get(key) != value for key, value in pinned.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pinned})
+    restart_pinned()
     main()

@@ -15,17 +15,15 @@ MALLOC_TRIM_THRESHOLD_), so numbers do not move with process history and RSS onl
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-if any(os.environ.get(k) != v for k, v in MALLOC.items()):  # glibc reads them at start-up only
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC, "OMP_NUM_THREADS": "1"})
+from pinned import restart_pinned  # noqa: E402  (benchmarks/pinned.py)
+
+restart_pinned(OMP_NUM_THREADS="1")
 
 import av  # noqa: E402
 import decord  # noqa: E402

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pinned import MALLOC  # benchmarks/pinned.py
+
 REPO = Path(__file__).resolve().parents[1]
 # The line each stage prints when it ends.
 MARKERS = {
@@ -42,7 +44,7 @@ def main() -> None:
             *sys.argv[1:],
         ]
         # glibc hands large buffers back to the system and page-faults them in again every step; pin it.
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
+        env = {**os.environ, **MALLOC}
         start = time.perf_counter()
         marks = []
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as p:

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pinned import restart_pinned  # benchmarks/pinned.py
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -82,9 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # glibc hands large buffers back to the system and page-faults them in again every call; pin it (as
-    # bench_cost does); it reads these at start-up, so the script starts itself again with them set.
-    pinned = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-    if any(os.environ.get(key) != value for key, value in pinned.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pinned})
+    restart_pinned()
     main()

@@ -254,10 +254,12 @@ def unpaired_pool(out: Path, labelled: int) -> list[str]:
     import random
 
     from distill.data.splits import held_out
+    from distill.recipe import load_recipe
 
     root = out / "pool"
+    fraction = load_recipe(REPO / "recipes" / "demo.yaml").data.val_fraction
     lines = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
-    kept = [not held_out(line["video"], 0.1, line.get("group")) for line in lines]  # the demo's data.val_fraction
+    kept = [not held_out(line["video"], fraction, line.get("group")) for line in lines]
     paired = [line for line, keep in zip(lines[:labelled], kept) if keep]
     rest = [line for line, keep in zip(lines[labelled:], kept[labelled:]) if keep]
     order = list(range(len(rest)))

@@ -17,8 +17,9 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
+
+from pinned import restart_pinned  # benchmarks/pinned.py
 
 FRAMES = 8
 BACKBONES = {  # bench_kd's sizes: (timm model, kwargs, frame size)
@@ -90,9 +91,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # glibc hands large buffers back to the system and page-faults them in again every call; pin it. It reads
-    # these at start-up, so the script starts itself again with them set.
-    pinned = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-    if any(os.environ.get(key) != value for key, value in pinned.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pinned})
+    restart_pinned()
     main()
