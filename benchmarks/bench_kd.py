@@ -33,6 +33,11 @@ smaller split gets about the demo's number of steps):
   klmeanP  contrastive + KL from a meanP teacher (the demo recipe with teacher.sim_header=meanP)
   ens    contrastive + KL from both teachers, their distributions averaged (teacher.ensemble)
   allT24 all, from the demo's teacher trained 4x longer (24 epochs, 528 steps)
+  all_s50, all_s100  all, the KL's teacher targets at a fixed logit scale of 50 or 100 (all100 has no
+                cross-model term: it predates it)
+  all_gt02  all with the ground-truth term at 0.2 (TeachCLIP's weight)
+  all_fd4   all with feature matching at 4 (CLIP-KD's 2000 on the per-element mean of 512-wide
+            embeddings: 3.9 on our per-vector sum)
 Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   wide   the demo's student before issue 11: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
@@ -87,6 +92,10 @@ VARIANTS = {
     "klmeanP": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["meanP"]},
     "ens": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["seqTransf", "meanP"]},
     "allT24": {**ALL, "teachers": ["seqTransf24"]},
+    "all_s50": {**ALL, "teacher_logit_scale": 50.0},
+    "all_s100": {**ALL, "teacher_logit_scale": 100.0},
+    "all_gt02": {**ALL, "contrastive_weight": 0.2},
+    "all_fd4": {**ALL, "feature_weight": 4.0},
 }
 # The teachers a variant may name (default: seqTransf, the demo's), each the demo recipe on the pool.
 TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"], "seqTransf24": ["teacher.train.epochs=24"]}
