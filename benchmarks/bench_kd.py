@@ -38,6 +38,7 @@ smaller split gets about the demo's number of steps):
   all_gt02  all with the ground-truth term at 0.2 (TeachCLIP's weight)
   all_fd4   all with feature matching at 4 (CLIP-KD's 2000 on the per-element mean of 512-wide
             embeddings: 3.9 on our per-vector sum)
+  all_pear  all with the KL replaced by TeachCLIP's Pearson form (`loss.kl_form=pearson`)
 Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   wide   the demo's student before issue 11: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
@@ -96,6 +97,7 @@ VARIANTS = {
     "all_s100": {**ALL, "teacher_logit_scale": 100.0},
     "all_gt02": {**ALL, "contrastive_weight": 0.2},
     "all_fd4": {**ALL, "feature_weight": 4.0},
+    "all_pear": {**ALL, "kl_form": "pearson"},
 }
 # The teachers a variant may name (default: seqTransf, the demo's), each the demo recipe on the pool.
 TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"], "seqTransf24": ["teacher.train.epochs=24"]}

@@ -35,23 +35,49 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def _distributions(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperature: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(student, teacher) log-probabilities over each t2v row, then over each v2t column (as rows). Several
+    teachers: the mean of their distributions, after the softmax (MobileCLIP's ensemble)."""
+    members = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
+    pairs = []
+    for transpose in (False, True):
+        s = student_logits.T if transpose else student_logits
+        targets = [F.log_softmax((t.T if transpose else t) / temperature, dim=1) for t in members]
+        target = targets[0] if len(targets) == 1 else torch.logsumexp(torch.stack(targets), 0) - math.log(len(targets))
+        pairs.append((F.log_softmax(s / temperature, dim=1), target))
+    return pairs
+
+
 def similarity_kl_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperature: float
 ) -> torch.Tensor:
     """KL(teacher || student) over each t2v row and each v2t column, averaged over both directions.
 
     Both models keep their own logit scale; `temperature` divides both. The `temperature**2` factor keeps
-    the gradient size independent of the temperature (Hinton et al.). Several teachers' logits: the target
-    is the mean of their distributions, after the softmax (MobileCLIP's ensemble).
+    the gradient size independent of the temperature (Hinton et al.).
     """
-    members = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
+    pairs = _distributions(student_logits, teacher_logits, temperature)
+    terms = [F.kl_div(s, t, log_target=True, reduction="batchmean") for s, t in pairs]
+    return sum(terms) / len(terms) * temperature**2
+
+
+def similarity_pearson_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor], temperature: float
+) -> torch.Tensor:
+    """TeachCLIP's form of the similarity term: 1 - the Pearson correlation between each student row (and
+    column) and the teacher's after the softmax, averaged over rows and both directions.
+
+    A correlation ignores the rows' scale, so a student whose distributions are sharper or softer than the
+    teacher's but ranked alike pays little: less sensitive to the two models' logit scales than the KL.
+    """
     terms = []
-    for transpose in (False, True):
-        s = student_logits.T if transpose else student_logits
-        targets = [F.log_softmax((t.T if transpose else t) / temperature, dim=1) for t in members]
-        target = targets[0] if len(targets) == 1 else torch.logsumexp(torch.stack(targets), 0) - math.log(len(targets))
-        terms.append(F.kl_div(F.log_softmax(s / temperature, dim=1), target, log_target=True, reduction="batchmean"))
-    return (terms[0] + terms[1]) / 2 * temperature**2
+    for s, t in _distributions(student_logits, teacher_logits, temperature):
+        p, q = s.exp(), t.exp()
+        correlation = F.cosine_similarity(p - p.mean(1, keepdim=True), q - q.mean(1, keepdim=True), dim=1)
+        terms.append(1 - correlation.mean())
+    return sum(terms) / len(terms)
 
 
 def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
@@ -115,7 +141,8 @@ class DistillationLoss(nn.Module):
                 targets = [(c.teacher_logit_scale * cosines(member)).detach() for member in members]
             else:
                 targets = [similarity(member).detach() for member in members]
-            losses["kl_loss"] = c.kl_weight * similarity_kl_loss(logits, targets, c.kl_temperature)
+            form = similarity_kl_loss if c.kl_form == "kl" else similarity_pearson_loss
+            losses["kl_loss"] = c.kl_weight * form(logits, targets, c.kl_temperature)
         if not (c.feature_weight or c.cross_weight):
             return losses
         projected = {

@@ -110,6 +110,9 @@ class StudentConfig:
 class LossConfig:
     kl_weight: float = 1.0  # KL(teacher || student) on t2v and v2t similarity rows
     kl_temperature: float = 1.0  # divides both models' logits before the softmax
+    # How that term compares the rows: "kl", KL(teacher || student); "pearson", 1 - the Pearson correlation
+    # of the softmaxed rows (TeachCLIP's default, blind to how sharp each row is)
+    kl_form: Literal["kl", "pearson"] = "kl"
     # 0: the teacher's logits at its own learned logit scale; > 0: the teacher's cosines times this (TinyCLIP
     # and MobileCLIP fix it at 100 and 50-70), sharper targets than a teacher whose scale stayed low
     teacher_logit_scale: float = 0.0

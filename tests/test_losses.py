@@ -12,6 +12,7 @@ from distill.losses import (
     feature_loss,
     similarity,
     similarity_kl_loss,
+    similarity_pearson_loss,
 )
 from distill.recipe import LossConfig
 
@@ -144,6 +145,72 @@ def test_kl_gradient_direction_moves_student_towards_teacher():
     loss.backward()
     stepped = similarity_kl_loss(s.detach() - 0.1 * s.grad, t, 1.0)
     assert stepped.item() < loss.item()
+
+
+# Pearson form (TeachCLIP)
+
+
+def explicit_pearson(student, teachers, temperature):
+    """1 - corr(softmax(s / T), p) per row, p the mean of the teachers' softmax(t / T); mean over rows and
+    both directions, by hand."""
+
+    def softmax(values):
+        exps = [math.exp(v / temperature) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    def corr(a, b):
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+        return cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+
+    def direction(s, ts):
+        total = 0.0
+        for i, row in enumerate(s):
+            target = [sum(ps) / len(ps) for ps in zip(*(softmax(t[i]) for t in ts))]
+            total += 1 - corr(softmax(row), target)
+        return total / len(s)
+
+    def transpose(m):
+        return [list(col) for col in zip(*m)]
+
+    return (direction(student, teachers) + direction(transpose(student), [transpose(t) for t in teachers])) / 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_pearson_matches_explicit_sum(temperature):
+    loss = similarity_pearson_loss(torch.tensor(LOGITS), torch.tensor(TEACHER), temperature)
+    assert 0 < loss.item() < 2
+    assert loss.item() == pytest.approx(explicit_pearson(LOGITS, [TEACHER], temperature), rel=1e-5)
+
+
+def test_pearson_zero_for_equal_distributions_and_blind_to_their_sharpness():
+    s = torch.tensor(LOGITS)
+    assert similarity_pearson_loss(s, s.clone(), 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    # A teacher with the student's order but 3x sharper rows, against one that ranks differently: the KL
+    # counts the sharper one at 63% of the other (by these numbers), the correlation at under 8%
+    sharper, t = 3.0 * s, torch.tensor(TEACHER)
+    kl = similarity_kl_loss(s, sharper, 1.0) / similarity_kl_loss(s, t, 1.0)
+    pearson = similarity_pearson_loss(s, sharper, 1.0) / similarity_pearson_loss(s, t, 1.0)
+    assert kl.item() > 0.5 and pearson.item() < 0.1
+
+
+def test_pearson_of_an_ensemble_correlates_with_the_mean_distribution_and_steps_downhill():
+    other = [[0.0, 1.0, 2.0], [2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]
+    targets = [torch.tensor(TEACHER), torch.tensor(other)]
+    loss = similarity_pearson_loss(torch.tensor(LOGITS), targets, 1.0)
+    assert loss.item() == pytest.approx(explicit_pearson(LOGITS, [TEACHER, other], 1.0), rel=1e-5)
+    s = torch.tensor(LOGITS, requires_grad=True)
+    similarity_pearson_loss(s, targets, 1.0).backward()
+    assert similarity_pearson_loss(s.detach() - 0.5 * s.grad, targets, 1.0).item() < loss.item()
+
+
+def test_kl_form_pearson_replaces_the_kl_term():
+    student, teacher = outputs(4, 8), outputs(4, 8, scale=20.0, seed=1)
+    config = LossConfig(kl_form="pearson", kl_weight=0.5, feature_weight=0.0, contrastive_weight=0.0)
+    losses = DistillationLoss(config, student_dim=8, teacher_dim=8)(student, teacher)
+    expected = 0.5 * similarity_pearson_loss(similarity(student), similarity(teacher), 1.0)
+    assert set(losses) == {"kl_loss"}
+    assert losses["kl_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 # feature matching
