@@ -51,8 +51,9 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
 `--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
-in `--out` is reused whatever `--teacher` or `--teacher-extra` says, so other teacher settings need
-another `--out`.
+in `--out` is reused when `--style`, `--teacher` and `--teacher-extra` are those it was trained with
+(teacher_args.json in its folder; the run stops when they differ), so other teacher settings need another
+`--out`.
 `--student-init` starts every student from an export (`student.init`), its path with `{size}` and `{seed}`
 filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
 both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
@@ -165,16 +166,28 @@ def main() -> None:
     style = [f"data.synthetic.style={args.style}"]
 
     def teacher(name: str) -> Path:
-        """The demo's teacher with the TEACHERS overrides of `name`, trained on the whole pool (or reused)."""
+        """The demo's teacher with the TEACHERS overrides of `name`, trained on the whole pool, or the one
+        trained in `out` before with the same arguments (kept in teacher_args.json next to it)."""
         path = out / f"teacher_{name}" / "teacher.safetensors"
-        if not path.is_file():
-            started = time.perf_counter()
-            path.parent.mkdir(exist_ok=True)
-            overrides = [f"output_dir={path.parent}", f"data.root={out / 'pool'}", "stages=[data,teacher]", *style]
-            if args.teacher_extra:
-                overrides += teacher_data(out, args.style, args.teacher_extra)
-            run([*overrides, *args.teacher, *TEACHERS[name]], path.parent / "teacher.log")
-            print(f"teacher {name}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
+        wanted = {"style": args.style, "teacher": args.teacher, "teacher_extra": args.teacher_extra}
+        recorded = path.parent / "teacher_args.json"
+        if path.is_file():
+            found = json.loads(recorded.read_text()) if recorded.is_file() else None
+            if found is not None and found != wanted:
+                differ = ", ".join(
+                    f"{key} {found[key]!r} (now {wanted[key]!r})" for key in wanted if found[key] != wanted[key]
+                )
+                sys.exit(f"{path} was trained with other arguments: {differ}; give another --out")
+            return path
+        started = time.perf_counter()
+        path.parent.mkdir(exist_ok=True)
+        overrides = [f"output_dir={path.parent}", f"data.root={out / 'pool'}", "stages=[data,teacher]", *style]
+        if args.teacher_extra:
+            synthetic = [o for o in args.teacher if o.startswith("data.synthetic.")]
+            overrides += teacher_data(out, [*style, *synthetic], args.teacher_extra)
+        run([*overrides, *args.teacher, *TEACHERS[name]], path.parent / "teacher.log")
+        recorded.write_text(json.dumps(wanted, indent=1) + "\n")
+        print(f"teacher {name}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
         return path
 
     # The students: the first --labelled clips, about the demo's 150 steps of 64 whatever their number.
@@ -220,21 +233,21 @@ def main() -> None:
     score(args, out, {name: teacher(name) for name in TEACHERS if (out / f"teacher_{name}").is_dir()}, epochs)
 
 
-def teacher_data(out: Path, style: str, extra: int) -> list[str]:
+def teacher_data(out: Path, synthetic: list[str], extra: int) -> list[str]:
     """Overrides for a teacher dataset (jsonl under `out`) of the pool and `extra` clips of a synthetic
     dataset from seed 1 (in `out/extra`), both generated here if they are not yet. Validation videos are
     held out by file name (or group), so the pool's are held out as in every other run, the extra
     dataset's by their own names. Extra clips whose caption is a pool validation caption are left out:
     within one synthetic split captions are distinct, so no training clip of the pool carries one, and the
     extra clips do not either. Test captions are not left out (the pool's training clips carry 343 of the
-    500 as well). The pool is the demo recipe's, whatever `--teacher data.*` says."""
+    500 as well). `synthetic`: the `data.synthetic.*` overrides of the pool, as the teacher's run gets them."""
     from dataclasses import replace
 
     from distill.data.splits import held_out
     from distill.data.synthetic import generate_synthetic
     from distill.recipe import load_recipe
 
-    data = load_recipe(REPO / "recipes" / "demo.yaml", [f"data.synthetic.style={style}"]).data
+    data = load_recipe(REPO / "recipes" / "demo.yaml", synthetic).data
     generate_synthetic(out / "pool", data.synthetic)
     generate_synthetic(out / "extra", replace(data.synthetic, num_train=extra, num_test=1, seed=1))
     read = {
@@ -343,7 +356,7 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"teacher on the {POOL}-clip pool{f' and {args.teacher_extra} more clips' if args.teacher_extra else ''}, "
-        f"students on its first {args.labelled} clips for {epochs} epochs; "
+        f"students on its first {args.labelled} clips for {epochs} epochs (kdpool: the same steps over more clips); "
         f"R@1 on the pool's {args.split} split ({len(data)} captions of {len(set(data.video_ids))} videos), "
         f"mean ± std over seeds {args.seeds}\n"
     )
