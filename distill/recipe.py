@@ -269,7 +269,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
 
 def check_inheritance_here(recipe: Recipe) -> None:
     """`student.text=inherit` fits the text tower of the teacher the teacher stage trains (a given teacher is
-    checked when the distill stage reads it)."""
+    checked by `start_run`, once it is loaded, before any stage)."""
     from distill.context import teacher_arch  # torch and open_clip, only for recipes that need them
     from students.model import TextTower, check_inheritance
 
