@@ -74,6 +74,10 @@ class TeacherConfig:
     text_layers: int = 3
     cross_layers: int = 2  # layers of the seqTransf temporal transformer or the tightTransf cross encoder
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The teacher stage trains on a random crop of every clip each epoch (distill.augment): sides a fraction
+    # of the frame's drawn from [crop_scale, 1], the same crop for all of a clip's frames, resized back;
+    # 1 turns it off
+    crop_scale: float = 1.0
 
 
 @dataclass
@@ -213,6 +217,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         value = attrgetter(key)(recipe)
         if value < 0 or (value == 0 and key in POSITIVE):
             raise RecipeError(f"{key}: must be {'positive' if key in POSITIVE else 'zero or more'}, got {value}")
+    if not 0 < recipe.teacher.crop_scale <= 1:
+        raise RecipeError(f"teacher.crop_scale: must be in (0, 1], got {recipe.teacher.crop_scale}")
     if not 0 <= recipe.data.val_fraction < 1:
         raise RecipeError(f"data.val_fraction: must be at least 0 and below 1, got {recipe.data.val_fraction}")
     check_data_files(recipe.data)

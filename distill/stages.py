@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from accelerate.utils import set_seed
 from torch import nn
 
+from distill.augment import random_crops
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key, teacher_sha256
 from distill.config import recipe_to_dict
 from distill.context import Run, build_student, run_views, teacher_arch
@@ -92,6 +94,9 @@ def train_teacher(run: Run) -> CLIP4Clip:
     else:
         model = CLIP4Clip(teacher_arch(r.teacher, r.data.max_words))
     loss = DistillationLoss(LossConfig(contrastive_weight=1.0), student_dim=0, teacher_dim=0)
+    crops = None
+    if r.teacher.crop_scale < 1:
+        crops = partial(random_crops, view="teacher", scale=r.teacher.crop_scale, seed=r.seed)
     model = train(
         model,
         loss,
@@ -104,6 +109,7 @@ def train_teacher(run: Run) -> CLIP4Clip:
         name="teacher",
         num_workers=r.data.num_workers,
         validate=validation(run, "teacher"),
+        augment=crops,
     )
     path = run.dir / "teacher.safetensors"
     if run.accelerator.is_main_process:

@@ -190,6 +190,7 @@ def train(
     teacher: TeacherOutputs | None = None,
     num_workers: int = 0,
     validate: Callable[[nn.Module], dict[str, float]] | None = None,
+    augment: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]] | None = None,
 ) -> nn.Module:
     """Trains `model` (and the learnable parts of `loss_fn`) and returns the unwrapped model.
 
@@ -201,6 +202,8 @@ def train(
         num_workers: DataLoader worker processes (`data.num_workers`).
         validate: metrics of the model (in eval mode, on every process) at the end of each epoch and of
             training, added to that step's log line; the random state is kept around it.
+        augment: `(batch, epoch) -> batch`, applied to this process's part of every batch before the model
+            reads it (`distill.augment.random_crops`).
     """
     loader = training_loader(
         dataset, config.batch_size, seed, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda"
@@ -244,6 +247,8 @@ def train(
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         batches.set_epoch(epoch)  # a prepared loader would otherwise set the sampler to its own epoch count
         for batch in batches:
+            if augment is not None:
+                batch = augment(batch, epoch)
             micro = split_batch(batch, config.accumulate)
             teacher_out = teacher(micro) if teacher is not None else None  # in the teacher's own precision
             losses = loss_fn(scorer.loss_inputs(student.forward(micro)), teacher_out)
