@@ -39,6 +39,8 @@ smaller split gets about the demo's number of steps):
   all_fd4   all with feature matching at 4 (CLIP-KD's 2000 on the per-element mean of 512-wide
             embeddings: 3.9 on our per-vector sum)
   all_pear  all with the KL replaced by TeachCLIP's Pearson form (`loss.kl_form=pearson`)
+  all_gt0   all without the ground-truth term (MobileCLIP's weight for its small students)
+  all_gt02_fd4  all_gt02 and all_fd4 together
 Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   wide   the demo's student before issue 11: ViT-Tiny blocks 192 wide, 2 deep, at 32 px, text 96 wide x 2
   small  the same with 96-wide ViT blocks and a rank-16 factorised token embedding
@@ -99,6 +101,8 @@ VARIANTS = {
     "all_gt02": {**ALL, "contrastive_weight": 0.2},
     "all_fd4": {**ALL, "feature_weight": 4.0},
     "all_pear": {**ALL, "kl_form": "pearson"},
+    "all_gt0": {**ALL, "contrastive_weight": 0.0},
+    "all_gt02_fd4": {**ALL, "contrastive_weight": 0.2, "feature_weight": 4.0},
 }
 # The teachers a variant may name (default: seqTransf, the demo's), each the demo recipe on the pool.
 TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"], "seqTransf24": ["teacher.train.epochs=24"]}
