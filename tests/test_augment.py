@@ -1,5 +1,7 @@
 """Random crops for the teacher stage (teacher.crop_scale): one crop a clip, drawn from its pair index."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny import TINY
@@ -7,7 +9,8 @@ from tiny import TINY
 from distill.augment import crop_box, random_crops
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
-from tests.test_init import DEMO
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 
 
 def ramp_batch(indices: list[int], frames: int = 3, size: int = 16) -> dict[str, torch.Tensor]:
