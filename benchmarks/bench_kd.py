@@ -37,8 +37,9 @@ smaller split gets about the demo's number of steps):
                 cross-model term: it predates it)
   all_gt02  all with the ground-truth term at 0.2 (TeachCLIP's weight)
   all_fd4   all with feature matching at 4 (CLIP-KD's 2000 on the per-element mean of 512-wide
-            embeddings: 3.9 on our per-vector sum)
-  all_pear  all with the KL replaced by TeachCLIP's Pearson form (`loss.kl_form=pearson`)
+            embeddings, summed over images and texts, is 7.8 on our per-vector sum averaged over both)
+  all_pear  all with the KL replaced by TeachCLIP's per-row Pearson form (`loss.kl_form=pearson`; TeachCLIP
+            sums the two directions where we average them, so its weight 1 is our 2)
   all_gt0   all without the ground-truth term (MobileCLIP's weight for its small students)
   all_gt02_fd4  all_gt02 and all_fd4 together
 Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
@@ -54,8 +55,8 @@ Extra `dotted.key=value` arguments apply to every student run (e.g. student.temp
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
 `--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
 in `--out` is reused when `--style`, `--teacher` and `--teacher-extra` are those it was trained with
-(teacher_args.json in its folder; the run stops when they differ), so other teacher settings need another
-`--out`.
+(teacher_args.json in its folder; training stops when they differ, `--score-only` warns, and a folder
+without the file is reused with a warning), so other teacher settings need another `--out`.
 `--student-init` starts every student from an export (`student.init`), its path with `{size}` and `{seed}`
 filled in: e.g. students of a `--style shapes` run, so that on scenes the twin and the distilled student
 both start from a student pretrained without a teacher, as the teacher is (`--teacher teacher.init=...`).
@@ -90,11 +91,41 @@ VARIANTS = {
     "all": ALL,
     "kd": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0},
     "kdpool": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0, "pool": 1},
-    "kl50": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 50.0},
-    "kl100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teacher_logit_scale": 100.0},
-    "all100": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "teacher_logit_scale": 100.0},
-    "klmeanP": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["meanP"]},
-    "ens": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "teachers": ["seqTransf", "meanP"]},
+    "kl50": {
+        "contrastive_weight": 1.0,
+        "kl_weight": 1.0,
+        "feature_weight": 0.0,
+        "cross_weight": 0.0,
+        "teacher_logit_scale": 50.0,
+    },
+    "kl100": {
+        "contrastive_weight": 1.0,
+        "kl_weight": 1.0,
+        "feature_weight": 0.0,
+        "cross_weight": 0.0,
+        "teacher_logit_scale": 100.0,
+    },
+    "all100": {
+        "contrastive_weight": 1.0,
+        "kl_weight": 1.0,
+        "feature_weight": 1.0,
+        "cross_weight": 0.0,
+        "teacher_logit_scale": 100.0,
+    },
+    "klmeanP": {
+        "contrastive_weight": 1.0,
+        "kl_weight": 1.0,
+        "feature_weight": 0.0,
+        "cross_weight": 0.0,
+        "teachers": ["meanP"],
+    },
+    "ens": {
+        "contrastive_weight": 1.0,
+        "kl_weight": 1.0,
+        "feature_weight": 0.0,
+        "cross_weight": 0.0,
+        "teachers": ["seqTransf", "meanP"],
+    },
     "allT24": {**ALL, "teachers": ["seqTransf24"]},
     "all_s50": {**ALL, "teacher_logit_scale": 50.0},
     "all_s100": {**ALL, "teacher_logit_scale": 100.0},
@@ -177,11 +208,17 @@ def main() -> None:
         recorded = path.parent / "teacher_args.json"
         if path.is_file():
             found = json.loads(recorded.read_text()) if recorded.is_file() else None
-            if found is not None and found != wanted:
+            if found is None:
+                print(f"warning: {path} has no teacher_args.json (trained before bench_kd kept one); reused as is")
+            elif found != wanted:
                 differ = ", ".join(
-                    f"{key} {found[key]!r} (now {wanted[key]!r})" for key in wanted if found[key] != wanted[key]
+                    f"{key} {found.get(key)!r} (now {value!r})"
+                    for key, value in wanted.items()
+                    if found.get(key) != value
                 )
-                sys.exit(f"{path} was trained with other arguments: {differ}; give another --out")
+                if not args.score_only:
+                    sys.exit(f"{path} was trained with other arguments: {differ}; give another --out")
+                print(f"warning: {path} was trained with other arguments: {differ}; scored as it is")
             return path
         started = time.perf_counter()
         path.parent.mkdir(exist_ok=True)

@@ -219,6 +219,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
             raise RecipeError(f"{key}: must be {'positive' if key in POSITIVE else 'zero or more'}, got {value}")
     if not 0 < recipe.teacher.crop_scale <= 1:
         raise RecipeError(f"teacher.crop_scale: must be in (0, 1], got {recipe.teacher.crop_scale}")
+    if recipe.teacher.crop_scale < 1 and recipe.teacher.source is not None:
+        raise RecipeError("teacher.crop_scale: crops are for a teacher trained here; teacher.source is given as it is")
     if not 0 <= recipe.data.val_fraction < 1:
         raise RecipeError(f"data.val_fraction: must be at least 0 and below 1, got {recipe.data.val_fraction}")
     check_data_files(recipe.data)

@@ -33,7 +33,8 @@ def test_a_crop_is_one_box_for_every_frame_at_least_scale_of_each_side():
         x, y = clip[0, 0], clip[0, 1]
         assert (x.min().item(), x.max().item()) == pytest.approx((left, left + w - 1), abs=1e-4)
         assert (y.min().item(), y.max().item()) == pytest.approx((top, top + h - 1), abs=1e-4)
-    assert torch.equal(batch["student_video"], ramp_batch(list(range(20)))["student_video"])  # the other view
+    returned = random_crops(batch, 0, view="teacher", scale=0.5, seed=0)["student_video"]
+    assert torch.equal(returned, ramp_batch(list(range(20)))["student_video"])  # the other view as it was
 
 
 def test_crops_follow_the_pair_not_the_batch_and_change_each_epoch():
@@ -52,6 +53,13 @@ def test_crops_follow_the_pair_not_the_batch_and_change_each_epoch():
 def test_crop_scale_outside_zero_to_one_is_refused(tmp_path, value):
     with pytest.raises(RecipeError, match=f"teacher.crop_scale: must be in \\(0, 1\\], got {float(value)}"):
         load_recipe(DEMO, [f"data.root={tmp_path}", f"teacher.crop_scale={value}"])
+
+
+def test_crop_scale_with_a_given_teacher_is_refused(tmp_path):
+    source = tmp_path / "teacher.safetensors"
+    source.write_bytes(b"")
+    with pytest.raises(RecipeError, match="teacher.crop_scale: crops are for a teacher trained here"):
+        load_recipe(DEMO, [f"data.root={tmp_path}", f"teacher.source={source}", "teacher.crop_scale=0.8"])
 
 
 def test_teacher_stage_trains_on_crops_reproducibly(tmp_path):
