@@ -83,49 +83,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 POOL = 1600  # the demo's train clips: what the teacher trains on
 ALL = {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 1.0}
+KL = {**ALL, "feature_weight": 0.0, "cross_weight": 0.0}
 VARIANTS = {
     "gt": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 0.0},
-    "kl": {"contrastive_weight": 1.0, "kl_weight": 1.0, "feature_weight": 0.0, "cross_weight": 0.0},
+    "kl": KL,
     "feat": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 1.0, "cross_weight": 0.0},
     "cross": {"contrastive_weight": 1.0, "kl_weight": 0.0, "feature_weight": 0.0, "cross_weight": 1.0},
     "all": ALL,
     "kd": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0},
     "kdpool": {"contrastive_weight": 0.0, "kl_weight": 1.0, "feature_weight": 1.0, "cross_weight": 0.0, "pool": 1},
-    "kl50": {
-        "contrastive_weight": 1.0,
-        "kl_weight": 1.0,
-        "feature_weight": 0.0,
-        "cross_weight": 0.0,
-        "teacher_logit_scale": 50.0,
-    },
-    "kl100": {
-        "contrastive_weight": 1.0,
-        "kl_weight": 1.0,
-        "feature_weight": 0.0,
-        "cross_weight": 0.0,
-        "teacher_logit_scale": 100.0,
-    },
-    "all100": {
-        "contrastive_weight": 1.0,
-        "kl_weight": 1.0,
-        "feature_weight": 1.0,
-        "cross_weight": 0.0,
-        "teacher_logit_scale": 100.0,
-    },
-    "klmeanP": {
-        "contrastive_weight": 1.0,
-        "kl_weight": 1.0,
-        "feature_weight": 0.0,
-        "cross_weight": 0.0,
-        "teachers": ["meanP"],
-    },
-    "ens": {
-        "contrastive_weight": 1.0,
-        "kl_weight": 1.0,
-        "feature_weight": 0.0,
-        "cross_weight": 0.0,
-        "teachers": ["seqTransf", "meanP"],
-    },
+    "kl50": {**KL, "teacher_logit_scale": 50.0},
+    "kl100": {**KL, "teacher_logit_scale": 100.0},
+    "all100": {**KL, "feature_weight": 1.0, "teacher_logit_scale": 100.0},
+    "klmeanP": {**KL, "teachers": ["meanP"]},
+    "ens": {**KL, "teachers": ["seqTransf", "meanP"]},
     "allT24": {**ALL, "teachers": ["seqTransf24"]},
     "all_s50": {**ALL, "teacher_logit_scale": 50.0},
     "all_s100": {**ALL, "teacher_logit_scale": 100.0},
@@ -391,8 +362,12 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
             rows[size, variant].append(r1(student, "student"))
             p = student.preprocessing
             cost.setdefault(size, efficiency(student, views[p.max_frames, p.image_size], "student"))
-    results = {"rows": {f"{size} {variant}".strip(): r for (size, variant), r in rows.items()}, "cost": cost}
-    (out / f"results_{args.split}.json").write_text(json.dumps(results, indent=1))
+    # Rows of earlier invocations (other variants) stay in the file; this one's replace theirs.
+    path = out / f"results_{args.split}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "cost": {}}
+    results["rows"].update({f"{size} {variant}".strip(): r for (size, variant), r in rows.items()})
+    results["cost"].update(cost)
+    path.write_text(json.dumps(results, indent=1))
 
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "

@@ -23,7 +23,14 @@ from distill.data.shards import open_shards
 from distill.data.splits import check_disjoint, hold_out
 from distill.recipe import Recipe, TeacherConfig
 from distill.train import check_split
-from students import Student, check_inheritance, inherited_text_tower, load_student, teacher_text_tower
+from students import (
+    Student,
+    check_inheritance,
+    inherited_text_tower,
+    load_student,
+    teacher_text_sizes,
+    teacher_text_tower,
+)
 from teachers import CLIP4Clip, load_teacher
 from teachers.archs import clip_arch
 
@@ -150,7 +157,7 @@ def start_run(recipe: Recipe) -> Run:
     teacher = given_teacher(recipe, accelerator.device)
     if teacher is not None and recipe.student.text == "inherit" and "distill" in recipe.stages:
         # before any stage: the cache stage ahead of distillation can take hours on a real dataset
-        check_inheritance(recipe.student, teacher_text_tower(teacher, recipe.data.max_words)[0])
+        check_inheritance(recipe.student, teacher_text_sizes(teacher, recipe.data.max_words))
     size = run_views(recipe, teacher)["teacher"].size
     ensemble = []
     for i, source in enumerate(recipe.teacher.ensemble):

@@ -215,10 +215,8 @@ def check_student(config: StudentConfig, max_words: int) -> None:
         ) from None
 
 
-def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, dict[str, torch.Tensor]]:
-    """The sizes (`teacher_text` of a `Student`) and the weights (for `student.text`) of a CLIP4Clip
-    teacher's text tower, cut to `max_words` positions as the teacher runs it: a student with them embeds
-    every caption exactly as the teacher does.
+def teacher_text_sizes(teacher: nn.Module, max_words: int) -> TextTower:
+    """The sizes of a CLIP4Clip teacher's text tower (`teacher_text` of a `Student`), without its weights.
 
     Raises:
         ValueError: The teacher's text tower is not OpenAI CLIP's (`teacher.openai_text_tower`), as in some
@@ -236,12 +234,19 @@ def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, d
             f"({teacher.context_length}), which student.text=teacher or inherit reads"
         )
     block = clip.transformer.resblocks[0]
-    sizes = TextTower(
+    return TextTower(
         width=clip.transformer.width,
         heads=block.attn.num_heads,
         layers=len(clip.transformer.resblocks),
         quick_gelu=isinstance(block.mlp.gelu, QuickGELU),
     )
+
+
+def teacher_text_tower(teacher: nn.Module, max_words: int) -> tuple[TextTower, dict[str, torch.Tensor]]:
+    """The sizes (`teacher_text_sizes`) and the weights (for `student.text`) of a CLIP4Clip teacher's text
+    tower, cut to `max_words` positions as the teacher runs it: a student with them embeds every caption
+    exactly as the teacher does. Raises `teacher_text_sizes`'s ValueError."""
+    sizes, clip = teacher_text_sizes(teacher, max_words), teacher.clip
     weights = {
         "token_embedding.weight": clip.token_embedding.weight,
         "positional_embedding": clip.positional_embedding[:max_words],
