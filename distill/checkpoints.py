@@ -2,11 +2,14 @@
 the prepared LR scheduler, random states), the step in the folder's name.
 
 A folder is written as `partial_<step>` and renamed, so a kill during a save never leaves a newest
-checkpoint that cannot be loaded (accelerate's own checkpoint naming writes in place).
+checkpoint that cannot be loaded (accelerate's own checkpoint naming writes in place). Each folder also
+keeps `settings.json`, the recipe keys that shape the stage's model and optimisation: a resume with other
+values would silently continue another run, so it stops naming them.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,24 +21,36 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, folder: Path, step: int) -> Path:
-    """Saves the training state after `step` optimizer steps to `folder/checkpoint_<step>`."""
+def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, settings: dict | None = None) -> Path:
+    """Saves the training state after `step` optimizer steps, and `settings`, to `folder/checkpoint_<step>`."""
     final, partial = folder / f"checkpoint_{step}", folder / f"partial_{step}"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # what a save killed half-way left
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
+        if settings is not None:
+            (partial / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     accelerator.wait_for_everyone()
     return final
 
 
-def resume(accelerator: Accelerator, folder: Path) -> tuple[int, Path | None]:
-    """Loads the newest checkpoint in `folder`, if any: `(its step, its path)`, else `(0, None)`."""
+def resume(accelerator: Accelerator, folder: Path, settings: dict | None = None) -> tuple[int, Path | None]:
+    """Loads the newest checkpoint in `folder`, if any: `(its step, its path)`, else `(0, None)`. Stops if it
+    was saved with other `settings` (a checkpoint without settings.json is taken as it is)."""
     latest = newest_checkpoint(folder)
     if latest is None:
         return 0, None
+    saved = latest / "settings.json"
+    if settings is not None and saved.is_file():
+        found = json.loads(saved.read_text())
+        if differ := [key for key in sorted(found.keys() | settings.keys()) if found.get(key) != settings.get(key)]:
+            changes = ", ".join(f"{key} {found.get(key)!r} (now {settings.get(key)!r})" for key in differ)
+            raise ValueError(
+                f"{latest} was saved with {changes}: resuming would continue another run; set them back, "
+                "or train from the start in another output_dir"
+            )
     accelerator.load_state(str(latest))
     return int(latest.name.split("_")[1]), latest

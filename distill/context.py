@@ -143,6 +143,20 @@ def start_run(recipe: Recipe) -> Run:
         check_split("train.batch_size", train.batch_size, processes, train.accumulate)
     if "teacher" in recipe.stages and recipe.teacher.source is None:
         check_split("teacher.train.batch_size", teacher.batch_size, processes, teacher.accumulate)
+    # Every check that can stop the run comes before the run folder and the trackers, so a bad teacher leaves
+    # nothing behind; the inherit check also before any stage (the cache stage can take hours on real data).
+    teacher = given_teacher(recipe, accelerator.device)
+    if teacher is not None and recipe.student.text == "inherit" and "distill" in recipe.stages:
+        check_inheritance(recipe.student, teacher_text_sizes(teacher, recipe.data.max_words))
+    size = run_views(recipe, teacher)["teacher"].size
+    ensemble = []
+    for i, source in enumerate(recipe.teacher.ensemble):
+        ensemble.append(load_teacher(source, device=accelerator.device, precision=recipe.teacher.precision))
+        if ensemble[-1].input_size != size:
+            raise ValueError(
+                f"teacher.ensemble[{i}]: {source} reads {ensemble[-1].input_size} px frames, the first teacher "
+                f"{size} px; the teachers share one view of each clip"
+            )
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, recipe.run_dir / "recipe.yaml")
@@ -154,19 +168,6 @@ def start_run(recipe: Recipe) -> Run:
         )
     if log_with:
         accelerator.init_trackers(recipe.name, config=flat_config(recipe_to_dict(recipe)))
-    teacher = given_teacher(recipe, accelerator.device)
-    if teacher is not None and recipe.student.text == "inherit" and "distill" in recipe.stages:
-        # before any stage: the cache stage ahead of distillation can take hours on a real dataset
-        check_inheritance(recipe.student, teacher_text_sizes(teacher, recipe.data.max_words))
-    size = run_views(recipe, teacher)["teacher"].size
-    ensemble = []
-    for i, source in enumerate(recipe.teacher.ensemble):
-        ensemble.append(load_teacher(source, device=accelerator.device, precision=recipe.teacher.precision))
-        if ensemble[-1].input_size != size:
-            raise ValueError(
-                f"teacher.ensemble[{i}]: {source} reads {ensemble[-1].input_size} px frames, the first teacher "
-                f"{size} px; the teachers share one view of each clip"
-            )
     return Run(recipe, accelerator, teacher=teacher, ensemble=ensemble)
 
 

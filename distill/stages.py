@@ -17,14 +17,14 @@ from torch import nn
 from distill.augment import random_crops
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key, teacher_sha256
 from distill.config import recipe_to_dict
-from distill.context import Run, build_student, run_views, teacher_arch
+from distill.context import Run, build_student, flat_config, run_views, teacher_arch
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import CLIP_MEAN, CLIP_STD
 from distill.evaluate import evaluate as evaluate_models
 from distill.evaluate import model_metrics, write_reports
 from distill.losses import DistillationLoss
 from distill.prepare import write_frames
-from distill.recipe import LossConfig, embedding_term
+from distill.recipe import LossConfig, Recipe, embedding_term
 from distill.scorers import scorer_for
 from distill.train import OnlineTeacher, TeacherEnsemble, train
 from students import Student, export_student, load_student, round_weights
@@ -80,6 +80,20 @@ def validation(run: Run, trained: str) -> Callable[[nn.Module], dict[str, float]
     return validate
 
 
+# Keys that may change between a killed run and its resume: how often it checkpoints and logs, and how the
+# frozen teacher is run and cached after its stage.
+RESUMABLE = {f"{t}.{k}" for t in ("train", "teacher.train") for k in ("resume", "checkpoint_every", "log_every")}
+RESUMABLE |= {f"teacher.{k}" for k in ("source", "ensemble", "precision", "cache", "cache_videos_per_shard")}
+
+
+def checkpoint_settings(recipe: Recipe, sections: tuple[str, ...]) -> dict:
+    """The seed and the recipe `sections` that shape a training stage's model and optimisation, kept with
+    its checkpoints (`distill.checkpoints`)."""
+    found = recipe_to_dict(recipe)
+    flat = flat_config({name: found[name] for name in sections})
+    return {"seed": recipe.seed} | {key: value for key, value in flat.items() if key not in RESUMABLE}
+
+
 def train_teacher(run: Run) -> CLIP4Clip:
     """teacher: a given `teacher.source` as it is; without one, a CLIP4Clip trained on the train pairs
     (contrastive loss only) from `teacher.init` or from random weights, saved as `teacher.safetensors` and
@@ -110,6 +124,7 @@ def train_teacher(run: Run) -> CLIP4Clip:
         num_workers=r.data.num_workers,
         validate=validation(run, "teacher"),
         augment=crops,
+        settings=checkpoint_settings(r, ("teacher",)),
     )
     path = run.dir / "teacher.safetensors"
     if run.accelerator.is_main_process:
@@ -210,6 +225,7 @@ def distill(run: Run) -> Student:
         teacher=teacher,
         num_workers=r.data.num_workers,
         validate=validation(run, "student"),
+        settings=checkpoint_settings(r, ("student", "loss", "train")),
     )
     round_weights(student, r.export.dtype)
     run.accelerator.print("distill: student trained")

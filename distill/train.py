@@ -191,6 +191,7 @@ def train(
     num_workers: int = 0,
     validate: Callable[[nn.Module], dict[str, float]] | None = None,
     augment: Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]] | None = None,
+    settings: dict | None = None,
 ) -> nn.Module:
     """Trains `model` (and the learnable parts of `loss_fn`) and returns the unwrapped model.
 
@@ -204,6 +205,8 @@ def train(
             training, added to that step's log line; the random state is kept around it.
         augment: `(batch, epoch) -> batch`, applied to this process's part of every batch before the model
             reads it (`distill.augment.random_crops`).
+        settings: JSON values saved with every checkpoint; resuming from one saved with others stops
+            (`distill.checkpoints`).
     """
     loader = training_loader(
         dataset, config.batch_size, seed, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda"
@@ -231,7 +234,7 @@ def train(
         loss_fn = accelerator.prepare(loss_fn)
 
     checkpoints = run_dir / "checkpoints" / name
-    step, latest = resume(accelerator, checkpoints) if config.resume == "auto" else (0, None)
+    step, latest = resume(accelerator, checkpoints, settings) if config.resume == "auto" else (0, None)
     saved = step if latest else None  # the step of the newest checkpoint `latest`
     if latest:
         accelerator.print(f"{name}: resumed from {latest} at step {step}")
@@ -255,7 +258,7 @@ def train(
             # Every process holds the same global losses, so all of them stop here together.
             if bad := non_finite(losses):
                 if saved != step:
-                    latest = save_checkpoint(accelerator, checkpoints, step)
+                    latest = save_checkpoint(accelerator, checkpoints, step, settings)
                 raise FloatingPointError(
                     f"{name}: {bad} at step {step + 1}; the training state before that step is saved in {latest}"
                 )
@@ -286,7 +289,7 @@ def train(
                         model.train()
                 log.write(step, record)
             if step == total or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                latest, saved = save_checkpoint(accelerator, checkpoints, step), step
+                latest, saved = save_checkpoint(accelerator, checkpoints, step, settings), step
             if step == total:
                 break
     bar.close()

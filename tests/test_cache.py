@@ -298,5 +298,6 @@ def test_an_ensemble_teacher_of_another_input_size_stops_the_run(data, tmp_path)
     ]
     with pytest.raises(ValueError, match=r"teacher.ensemble\[0\]: .*other.safetensors reads 32 px frames, the first"):
         start_run(load_recipe(REPO / "recipes" / "demo.yaml", overrides))
+    assert not (tmp_path / "run").exists()  # checked before the run folder (recipe.yaml, trackers) is made
     with pytest.raises(ValueError, match=r"teacher.ensemble\[0\]: no such file: .*missing"):
         load_recipe(REPO / "recipes" / "demo.yaml", [*overrides[:3], "teacher.ensemble=[missing.safetensors]"])

@@ -99,11 +99,11 @@ def test_student_text_inherit_starts_from_the_teachers_tower_and_ships(tmp_path)
     assert all(torch.equal(value, reloaded[name]) for name, value in student.state_dict().items())
     with pytest.raises(ValueError, match="student.text_width, text_heads: 32, 2, but student.text=inherit"):
         build_student(load_recipe(DEMO, [*given, "student.text=inherit"]), teacher)
-    # A given teacher is checked when the run starts, before the data and cache stages
+    # A given teacher is checked when the run starts, before the run folder, the data and cache stages
     with pytest.raises(ValueError, match="student.text_layers: 4; student.text=inherit takes 1 to the teacher's 3"):
         four = ["student.text_layers=4", f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}"]
         run_recipe(load_recipe(DEMO, [*given, *inherit, *four]))
-    assert not (tmp_path / "run" / "teacher_cache").exists() and not (tmp_path / "data").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
     # the teacher of TINY, trained by the recipe: 64 wide (1 head), one layer
     with pytest.raises(RecipeError, match="student.text_width, text_heads: 32, 2, .* 64 wide with 1 heads"):
         load_recipe(DEMO, [*TINY, f"data.root={tmp_path}", "student.text=inherit"])
