@@ -71,6 +71,9 @@ def similarity_pearson_loss(
 
     A correlation ignores the rows' scale, so a student whose distributions are sharper or softer than the
     teacher's but ranked alike pays little: less sensitive to the two models' logit scales than the KL.
+    As in TeachCLIP: no T^2 factor (the KL has one so that its gradients keep their size at any temperature;
+    this term's do not), and cosine_similarity's eps of 1e-8, so a row with no spread at all (a collapsed
+    student) has a very large gradient, which train.grad_clip bounds.
     """
     terms = []
     for s, t in _distributions(student_logits, teacher_logits, temperature):
