@@ -58,23 +58,21 @@ def teacher_sha256(teacher: nn.Module) -> str:
     return h.hexdigest()
 
 
+def dataset_key(dataset: VideoTextDataset) -> dict:
+    """The pairs of a dataset: their number, their videos' and a hash of every (video, caption)."""
+    pairs = json.dumps([dataset.video_ids, dataset.captions]).encode()
+    return {"pairs": len(dataset), "videos": len(dataset.first_pairs()), "sha256": hashlib.sha256(pairs).hexdigest()}
+
+
+def teacher_key(teacher: nn.Module) -> dict:
+    """A frozen teacher by its head, the precision it computes in and its weights."""
+    return {"sim_header": teacher.sim_header, "precision": teacher.precision, "sha256": teacher_sha256(teacher)}
+
+
 def cache_key(dataset: VideoTextDataset, teacher: nn.Module, sampling: dict) -> dict:
     """What a cache is valid for. `sampling`: everything that shapes the teacher's view of a clip and its
     tokens (frames, size, frame rate, slicing, max_words, decoder)."""
-    pairs = json.dumps([dataset.video_ids, dataset.captions]).encode()
-    return {
-        "dataset": {
-            "pairs": len(dataset),
-            "videos": len(dataset.first_pairs()),
-            "sha256": hashlib.sha256(pairs).hexdigest(),
-        },
-        "sampling": sampling,
-        "teacher": {
-            "sim_header": teacher.sim_header,
-            "precision": teacher.precision,
-            "sha256": teacher_sha256(teacher),
-        },
-    }
+    return {"dataset": dataset_key(dataset), "sampling": sampling, "teacher": teacher_key(teacher)}
 
 
 def differences(cached: dict, wanted: dict) -> list[str]:

@@ -3,8 +3,8 @@ the prepared LR scheduler, random states), the step in the folder's name.
 
 A folder is written as `partial_<step>` and renamed, so a kill during a save never leaves a newest
 checkpoint that cannot be loaded (accelerate's own checkpoint naming writes in place). Each folder also
-keeps `settings.json`, the recipe keys that shape the stage's model and optimisation: a resume with other
-values would silently continue another run, so it stops naming them.
+keeps `settings.json`, what its stage trains with (`distill.stages.checkpoint_settings`): a resume with
+other values would silently continue another run, so it stops naming them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, settings:
         shutil.rmtree(partial, ignore_errors=True)  # what a save killed half-way left
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its random states before the rename
     if accelerator.is_main_process:
         if settings is not None:
             (partial / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
@@ -39,15 +40,16 @@ def save_checkpoint(accelerator: Accelerator, folder: Path, step: int, settings:
 
 def resume(accelerator: Accelerator, folder: Path, settings: dict | None = None) -> tuple[int, Path | None]:
     """Loads the newest checkpoint in `folder`, if any: `(its step, its path)`, else `(0, None)`. Stops if it
-    was saved with other `settings` (a checkpoint without settings.json is taken as it is)."""
+    was saved with other `settings`; a key only one side has (a recipe field added since) is not compared,
+    and a checkpoint without settings.json (saved before they were kept) is taken as it is."""
     latest = newest_checkpoint(folder)
     if latest is None:
         return 0, None
     saved = latest / "settings.json"
     if settings is not None and saved.is_file():
         found = json.loads(saved.read_text())
-        if differ := [key for key in sorted(found.keys() | settings.keys()) if found.get(key) != settings.get(key)]:
-            changes = ", ".join(f"{key} {found.get(key)!r} (now {settings.get(key)!r})" for key in differ)
+        if differ := [key for key in sorted(found.keys() & settings.keys()) if found[key] != settings[key]]:
+            changes = ", ".join(f"{key} {found[key]!r} (now {settings[key]!r})" for key in differ)
             raise ValueError(
                 f"{latest} was saved with {changes}: resuming would continue another run; set them back, "
                 "or train from the start in another output_dir"

@@ -143,8 +143,9 @@ def start_run(recipe: Recipe) -> Run:
         check_split("train.batch_size", train.batch_size, processes, train.accumulate)
     if "teacher" in recipe.stages and recipe.teacher.source is None:
         check_split("teacher.train.batch_size", teacher.batch_size, processes, teacher.accumulate)
-    # Every check that can stop the run comes before the run folder and the trackers, so a bad teacher leaves
-    # nothing behind; the inherit check also before any stage (the cache stage can take hours on real data).
+    # The given teachers are loaded and checked against the recipe (input sizes, text=inherit) before the run
+    # folder and the trackers, so a bad one leaves nothing behind, and before any stage (the cache stage can
+    # take hours on real data).
     teacher = given_teacher(recipe, accelerator.device)
     if teacher is not None and recipe.student.text == "inherit" and "distill" in recipe.stages:
         check_inheritance(recipe.student, teacher_text_sizes(teacher, recipe.data.max_words))

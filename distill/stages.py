@@ -7,7 +7,7 @@ files there, and returns what it made for the stages after it; `distill.pipeline
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from distill.augment import random_crops
-from distill.cache import CacheError, TeacherCache, build_cache, cache_key, teacher_sha256
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key, dataset_key, teacher_key, teacher_sha256
 from distill.config import recipe_to_dict
 from distill.context import Run, build_student, flat_config, run_views, teacher_arch
 from distill.data.synthetic import generate_synthetic
@@ -24,7 +24,7 @@ from distill.evaluate import evaluate as evaluate_models
 from distill.evaluate import model_metrics, write_reports
 from distill.losses import DistillationLoss
 from distill.prepare import write_frames
-from distill.recipe import LossConfig, Recipe, embedding_term
+from distill.recipe import LossConfig, embedding_term
 from distill.scorers import scorer_for
 from distill.train import OnlineTeacher, TeacherEnsemble, train
 from students import Student, export_student, load_student, round_weights
@@ -80,18 +80,30 @@ def validation(run: Run, trained: str) -> Callable[[nn.Module], dict[str, float]
     return validate
 
 
-# Keys that may change between a killed run and its resume: how often it checkpoints and logs, and how the
-# frozen teacher is run and cached after its stage.
+# Recipe keys that may change between a killed run and its resume: how often it checkpoints and logs, the
+# micro-batches of a step (the same losses over the whole batch), and how the frozen teacher is run and
+# cached after its stage (the distill stage keeps the teachers themselves, `teacher_key`).
 RESUMABLE = {f"{t}.{k}" for t in ("train", "teacher.train") for k in ("resume", "checkpoint_every", "log_every")}
+RESUMABLE |= {"train.accumulate", "teacher.train.accumulate"}
 RESUMABLE |= {f"teacher.{k}" for k in ("source", "ensemble", "precision", "cache", "cache_videos_per_shard")}
+# Start weights: a resume loads its own weights over them, so whether one is set counts (it makes the
+# coef_lr parameter group), not where its file is now.
+STARTS = {"teacher.init", "student.pretrained", "student.init"}
 
 
-def checkpoint_settings(recipe: Recipe, sections: tuple[str, ...]) -> dict:
-    """The seed and the recipe `sections` that shape a training stage's model and optimisation, kept with
-    its checkpoints (`distill.checkpoints`)."""
-    found = recipe_to_dict(recipe)
+def checkpoint_settings(run: Run, sections: tuple[str, ...], teachers: Sequence[nn.Module] = ()) -> dict:
+    """What a training stage's checkpoints must be resumed with (`distill.checkpoints`): the seed, the mixed
+    precision, the recipe `sections` that shape its model and optimisation, its train pairs and their
+    sampling, and the frozen `teachers` it learns from, by their weights."""
+    r = run.recipe
+    found = recipe_to_dict(r)
     flat = flat_config({name: found[name] for name in sections})
-    return {"seed": recipe.seed} | {key: value for key, value in flat.items() if key not in RESUMABLE}
+    settings = {key: value != "null" if key in STARTS else value for key, value in flat.items() if key not in RESUMABLE}
+    data = {"dataset": dataset_key(run.data["train"]), "sampling": train_sampling(run)}
+    settings |= flat_config({"seed": r.seed, "mixed_precision": r.mixed_precision, "data": data})
+    if teachers:  # one value: an ensemble member added or dropped is a difference too
+        settings["teachers"] = json.dumps([teacher_key(t) for t in teachers])
+    return settings
 
 
 def train_teacher(run: Run) -> CLIP4Clip:
@@ -124,7 +136,7 @@ def train_teacher(run: Run) -> CLIP4Clip:
         num_workers=r.data.num_workers,
         validate=validation(run, "teacher"),
         augment=crops,
-        settings=checkpoint_settings(r, ("teacher",)),
+        settings=checkpoint_settings(run, ("teacher",)),
     )
     path = run.dir / "teacher.safetensors"
     if run.accelerator.is_main_process:
@@ -140,11 +152,11 @@ def teacher_caches(run: Run) -> list[tuple[CLIP4Clip, Path]]:
     return [(m, run.dir / ("teacher_cache" if i == 0 else f"teacher_cache_{i}")) for i, m in enumerate(members)]
 
 
-def run_cache_key(run: Run, teacher: CLIP4Clip) -> dict:
-    """What the cache of `teacher` in this run must have been made from: the train pairs, the sampling of the
-    teacher's view (which the dataset takes from one decode of max(teacher, student) frames) and the teacher."""
+def train_sampling(run: Run) -> dict:
+    """How the teacher's view of a train clip and its tokens are made (the dataset takes both views from one
+    decode of max(teacher, student) frames)."""
     r, train_pairs = run.recipe, run.data["train"]
-    sampling = {
+    return {
         "max_frames": train_pairs.views["teacher"].max_frames,
         "image_size": train_pairs.views["teacher"].size,
         "decode_frames": train_pairs.decode_frames,
@@ -155,7 +167,12 @@ def run_cache_key(run: Run, teacher: CLIP4Clip) -> dict:
         # raw frame shards hold the decoded frames exactly, JPEG ones within JPEG error
         "frames": "raw" if train_pairs.shards is None else train_pairs.shards.encoding,
     }
-    return cache_key(train_pairs, teacher, sampling)
+
+
+def run_cache_key(run: Run, teacher: CLIP4Clip) -> dict:
+    """What the cache of `teacher` in this run must have been made from: the train pairs, their sampling
+    and the teacher."""
+    return cache_key(run.data["train"], teacher, train_sampling(run))
 
 
 def cache_teacher(run: Run) -> None:
@@ -225,7 +242,7 @@ def distill(run: Run) -> Student:
         teacher=teacher,
         num_workers=r.data.num_workers,
         validate=validation(run, "student"),
-        settings=checkpoint_settings(r, ("student", "loss", "train")),
+        settings=checkpoint_settings(run, ("student", "loss", "train"), [run.teacher, *run.ensemble]),
     )
     round_weights(student, r.export.dtype)
     run.accelerator.print("distill: student trained")

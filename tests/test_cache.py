@@ -27,7 +27,7 @@ from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.gradcache import split_batch
 from distill.recipe import TeacherConfig, load_recipe
-from distill.stages import distill, teacher_outputs
+from distill.stages import checkpoint_settings, distill, teacher_outputs
 from distill.train import OnlineTeacher
 from teachers import CLIP4Clip, save_teacher
 
@@ -218,6 +218,41 @@ def opened(recipe) -> Run:
     run = start_run(recipe)
     run.data = open_datasets(run)
     return run
+
+
+def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp_path):
+    """What a resume is checked against (distill.checkpoints): the recipe's training keys, the train pairs,
+    their sampling and the teachers by their weights; not checkpoint or log cadence, micro-batches or paths."""
+    save_teacher(tiny_teacher("seqTransf"), tmp_path / "teacher.safetensors")
+    save_teacher(tiny_teacher("meanP"), tmp_path / "other.safetensors")
+    given = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", "stages=[distill]", *TINY]
+    first = [*given, f"teacher.source={tmp_path / 'teacher.safetensors'}"]
+
+    def settings(overrides, sections=("student", "loss", "train")):
+        run = opened(load_recipe(REPO / "recipes" / "demo.yaml", overrides))
+        teachers = [] if sections == ("teacher",) else [run.teacher, *run.ensemble]  # as the stages pass them
+        return checkpoint_settings(run, sections, teachers), run
+
+    found, run = settings([*first, "train.checkpoint_every=5"])
+    assert found["loss.feature_weight"] == 4.0 and found["train.lr"] == run.recipe.train.lr and found["seed"] == 0
+    assert found["student.init"] is False and found["data.dataset.pairs"] == len(run.data["train"])
+    assert found["data.sampling.max_frames"] == run.recipe.teacher.max_frames
+    assert json.loads(found["teachers"]) == [cache_key(run.data["train"], run.teacher, {})["teacher"]]
+    assert not {"train.checkpoint_every", "train.resume", "train.accumulate"} & found.keys()
+    cadence = ["train.checkpoint_every=7", "train.resume=auto", "train.log_every=1", "train.accumulate=2"]
+    assert settings([*first, *cadence])[0] == found
+
+    def changed(*overrides):
+        other = settings([*first, *overrides])[0]
+        return sorted(key for key in found.keys() | other.keys() if found.get(key) != other.get(key))
+
+    assert changed("loss.kl_weight=2") == ["loss.kl_weight"]
+    assert changed("data.val_fraction=0.3") == ["data.dataset.pairs", "data.dataset.sha256", "data.dataset.videos"]
+    assert changed(f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]") == ["teachers"]
+    assert changed(f"teacher.source={tmp_path / 'other.safetensors'}") == ["teachers"]
+    teacher, _ = settings(first, ("teacher",))
+    assert teacher["teacher.init"] is False and teacher["teacher.train.lr"] == 1e-3
+    assert not {"teacher.source", "teacher.cache", "teacher.train.resume", "teachers"} & teacher.keys()
 
 
 def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_sampling(runs, data):

@@ -288,29 +288,38 @@ def test_student_with_the_teachers_text_tower_embeds_captions_as_the_teacher(dem
 def test_resume_from_checkpoint_ends_with_same_student(demo):
     """A run folder holding only the step-4 checkpoint of the first run (as after a kill at step 5, in
     the middle of the second epoch of 3 batches): resume=auto continues there and must end with the same
-    weights as the uninterrupted run."""
+    weights as the uninterrupted run; with another loss weight it stops instead."""
     first = demo / "run"
     resumed = demo / "resumed"
     shutil.copytree(
         first / "checkpoints" / "distill" / "checkpoint_4", resumed / "checkpoints" / "distill" / "checkpoint_4"
     )
-    done = run_cli(
+    args = [
         str(REPO / "recipes" / "demo.yaml"),
         f"data.root={demo / 'data'}",
-        f"output_dir={resumed}",
         "stages=[distill,evaluate,export]",
         f"teacher.source={first / 'teacher.safetensors'}",
         "train.checkpoint_every=2",
         "train.resume=auto",
         *TINY,
-        cwd=demo,
-    )
+    ]
+    done = run_cli(*args, f"output_dir={resumed}", cwd=demo)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
     records = [json.loads(line) for line in (resumed / "distill_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [6]  # steps 5-6 ran here; only the last is logged at this size
     a, b = load_file(first / "student.safetensors"), load_file(resumed / "student.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same checkpoint resumed with another loss weight would continue another run: refused, nothing trained
+    refused = demo / "refused"
+    shutil.copytree(
+        first / "checkpoints" / "distill" / "checkpoint_4", refused / "checkpoints" / "distill" / "checkpoint_4"
+    )
+    done = run_cli(*args, f"output_dir={refused}", "loss.kl_weight=2", cwd=demo)
+    assert done.returncode != 0
+    saved = refused / "checkpoints" / "distill" / "checkpoint_4"
+    assert f"{saved} was saved with loss.kl_weight 1.0 (now 2.0): resuming would continue another run" in done.stderr
+    assert not (refused / "distill_log.jsonl").exists() and not (refused / "student.safetensors").exists()
 
 
 @pytest.mark.parametrize(
