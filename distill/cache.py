@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -59,8 +60,10 @@ def teacher_sha256(teacher: nn.Module) -> str:
 
 
 def dataset_key(dataset: VideoTextDataset) -> dict:
-    """The pairs of a dataset: their number, their videos' and a hash of every (video, caption)."""
-    pairs = json.dumps([dataset.video_ids, dataset.captions]).encode()
+    """The pairs of a dataset: their number, their videos' and a hash of every (video, caption), the videos
+    by their path below the folder that holds them all, so a data root copied or moved keeps its key."""
+    folder = os.path.commonpath([os.path.dirname(v) for v in dataset.video_ids]) if len(dataset) else ""
+    pairs = json.dumps([[os.path.relpath(v, folder) for v in dataset.video_ids], dataset.captions]).encode()
     return {"pairs": len(dataset), "videos": len(dataset.first_pairs()), "sha256": hashlib.sha256(pairs).hexdigest()}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import fields, is_dataclass
 from functools import partial
 from pathlib import Path
 
@@ -93,12 +94,23 @@ STARTS = {"teacher.init", "student.pretrained", "student.init"}
 
 def checkpoint_settings(run: Run, sections: tuple[str, ...], teachers: Sequence[nn.Module] = ()) -> dict:
     """What a training stage's checkpoints must be resumed with (`distill.checkpoints`): the seed, the mixed
-    precision, the recipe `sections` that shape its model and optimisation, its train pairs and their
+    precision, the recipe `sections` that shape its model and optimisation (a dict or list field such as
+    backbone_kwargs as one value, so an entry added or dropped differs), its train pairs and their
     sampling, and the frozen `teachers` it learns from, by their weights."""
-    r = run.recipe
-    found = recipe_to_dict(r)
-    flat = flat_config({name: found[name] for name in sections})
-    settings = {key: value != "null" if key in STARTS else value for key, value in flat.items() if key not in RESUMABLE}
+    r, settings = run.recipe, {}
+
+    def add(config, prefix: str) -> None:
+        for field in fields(config):
+            key, value = f"{prefix}{field.name}", getattr(config, field.name)
+            if is_dataclass(value):
+                add(value, f"{key}.")
+            elif key in STARTS:
+                settings[key] = value is not None
+            elif key not in RESUMABLE:
+                settings[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+
+    for name in sections:
+        add(getattr(r, name), f"{name}.")
     data = {"dataset": dataset_key(run.data["train"]), "sampling": train_sampling(run)}
     settings |= flat_config({"seed": r.seed, "mixed_precision": r.mixed_precision, "data": data})
     if teachers:  # one value: an ensemble member added or dropped is a difference too

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,9 +248,13 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
         return sorted(key for key in found.keys() | other.keys() if found.get(key) != other.get(key))
 
     assert changed("loss.kl_weight=2") == ["loss.kl_weight"]
+    assert changed("student.backbone_kwargs={depth: 2, drop_path_rate: 0.1}") == ["student.backbone_kwargs"]
     assert changed("data.val_fraction=0.3") == ["data.dataset.pairs", "data.dataset.sha256", "data.dataset.videos"]
     assert changed(f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]") == ["teachers"]
     assert changed(f"teacher.source={tmp_path / 'other.safetensors'}") == ["teachers"]
+    moved = tmp_path / "moved"  # a data root copied elsewhere: the same pairs
+    shutil.copytree(data, moved)
+    assert settings([*first, f"data.root={moved}"])[0] == found
     teacher, _ = settings(first, ("teacher",))
     assert teacher["teacher.init"] is False and teacher["teacher.train.lr"] == 1e-3
     assert not {"teacher.source", "teacher.cache", "teacher.train.resume", "teachers"} & teacher.keys()
