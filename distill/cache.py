@@ -72,10 +72,10 @@ def teacher_key(teacher: nn.Module) -> dict:
     return {"sim_header": teacher.sim_header, "precision": teacher.precision, "sha256": teacher_sha256(teacher)}
 
 
-def cache_key(dataset: VideoTextDataset, teacher: nn.Module, sampling: dict) -> dict:
-    """What a cache is valid for. `sampling`: everything that shapes the teacher's view of a clip and its
-    tokens (frames, size, frame rate, slicing, max_words, decoder)."""
-    return {"dataset": dataset_key(dataset), "sampling": sampling, "teacher": teacher_key(teacher)}
+def cache_key(dataset: VideoTextDataset, teacher: dict, sampling: dict) -> dict:
+    """What a cache is valid for. `teacher`: its `teacher_key`; `sampling`: everything that shapes the
+    teacher's view of a clip and its tokens (frames, size, frame rate, slicing, max_words, decoder)."""
+    return {"dataset": dataset_key(dataset), "sampling": sampling, "teacher": teacher}
 
 
 def differences(cached: dict, wanted: dict) -> list[str]:

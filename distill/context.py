@@ -16,6 +16,7 @@ from accelerate.utils import (
     is_wandb_available,
 )
 
+from distill.cache import teacher_key
 from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, read_split_or_stop, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View, frame_settings, frames_folder, recipe_views
@@ -49,10 +50,23 @@ class Run:
     ensemble: list[CLIP4Clip] = field(default_factory=list)  # teacher.ensemble, loaded when the run starts
     student: Student | None = None  # the distill stage's (the evaluate stage loads an earlier run's)
     report: dict | None = None  # the evaluate stage's
+    frozen_keys: dict[int, tuple[CLIP4Clip, dict]] = field(default_factory=dict, repr=False)  # teacher_key's
 
     @property
     def dir(self) -> Path:
         return self.recipe.run_dir
+
+    def teacher_key(self, teacher: CLIP4Clip) -> dict:
+        """`distill.cache.teacher_key` of one of this run's teachers, its weights hashed once while it is frozen
+        (the cache stage, distillation's cache check, its checkpoint settings and the export all name it: about
+        1 s of hashing each for ViT-B/32). A teacher with a trainable parameter (`teacher.init` in the teacher
+        stage, trained in place) is hashed every time."""
+        if any(p.requires_grad for p in teacher.parameters()):
+            return teacher_key(teacher)
+        found = self.frozen_keys.get(id(teacher))
+        if found is None or found[0] is not teacher:
+            found = self.frozen_keys[id(teacher)] = (teacher, teacher_key(teacher))
+        return found[1]
 
 
 def teacher_arch(config: TeacherConfig, max_words: int) -> dict:

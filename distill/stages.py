@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from distill.augment import random_crops
-from distill.cache import CacheError, TeacherCache, build_cache, cache_key, dataset_key, teacher_key, teacher_sha256
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key, dataset_key
 from distill.config import recipe_to_dict
 from distill.context import Run, build_student, flat_config, run_views, teacher_arch
 from distill.data.synthetic import generate_synthetic
@@ -114,7 +114,7 @@ def checkpoint_settings(run: Run, sections: tuple[str, ...], teachers: Sequence[
     data = {"dataset": dataset_key(run.data["train"]), "sampling": train_sampling(run)}
     settings |= flat_config({"seed": r.seed, "mixed_precision": r.mixed_precision, "data": data})
     if teachers:  # one value: an ensemble member added or dropped is a difference too
-        settings["teachers"] = json.dumps([teacher_key(t) for t in teachers])
+        settings["teachers"] = json.dumps([run.teacher_key(t) for t in teachers])
     return settings
 
 
@@ -184,7 +184,7 @@ def train_sampling(run: Run) -> dict:
 def run_cache_key(run: Run, teacher: CLIP4Clip) -> dict:
     """What the cache of `teacher` in this run must have been made from: the train pairs, their sampling
     and the teacher."""
-    return cache_key(run.data["train"], teacher, train_sampling(run))
+    return cache_key(run.data["train"], run.teacher_key(teacher), train_sampling(run))
 
 
 def cache_teacher(run: Run) -> None:
@@ -303,7 +303,7 @@ def export(run: Run) -> None:
         }
         metadata = {"recipe": json.dumps(recipe_to_dict(r)), "preprocessing": json.dumps(preprocessing)}
         if r.student.text == "teacher":  # its videos land in the space of the teacher's text tower it ships
-            metadata["embedding_space"] = f"teacher:{teacher_sha256(run.teacher)}"
+            metadata["embedding_space"] = f"teacher:{run.teacher_key(run.teacher)['sha256']}"
         if run.report is not None:
             metadata["metrics"] = json.dumps(run.report["student"])
         path = export_student(run.student, run.dir / "student.safetensors", metadata, dtype=r.export.dtype)

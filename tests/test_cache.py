@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tiny import DATA, STUDENT, TRAIN
 from torch.utils.data import default_collate
 
-from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest
+from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest, teacher_key
 from distill.context import Run, open_datasets, start_run, teacher_arch
 from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
@@ -73,7 +73,7 @@ def test_cached_outputs_equal_the_online_teacher(data, tmp_path, sim_header):
     dataset = VideoTextDataset(
         train_pairs(data, shared=3)[:30], {"teacher": View(4, 16), "student": View(3, 16)}, max_words=32
     )
-    key = cache_key(dataset, teacher, SAMPLING)
+    key = cache_key(dataset, teacher_key(teacher), SAMPLING)
     accelerator = Accelerator(cpu=True)
     assert (
         build_cache(
@@ -100,7 +100,7 @@ def test_cached_outputs_equal_the_online_teacher(data, tmp_path, sim_header):
 def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
     teacher = tiny_teacher("meanP")
     dataset = VideoTextDataset(train_pairs(data)[:12], {"teacher": View(4, 16)}, max_words=32)
-    key = cache_key(dataset, teacher, SAMPLING)
+    key = cache_key(dataset, teacher_key(teacher), SAMPLING)
     accelerator = Accelerator(cpu=True)
     assert build_cache(tmp_path, teacher, dataset, key, accelerator=accelerator, batch_size=4, videos_per_shard=5) == 3
     first = {p.name: load_file(p) for p in tmp_path.glob("shard_*.safetensors")}
@@ -126,7 +126,7 @@ def test_an_interrupted_cache_is_finished_and_another_replaced(data, tmp_path):
 
     # Another teacher: refused by the reader, replaced by the cache stage.
     other = tiny_teacher("seqTransf")
-    other_key = cache_key(dataset, other, SAMPLING)
+    other_key = cache_key(dataset, teacher_key(other), SAMPLING)
     with pytest.raises(
         CacheError,
         match=r"teacher.sha256: '[0-9a-f]{64}' in the cache, '[0-9a-f]{64}' in this run; "
@@ -144,7 +144,7 @@ def test_a_pair_without_cached_outputs_is_refused(data, tmp_path):
     read, naming the pair; before, its row was uninitialised memory."""
     teacher = tiny_teacher("meanP")
     dataset = VideoTextDataset(train_pairs(data)[:8], {"teacher": View(4, 16)}, max_words=32)
-    key = cache_key(dataset, teacher, SAMPLING)
+    key = cache_key(dataset, teacher_key(teacher), SAMPLING)
     build_cache(tmp_path, teacher, dataset, key, accelerator=Accelerator(cpu=True), batch_size=4, videos_per_shard=4)
     shard = tmp_path / "shard_00001.safetensors"
     with safe_open(str(shard), framework="pt") as f:
@@ -238,7 +238,7 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     assert found["loss.feature_weight"] == 4.0 and found["train.lr"] == run.recipe.train.lr and found["seed"] == 0
     assert found["student.init"] is False and found["data.dataset.pairs"] == len(run.data["train"])
     assert found["data.sampling.max_frames"] == run.recipe.teacher.max_frames
-    assert json.loads(found["teachers"]) == [cache_key(run.data["train"], run.teacher, {})["teacher"]]
+    assert json.loads(found["teachers"]) == [teacher_key(run.teacher)]
     assert not {"train.checkpoint_every", "train.resume", "train.accumulate"} & found.keys()
     cadence = ["train.checkpoint_every=7", "train.resume=auto", "train.log_every=1", "train.accumulate=2"]
     assert settings([*first, *cadence])[0] == found
@@ -258,6 +258,26 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     teacher, _ = settings(first, ("teacher",))
     assert teacher["teacher.init"] is False and teacher["teacher.train.lr"] == 1e-3
     assert not {"teacher.source", "teacher.cache", "teacher.train.resume", "teachers"} & teacher.keys()
+
+
+def test_a_run_hashes_a_frozen_teacher_once_and_a_trainable_one_each_time(data, tmp_path):
+    """The cache, the checkpoint settings and the export name a teacher by `Run.teacher_key`: a frozen
+    teacher's is computed once (the same dict comes back), one being trained (`teacher.init`, in place) is
+    hashed again and follows its weights."""
+    save_teacher(tiny_teacher("seqTransf"), tmp_path / "teacher.safetensors")
+    recipe = [
+        f"data.root={data}",
+        f"output_dir={tmp_path / 'run'}",
+        f"teacher.source={tmp_path / 'teacher.safetensors'}",
+    ]
+    run = start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*recipe, *TINY]))
+    key = run.teacher_key(run.teacher)
+    assert key == teacher_key(run.teacher) and run.teacher_key(run.teacher) is key
+    trained = run.teacher.trainable()
+    with torch.no_grad():
+        trained.clip.logit_scale.add_(1.0)
+    assert run.teacher_key(trained)["sha256"] != key["sha256"]
+    assert run.teacher_key(trained) == teacher_key(trained) and run.teacher_key(trained) is not run.teacher_key(trained)
 
 
 def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_sampling(runs, data):
