@@ -117,7 +117,12 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     if text_weights is not None:  # strict: the teacher's tower gives every weight, an inherited one none unknown
         student.text.load_state_dict(text_weights)
     if s.init is not None:  # the same architecture (recipe.check_student_init); strict on every key
-        weights = load_student(s.init).state_dict()
+        start = load_student(s.init)
+        if s.text == "inherit" and start.teacher_text != sizes:  # e.g. GELU against QuickGELU: same shapes
+            raise ValueError(
+                f"student.init: {s.init} inherited a text tower of {start.teacher_text}; this teacher's gives {sizes}"
+            )
+        weights = start.state_dict()
         if s.text == "teacher":  # the text tower stays this teacher's, whatever the export's was
             weights.update({f"text.{k}": v for k, v in student.text.state_dict().items()})
         try:

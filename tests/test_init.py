@@ -1,5 +1,6 @@
 """teacher.init and student.init: training starts from a loaded teacher or student, not from random weights."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from tiny import TINY
 from distill.context import build_student
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
-from students import export_student, load_student
+from students import Student, export_student, load_student
 from teachers import CLIP4Clip, load_teacher, save_teacher
 from teachers.archs import clip4clip_arch
 
@@ -99,6 +100,20 @@ def test_student_text_inherit_starts_from_the_teachers_tower_and_ships(tmp_path)
     assert all(torch.equal(value, reloaded[name]) for name, value in student.state_dict().items())
     with pytest.raises(ValueError, match="student.text_width, text_heads: 32, 2, but student.text=inherit"):
         build_student(load_recipe(DEMO, [*given, "student.text=inherit"]), teacher)
+
+    # student.init: this export starts the same student again; one that inherited from a GELU tower of the same
+    # sizes (an open_clip teacher) is refused, whose weights would load and run under this teacher's QuickGELU
+    def started_from(export: Path) -> Student:
+        return build_student(
+            load_recipe(DEMO, [*given, *inherit, "student.token_rank=8", f"student.init={export}"]), teacher
+        )
+
+    resumed = started_from(path).state_dict()
+    assert all(torch.equal(value, resumed[name]) for name, value in student.state_dict().items())
+    gelu = Student(student.config, max_words=16, teacher_text=replace(student.teacher_text, quick_gelu=False))
+    export_student(gelu, tmp_path / "gelu.safetensors", {})
+    with pytest.raises(ValueError, match=r"student.init: .*gelu.safetensors inherited .*quick_gelu=False\); this"):
+        started_from(tmp_path / "gelu.safetensors")
     # A given teacher is checked when the run starts, before the run folder, the data and cache stages
     with pytest.raises(ValueError, match="student.text_layers: 4; student.text=inherit takes 1 to the teacher's 3"):
         four = ["student.text_layers=4", f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}"]
