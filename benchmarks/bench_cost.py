@@ -12,13 +12,15 @@ Prints parameters (in all and by part), GFLOPs per video and per caption (distil
 multiply-add = 2 FLOPs, the same count for a frozen and a trainable model), the size of the shipped file
 (the student at `export.dtype`, the teacher as `save_teacher` writes it) and CPU throughput (eval mode,
 inference_mode, fp32, the machine's threads): `--videos` videos and `--captions` captions a call, median of
-`--rounds` rounds in which teacher and student alternate. Overrides change the recipe (e.g.
+`--rounds` rounds in which teacher and student alternate, each round of a model as many calls as take about
+`--round-s` seconds (set by a warm-up call). Overrides change the recipe (e.g.
 student.backbone=mobilenetv3_large_100).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--videos", type=int, default=4, help="videos a timed call")
     parser.add_argument("--captions", type=int, default=32, help="captions a timed call")
+    parser.add_argument("--round-s", type=float, default=0.25, help="about how long each model's calls take a round")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for the recipe")
     args = parser.parse_args()
 
@@ -106,18 +109,29 @@ def main() -> None:
                 "video_s": [],
                 "caption_s": [],
             }
+
+    def calls(name: str):
+        model, (video, mask) = models[name], rows[name]["inputs"]
+        return (
+            ("video_s", lambda: model.encode_video(video, mask)),
+            ("caption_s", lambda: model.encode_text(ids, ids_mask)),
+        )
+
+    repeats = {}  # (model, key) -> calls a round: one 4 ms call a round is at the mercy of the scheduler
     with torch.inference_mode():
-        for round_ in range(args.rounds + 1):  # round 0 warms up
-            for name, model in models.items():
-                video, mask = rows[name]["inputs"]
-                for key, fn in (
-                    ("video_s", lambda: model.encode_video(video, mask)),
-                    ("caption_s", lambda: model.encode_text(ids, ids_mask)),
-                ):
+        for name in models:  # warm-up: the second call sets how many make up a round
+            for key, fn in calls(name):
+                fn()
+                start = time.perf_counter()
+                fn()
+                repeats[name, key] = max(1, math.ceil(args.round_s / (time.perf_counter() - start)))
+        for _ in range(args.rounds):
+            for name in models:
+                for key, fn in calls(name):
                     start = time.perf_counter()
-                    fn()
-                    if round_:
-                        rows[name][key].append(time.perf_counter() - start)
+                    for _ in range(repeats[name, key]):
+                        fn()
+                    rows[name][key].append((time.perf_counter() - start) / repeats[name, key])
 
     s = recipe.student
     print(
@@ -125,7 +139,8 @@ def main() -> None:
         f"threads, torch {torch.__version__}, fp32; {args.recipe.name}: teacher {recipe.teacher.max_frames} frames "
         f"at {models['teacher'].input_size} px, student {s.max_frames} at {s.image_size} px ({s.backbone}, "
         f"{s.temporal_layers} temporal layers, text {s.text_width} wide x {s.text_layers}, token rank "
-        f"{s.token_rank or 'full'}), {words} tokens; medians of {args.rounds} rounds\n"
+        f"{s.token_rank or 'full'}), {words} tokens; medians of {args.rounds} rounds of about {args.round_s} s "
+        "a model\n"
     )
     print(
         "| model | params (M) | " + " | ".join(p.replace("_", " ") for p in PART_COLUMNS) + " | GFLOPs / video "
