@@ -58,7 +58,7 @@ def measure(kind: str, entries: int, dim: int, top: int, rounds: int) -> dict:
     times, exact = [], []
     for query in queries:  # the first warms up
         start = time.perf_counter()
-        exact.append(set(top_k(query, gallery, top)[1].tolist()))
+        exact.append(set(top_k(query, [gallery], top)[1].tolist()))
         times.append(time.perf_counter() - start)
     found = {"exact_ms": 1e3 * statistics.median(times[1:]), "gallery_mb": gallery.numel() * 2 / 2**20}
     found["exact_extra_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024

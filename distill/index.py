@@ -34,6 +34,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -94,14 +95,47 @@ def read_info(folder: Path) -> dict:
 
 
 def read_index(folder: Path) -> tuple[dict, list[dict], torch.Tensor]:
-    """`(index.json, entries, embeddings [N, D] float16)` of an index folder."""
+    """`(index.json, entries, embeddings [N, D] float16)` of an index folder, all of it in memory."""
     info = read_info(folder)
+    check_shards(folder, info)
     entries = [json.loads(line) for line in (folder / "entries.jsonl").read_text().splitlines()]
-    shards = [load_file(str(folder / name))["embeddings"] for name in info["shards"]]
+    if len(entries) != info["count"]:
+        raise IndexFolderError(f"{folder}: {len(entries)} entries for {info['count']} embeddings; rebuild the index")
+    shards = list(shard_embeddings(folder, info))
     embeddings = torch.cat(shards) if shards else torch.empty(0, info["model"]["embed_dim"], dtype=torch.float16)
-    if len(entries) != len(embeddings) or len(entries) != info["count"]:
-        raise IndexFolderError(f"{folder}: {len(entries)} entries for {len(embeddings)} embeddings; rebuild the index")
     return info, entries, embeddings
+
+
+def check_shards(folder: Path, info: dict) -> None:
+    """Stops unless the shards hold `info["count"]` rows, read from their headers (no embedding is loaded)."""
+    rows = 0
+    for name in info["shards"]:
+        with safe_open(str(folder / name), framework="pt") as f:
+            rows += f.get_slice("embeddings").get_shape()[0]
+    if rows != info["count"]:
+        raise IndexFolderError(
+            f"{folder}: {rows} embeddings in its shards for {info['count']} entries; rebuild the index"
+        )
+
+
+def shard_embeddings(folder: Path, info: dict) -> Iterator[torch.Tensor]:
+    """Each shard's `embeddings [n, D]` float16 in row order, loaded as it is reached: a scan of the gallery
+    holds one shard (SHARD_ROWS rows) at a time."""
+    for name in info["shards"]:
+        yield load_file(str(folder / name))["embeddings"]
+
+
+def entries_at(folder: Path, info: dict, rows: Sequence[int]) -> list[dict]:
+    """The entries of `rows`, in their order: the entries file read line by line and only those lines parsed,
+    so a search holds a few entries, not a million."""
+    wanted, found, count = set(rows), {}, 0
+    with open(folder / "entries.jsonl", encoding="utf-8") as f:
+        for count, line in enumerate(f, start=1):
+            if count - 1 in wanted:
+                found[count - 1] = json.loads(line)
+    if count != info["count"]:
+        raise IndexFolderError(f"{folder}: {count} entries for {info['count']} embeddings; rebuild the index")
+    return [found[row] for row in rows]
 
 
 def launch_state() -> PartialState:

@@ -8,9 +8,10 @@ Prints a table of the best entries (rank, score, path, start and end in seconds)
 object a line, best first; `--html FILE` also writes a page with the frames of each hit. The query is
 embedded by the model the index was built with (found where it records, and checked against its
 fingerprint), or by `--model` (on `--runtime`), which must be in the index's embedding space, as must every
-`--also` index searched with it: a query never lands in another model's space. The search is exact, in
-chunks of the gallery (the scores of one chunk in memory at a time, beside the float16 gallery), or with
-an index built with `--faiss`, approximate (`--exact` scans it anyway).
+`--also` index searched with it: a query never lands in another model's space. The search is exact, a
+shard of the gallery read at a time and scored in chunks (one float16 shard and one chunk's scores in
+memory, whatever the gallery's size), or with an index built with `--faiss`, approximate (the FAISS index
+in memory, the shards unread; `--exact` scans them anyway). Only the entries of the hits are parsed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -25,19 +27,22 @@ import torch
 from distill import ann
 from distill.embed import embed_texts, embed_videos
 from distill.encoders import RUNTIMES, load_encoder
-from distill.index import IndexFolderError, read_index
+from distill.index import IndexFolderError, check_shards, entries_at, read_info, shard_embeddings
 
 CHUNK = 65_536  # gallery rows scored at once: 65k x 512 float32 is 128 MB
 
 
-def top_k(query: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `k` best `(scores, rows)` of `query [D] @ gallery [N, D].T`, best first, chunk by chunk."""
-    best_scores, best_rows = torch.empty(0), torch.empty(0, dtype=torch.long)
-    for start in range(0, len(gallery), CHUNK):
-        scores = gallery[start : start + CHUNK].float() @ query
-        scores, rows = scores.topk(min(k, len(scores)))
-        best_scores, order = torch.cat([best_scores, scores]).topk(min(k, len(best_scores) + len(scores)))
-        best_rows = torch.cat([best_rows, rows + start])[order]
+def top_k(query: torch.Tensor, shards: Iterable[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` best `(scores, rows)` of `query [D] @ gallery [N, D].T`, best first, where the gallery is the
+    rows of `shards` one after another (an index's `shard_embeddings`, or `[gallery]`), chunk by chunk."""
+    best_scores, best_rows, offset = torch.empty(0), torch.empty(0, dtype=torch.long), 0
+    for shard in shards:
+        for start in range(0, len(shard), CHUNK):
+            scores = shard[start : start + CHUNK].float() @ query
+            scores, rows = scores.topk(min(k, len(scores)))
+            best_scores, order = torch.cat([best_scores, scores]).topk(min(k, len(best_scores) + len(scores)))
+            best_rows = torch.cat([best_rows, rows + offset + start])[order]
+        offset += len(shard)
     return best_scores, best_rows
 
 
@@ -80,8 +85,9 @@ def search(
 ) -> tuple[list[dict], dict[Path, dict]]:
     """The `top` entries of the indexes nearest to a caption or to a video, best first: `{"rank", "score",
     "path", "start", "end", "index"}`, and each index's `index.json`."""
-    indexes = {folder: read_index(folder) for folder in folders}
-    infos = {folder: info for folder, (info, _, _) in indexes.items()}
+    infos = {folder: read_info(folder) for folder in folders}
+    for folder, info in infos.items():
+        check_shards(folder, info)
     encoder = query_encoder(infos, model, runtime)
     if video is not None:
         found = embed_videos(encoder, [str(video)])
@@ -91,14 +97,14 @@ def search(
     else:
         query = embed_texts(encoder, [caption])[0]
     hits = []
-    for folder, (info, entries, embeddings) in indexes.items():
+    for folder, info in infos.items():  # one folder's gallery in memory at a time, a shard of it when exact
         if info.get("faiss") and not exact:
             if not (folder / info["faiss"]).is_file():
                 raise IndexFolderError(f"{folder}: its {info['faiss']} is missing; rebuild the index or use --exact")
             scores, rows = ann.top_k(ann.load(folder / info["faiss"]), query, top, nprobe)
         else:
-            scores, rows = top_k(query, embeddings, top)
-        hits += [(s, folder, entries[r]) for s, r in zip(scores.tolist(), rows.tolist())]
+            scores, rows = top_k(query, shard_embeddings(folder, info), top)
+        hits += [(s, folder, e) for s, e in zip(scores.tolist(), entries_at(folder, info, rows.tolist()))]
     hits = sorted(hits, key=lambda hit: -hit[0])[:top]
     return [
         {"rank": i + 1, "score": round(s, 4), "path": e["path"], "start": e["start"], "end": e["end"], "index": str(f)}

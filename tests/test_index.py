@@ -145,6 +145,32 @@ def test_index_then_search_by_caption_and_by_video(clips, student, tmp_path, cap
     assert table[2].startswith("| 1 | 1.0") and table[2].endswith(f"| {folder / 'deep' / 'clip5.mp4'} | 0.0 | 2.0 |")
 
 
+def test_search_reads_an_index_a_shard_at_a_time_and_names_a_damaged_one(clips, student, tmp_path, capsys, monkeypatch):
+    """Six entries in shards of four rows: the CLI's search, one shard in memory at a time and only its hits'
+    entries parsed, ranks as the whole gallery does; an entries file or a count that disagrees with the
+    shards stops it, named."""
+    import distill.index as index_module
+
+    folder, captions = clips
+    out = tmp_path / "index"
+    monkeypatch.setattr(index_module, "SHARD_ROWS", 4)
+    index(student, folder, out, capsys)
+    info, entries, embeddings = read_index(out)
+    assert len(info["shards"]) == 2 and embeddings.shape == (6, 32)
+    assert search_main([str(out), captions[1], "--top", "6", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scores = embeddings.float() @ embed_texts(load_student(student), [captions[1]])[0]
+    assert [h["path"] for h in hits] == [entries[i]["path"] for i in scores.argsort(descending=True)]
+
+    lines = (out / "entries.jsonl").read_text().splitlines(keepends=True)
+    (out / "entries.jsonl").write_text("".join(lines[:-1]))
+    assert search_main([str(out), captions[1]]) == 2
+    assert f"{out}: 5 entries for 6 embeddings; rebuild the index" in capsys.readouterr().err
+    (out / "index.json").write_text(json.dumps({**info, "count": 5}))
+    assert search_main([str(out), captions[1]]) == 2
+    assert f"{out}: 6 embeddings in its shards for 5 entries; rebuild the index" in capsys.readouterr().err
+
+
 def test_a_second_run_embeds_only_new_or_changed_files_and_drops_deleted_ones(clips, student, tmp_path, capsys):
     source, _ = clips
     folder = tmp_path / "videos"
@@ -206,16 +232,20 @@ def test_a_folder_that_is_not_an_index_is_never_replaced(clips, student, tmp_pat
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_top_k_in_chunks_equals_a_full_sort(monkeypatch):
+def test_top_k_over_shards_in_chunks_equals_a_full_sort(monkeypatch):
+    """Rows count on across shards of uneven sizes, each scored in chunks. The scores equal the whole
+    gallery's within float32 rounding of an 8-term dot product (1e-6): a 1-row chunk and a 50-row one may
+    take different BLAS kernels, which sum in another order."""
     import distill.search as search_module
 
     monkeypatch.setattr(search_module, "CHUNK", 7)
     gallery = torch.nn.functional.normalize(torch.randn(50, 8), dim=1).half()
     query = torch.nn.functional.normalize(torch.randn(8), dim=0)
-    scores, rows = top_k(query, gallery, 5)
     full = gallery.float() @ query
-    assert rows.tolist() == full.argsort(descending=True)[:5].tolist()
-    assert torch.equal(scores, full[rows])
+    for shards in ([gallery], gallery.split([13, 30, 7]), gallery.split(1)):
+        scores, rows = top_k(query, shards, 5)
+        assert rows.tolist() == full.argsort(descending=True)[:5].tolist()
+        torch.testing.assert_close(scores, full[rows], rtol=0, atol=1e-6)
 
 
 def test_a_damaged_student_is_named_as_one_not_tried_as_a_teacher(clips, student, tmp_path, capsys):
@@ -302,7 +332,7 @@ def test_faiss_search_with_every_cell_probed_is_exact_search():
     faiss_index = ann.build(gallery.half())
     assert faiss_index.nlist == 55 and faiss_index.ntotal == 3000
     query = torch.nn.functional.normalize(torch.randn(16), dim=0)
-    exact_scores, exact_rows = top_k(query, gallery.half(), 10)
+    exact_scores, exact_rows = top_k(query, [gallery.half()], 10)
     scores, rows = ann.top_k(faiss_index, query, 10, nprobe=55)
     assert rows.tolist() == exact_rows.tolist()
     # FAISS scores the float16 vectors in float32 as exact search does, summed in another order.
