@@ -12,9 +12,9 @@ Prints parameters (in all and by part), GFLOPs per video and per caption (distil
 multiply-add = 2 FLOPs, the same count for a frozen and a trainable model), the size of the shipped file
 (the student at `export.dtype`, the teacher as `save_teacher` writes it) and CPU throughput (eval mode,
 inference_mode, fp32, the machine's threads): `--videos` videos and `--captions` captions a call, median of
-`--rounds` rounds in which teacher and student alternate, each round of a model as many calls as take about
-`--round-s` seconds (set by a warm-up call). Overrides change the recipe (e.g.
-student.backbone=mobilenetv3_large_100).
+`--rounds` rounds in which teacher and student alternate; in a round, a model's video calls, then its
+caption calls, are each as many calls as take about `--round-s` seconds (set by a warm-up call). Overrides
+change the recipe (e.g. student.backbone=mobilenetv3_large_100).
 """
 
 from __future__ import annotations
@@ -73,7 +73,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--videos", type=int, default=4, help="videos a timed call")
     parser.add_argument("--captions", type=int, default=32, help="captions a timed call")
-    parser.add_argument("--round-s", type=float, default=0.25, help="about how long each model's calls take a round")
+    parser.add_argument(
+        "--round-s",
+        type=float,
+        default=0.25,
+        help="seconds a model's video calls, then its caption calls, take a round",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for the recipe")
     args = parser.parse_args()
 
@@ -140,7 +145,7 @@ def main() -> None:
         f"at {models['teacher'].input_size} px, student {s.max_frames} at {s.image_size} px ({s.backbone}, "
         f"{s.temporal_layers} temporal layers, text {s.text_width} wide x {s.text_layers}, token rank "
         f"{s.token_rank or 'full'}), {words} tokens; medians of {args.rounds} rounds of about {args.round_s} s "
-        "a model\n"
+        "of each model's video calls and of its caption calls\n"
     )
     print(
         "| model | params (M) | " + " | ".join(p.replace("_", " ") for p in PART_COLUMNS) + " | GFLOPs / video "
