@@ -67,9 +67,14 @@ def dataset_key(dataset: VideoTextDataset) -> dict:
     return {"pairs": len(dataset), "videos": len(dataset.first_pairs()), "sha256": hashlib.sha256(pairs).hexdigest()}
 
 
-def teacher_key(teacher: nn.Module) -> dict:
-    """A frozen teacher by its head, the precision it computes in and its weights."""
-    return {"sim_header": teacher.sim_header, "precision": teacher.precision, "sha256": teacher_sha256(teacher)}
+def teacher_key(teacher: nn.Module, sha256: str | None = None) -> dict:
+    """A frozen teacher by its head, the precision it computes in and its weights (their `teacher_sha256`,
+    computed here unless given: `Run.teacher_key` keeps each teacher's)."""
+    return {
+        "sim_header": teacher.sim_header,
+        "precision": teacher.precision,
+        "sha256": sha256 or teacher_sha256(teacher),
+    }
 
 
 def cache_key(dataset: VideoTextDataset, teacher: dict, sampling: dict) -> dict:

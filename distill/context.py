@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -16,7 +17,7 @@ from accelerate.utils import (
     is_wandb_available,
 )
 
-from distill.cache import teacher_key
+from distill.cache import teacher_key, teacher_sha256
 from distill.config import recipe_to_dict, save_recipe
 from distill.data.checks import check_videos, describe, read_split_or_stop, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View, frame_settings, frames_folder, recipe_views
@@ -29,9 +30,11 @@ from students import (
     check_inheritance,
     inherited_text_tower,
     load_student,
+    read_metadata,
     teacher_text_sizes,
     teacher_text_tower,
 )
+from students.model import TextTower
 from teachers import CLIP4Clip, load_teacher
 from teachers.archs import clip_arch
 
@@ -50,23 +53,24 @@ class Run:
     ensemble: list[CLIP4Clip] = field(default_factory=list)  # teacher.ensemble, loaded when the run starts
     student: Student | None = None  # the distill stage's (the evaluate stage loads an earlier run's)
     report: dict | None = None  # the evaluate stage's
-    frozen_keys: dict[int, tuple[CLIP4Clip, dict]] = field(default_factory=dict, repr=False)  # teacher_key's
+    # teacher_key's: each teacher's weights hash and the (storage, version) of every tensor it was taken at
+    weight_hashes: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
     @property
     def dir(self) -> Path:
         return self.recipe.run_dir
 
     def teacher_key(self, teacher: CLIP4Clip) -> dict:
-        """`distill.cache.teacher_key` of one of this run's teachers, its weights hashed once while it is frozen
-        (the cache stage, distillation's cache check, its checkpoint settings and the export all name it: about
-        1 s of hashing each for ViT-B/32). A teacher with a trainable parameter (`teacher.init` in the teacher
-        stage, trained in place) is hashed every time."""
-        if any(p.requires_grad for p in teacher.parameters()):
-            return teacher_key(teacher)
-        found = self.frozen_keys.get(id(teacher))
-        if found is None or found[0] is not teacher:
-            found = self.frozen_keys[id(teacher)] = (teacher, teacher_key(teacher))
-        return found[1]
+        """`distill.cache.teacher_key` of one of this run's teachers, its weights hashed again only when one of
+        its tensors was written or moved since the last time (the cache stage, distillation's cache check, its
+        checkpoint settings and the export all name it: about 1 s of hashing each for ViT-B/32). Every in-place
+        write (an optimizer step, `load_state_dict`) bumps a tensor's version, and `.to()` gives it new
+        storage, so a teacher changed in place is never named by its old weights."""
+        stamp = tuple((t.data_ptr(), t._version) for t in teacher.state_dict().values())
+        found = self.weight_hashes.get(teacher)
+        if found is None or found[0] != stamp:
+            found = self.weight_hashes[teacher] = (stamp, teacher_sha256(teacher))
+        return teacher_key(teacher, found[1])
 
 
 def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
@@ -98,6 +102,23 @@ def run_views(recipe: Recipe, teacher: CLIP4Clip | None) -> dict[str, View]:
     return recipe_views(recipe, None if teacher is None else teacher.input_size)
 
 
+def check_inherited_init(init: str, sizes: TextTower) -> None:
+    """`student.init` with `student.text=inherit`: the export's inherited text tower must be of this teacher's
+    `sizes`, its activation too (a GELU tower, an open_clip teacher's, has QuickGELU's shapes: its weights would
+    load and run under the other activation). Reads the export's header only."""
+    path = Path(init) / "model.safetensors" if Path(init).is_dir() else Path(init)
+    found, wanted = json.loads(read_metadata(path)["config"]).get("teacher_text") or {}, asdict(sizes)
+    if differ := [
+        f"{key}={found.get(key)!r} (this teacher's: {value!r})"
+        for key, value in wanted.items()
+        if found.get(key) != value
+    ]:
+        raise ValueError(
+            f"student.init: {path} inherited a text tower with {', '.join(differ)}: start from a student "
+            "distilled from this teacher, or without student.init"
+        )
+
+
 def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     """The student of the recipe, with the teacher's text tower (frozen, its weights loaded) when
     `student.text=teacher`, or a tower inherited from it (`inherit`: trained from the teacher's weights)."""
@@ -117,12 +138,9 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     if text_weights is not None:  # strict: the teacher's tower gives every weight, an inherited one none unknown
         student.text.load_state_dict(text_weights)
     if s.init is not None:  # the same architecture (recipe.check_student_init); strict on every key
-        start = load_student(s.init)
-        if s.text == "inherit" and start.teacher_text != sizes:  # e.g. GELU against QuickGELU: same shapes
-            raise ValueError(
-                f"student.init: {s.init} inherited a text tower of {start.teacher_text}; this teacher's gives {sizes}"
-            )
-        weights = start.state_dict()
+        if s.text == "inherit":
+            check_inherited_init(s.init, sizes)
+        weights = load_student(s.init).state_dict()
         if s.text == "teacher":  # the text tower stays this teacher's, whatever the export's was
             weights.update({f"text.{k}": v for k, v in student.text.state_dict().items()})
         try:
@@ -167,7 +185,10 @@ def start_run(recipe: Recipe) -> Run:
     # take hours on real data).
     teacher = given_teacher(recipe, accelerator.device)
     if teacher is not None and recipe.student.text == "inherit" and "distill" in recipe.stages:
-        check_inheritance(recipe.student, teacher_text_sizes(teacher, recipe.data.max_words))
+        sizes = teacher_text_sizes(teacher, recipe.data.max_words)
+        check_inheritance(recipe.student, sizes)
+        if recipe.student.init is not None:
+            check_inherited_init(recipe.student.init, replace(sizes, layers=recipe.student.text_layers))
     size = run_views(recipe, teacher)["teacher"].size
     ensemble = []
     for i, source in enumerate(recipe.teacher.ensemble):

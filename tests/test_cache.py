@@ -238,7 +238,7 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     assert found["loss.feature_weight"] == 4.0 and found["train.lr"] == run.recipe.train.lr and found["seed"] == 0
     assert found["student.init"] is False and found["data.dataset.pairs"] == len(run.data["train"])
     assert found["data.sampling.max_frames"] == run.recipe.teacher.max_frames
-    assert found["teachers.count"] == 1 and found["teachers.0.sha256"] == teacher_key(run.teacher)["sha256"]
+    assert found["teachers"] == 1 and found["teachers.0.sha256"] == teacher_key(run.teacher)["sha256"]
     assert not {"train.checkpoint_every", "train.resume", "train.accumulate"} & found.keys()
     cadence = ["train.checkpoint_every=7", "train.resume=auto", "train.log_every=1", "train.accumulate=2"]
     assert settings([*first, *cadence])[0] == found
@@ -251,7 +251,7 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     assert changed("student.backbone_kwargs={depth: 2, drop_path_rate: 0.1}") == ["student.backbone_kwargs"]
     assert changed("data.val_fraction=0.3") == ["data.dataset.pairs", "data.dataset.sha256", "data.dataset.videos"]
     member = ["teachers.1.precision", "teachers.1.sha256", "teachers.1.sim_header"]
-    assert changed(f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]") == [*member, "teachers.count"]
+    assert changed(f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]") == ["teachers", *member]
     assert changed(f"teacher.source={tmp_path / 'other.safetensors'}") == ["teachers.0.sha256", "teachers.0.sim_header"]
     moved = tmp_path / "moved"  # a data root copied elsewhere: the same pairs
     shutil.copytree(data, moved)
@@ -259,13 +259,13 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     teacher, _ = settings(first, ("teacher",))
     assert teacher["teacher.init"] is False and teacher["teacher.train.lr"] == 1e-3
     assert not {"teacher.source", "teacher.cache", "teacher.train.resume"} & teacher.keys()
-    assert not any(key.startswith("teachers.") for key in teacher)
+    assert not any(key.startswith("teachers") for key in teacher)
 
 
-def test_a_run_hashes_a_frozen_teacher_once_and_a_trainable_one_each_time(data, tmp_path):
-    """The cache, the checkpoint settings and the export name a teacher by `Run.teacher_key`: a frozen
-    teacher's is computed once (the same dict comes back), one being trained (`teacher.init`, in place) is
-    hashed again and follows its weights."""
+def test_a_run_hashes_a_teacher_once_until_its_weights_change(data, tmp_path):
+    """The cache, the checkpoint settings and the export name a teacher by `Run.teacher_key`: its weights are
+    hashed once while they stay as they are; written in place (trained with `teacher.init`, then frozen
+    again, or loaded back) the key follows them."""
     save_teacher(tiny_teacher("seqTransf"), tmp_path / "teacher.safetensors")
     recipe = [
         f"data.root={data}",
@@ -274,12 +274,17 @@ def test_a_run_hashes_a_frozen_teacher_once_and_a_trainable_one_each_time(data, 
     ]
     run = start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*recipe, *TINY]))
     key = run.teacher_key(run.teacher)
-    assert key == teacher_key(run.teacher) and run.teacher_key(run.teacher) is key
-    trained = run.teacher.trainable()
+    hashed = run.weight_hashes[run.teacher]
+    assert key == teacher_key(run.teacher) and run.teacher_key(run.teacher) == key
+    assert run.weight_hashes[run.teacher] is hashed  # not hashed again
+    weights = {k: v.clone() for k, v in run.teacher.state_dict().items()}
+    trained = run.teacher.trainable()  # the same object, as the teacher stage trains it in place
     with torch.no_grad():
         trained.clip.logit_scale.add_(1.0)
-    assert run.teacher_key(trained)["sha256"] != key["sha256"]
-    assert run.teacher_key(trained) == teacher_key(trained) and run.teacher_key(trained) is not run.teacher_key(trained)
+    trained.requires_grad_(False)  # frozen again, the weights moved
+    assert run.teacher_key(trained)["sha256"] != key["sha256"] and run.teacher_key(trained) == teacher_key(trained)
+    trained.load_state_dict(weights)
+    assert run.teacher_key(trained) == key
 
 
 def test_distillation_from_the_cache_reads_no_teacher_view_and_refuses_another_sampling(runs, data):

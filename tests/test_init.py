@@ -112,9 +112,16 @@ def test_student_text_inherit_starts_from_the_teachers_tower_and_ships(tmp_path)
     assert all(torch.equal(value, resumed[name]) for name, value in student.state_dict().items())
     gelu = Student(student.config, max_words=16, teacher_text=replace(student.teacher_text, quick_gelu=False))
     export_student(gelu, tmp_path / "gelu.safetensors", {})
-    with pytest.raises(ValueError, match=r"student.init: .*gelu.safetensors inherited .*quick_gelu=False\); this"):
+    refused = r"student.init: .*gelu.safetensors inherited a text tower with quick_gelu=False \(this teacher's: True\)"
+    with pytest.raises(ValueError, match=refused):
         started_from(tmp_path / "gelu.safetensors")
     # A given teacher is checked when the run starts, before the run folder, the data and cache stages
+    with pytest.raises(ValueError, match=refused):
+        gelu_init = [f"student.init={tmp_path / 'gelu.safetensors'}", f"output_dir={tmp_path / 'run'}"]
+        run_recipe(
+            load_recipe(DEMO, [*given, *inherit, "student.token_rank=8", *gelu_init, f"data.root={tmp_path / 'data'}"])
+        )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
     with pytest.raises(ValueError, match="student.text_layers: 4; student.text=inherit takes 1 to the teacher's 3"):
         four = ["student.text_layers=4", f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}"]
         run_recipe(load_recipe(DEMO, [*given, *inherit, *four]))
