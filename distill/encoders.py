@@ -145,7 +145,7 @@ def load_encoder(source: str, runtime: str = "torch", device: str | torch.device
         ValueError: a damaged student, a folder that holds no ONNX encoders, an unknown runtime.
     """
     from distill.cache import teacher_sha256
-    from students import load_student, read_metadata
+    from students import export_file, load_student, read_metadata
     from teachers import load_teacher, parse_open_clip_source
 
     if runtime not in RUNTIMES:
@@ -159,7 +159,7 @@ def load_encoder(source: str, runtime: str = "torch", device: str | torch.device
         encoder = OnnxEncoder(file)
         record = {"kind": "student", "sha256": info["sha256"], "space": info["space"]}
     else:
-        export = file / "model.safetensors" if file.is_dir() else file
+        export = export_file(file)
         try:
             metadata = read_metadata(export)
         except ValueError:  # not a student export: a teacher source (a damaged student says so below)

@@ -291,11 +291,9 @@ def check_inheritance_here(recipe: Recipe) -> None:
 def check_student_init(recipe: Recipe) -> None:
     """`student.init` names a student export whose architecture is the recipe's student's (read from its
     header, before any stage runs)."""
-    from students import read_metadata  # safetensors and timm, only for recipes that need them
+    from students import export_file, read_metadata  # safetensors and timm, only for recipes that need them
 
-    path = Path(recipe.student.init)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    path = export_file(recipe.student.init)
     if not path.is_file():
         raise RecipeError(f"student.init: no such student export: {recipe.student.init}")
     try:

@@ -71,6 +71,12 @@ def export_student(
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 
+def export_file(path: str | Path) -> Path:
+    """The student export a path names: the file itself, or the `model.safetensors` of a model card folder."""
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The header metadata of an export, without loading the weights."""
     try:
@@ -95,9 +101,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
             (unknown fields, wrong types, backbone arguments that name files), weights that are not the
             ones exported (checksum) or do not fit the config.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    path = export_file(path)
     metadata = read_metadata(path)
     student = Student.from_spec(checked_spec(metadata.get("config"), path))
     tensors = load_file(str(path))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from distill.encoders import ONNX_FORMAT, preprocessing_of, student_record
-from students.export import load_student, read_metadata
+from students.export import export_file, load_student, read_metadata
 
 
 class VideoEncoder(nn.Module):
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the folder for the .onnx files")
     args = parser.parse_args(argv)
     try:
-        file = args.student / "model.safetensors" if args.student.is_dir() else args.student
+        file = export_file(args.student)
         student = load_student(file)
         metadata = read_metadata(file)
     except (ValueError, FileNotFoundError, OSError) as error:
