@@ -28,6 +28,7 @@ from distill.train import check_split
 from students import (
     Student,
     check_inheritance,
+    export_file,
     inherited_text_tower,
     load_student,
     read_metadata,
@@ -61,13 +62,18 @@ class Run:
         return self.recipe.run_dir
 
     def teacher_key(self, teacher: CLIP4Clip) -> dict:
-        """`distill.cache.teacher_key` of one of this run's teachers, its weights hashed again only when one of
-        its tensors was written or moved since the last time (the cache stage, distillation's cache check, its
-        checkpoint settings and the export all name it: about 1 s of hashing each for ViT-B/32). Every in-place
-        write (an optimizer step, `load_state_dict`) bumps a tensor's version, and `.to()` gives it new
-        storage, so a teacher changed in place is never named by its old weights."""
+        """`distill.cache.teacher_key` of one of this run's teachers (the cache stage, distillation's cache
+        check, its checkpoint settings and the export all name it: about 1 s of hashing each for ViT-B/32).
+        A frozen teacher's weights are hashed again only when a tensor was written or moved since: in-place
+        writes through autograd's view of a tensor (`load_state_dict`, torch's default optimizer steps) bump
+        its version, `.to()` gives it new storage. Writes that bypass the version counter (`p.data.add_()`,
+        fused optimizer steps, inference tensors) are not seen, which is why a teacher with a trainable
+        parameter, the one such steps would train, is hashed every time; none of this code writes a frozen
+        teacher so."""
         stamp = tuple((t.data_ptr(), t._version) for t in teacher.state_dict().values())
         found = self.weight_hashes.get(teacher)
+        if any(p.requires_grad for p in teacher.parameters()):
+            found = None
         if found is None or found[0] != stamp:
             found = self.weight_hashes[teacher] = (stamp, teacher_sha256(teacher))
         return teacher_key(teacher, found[1])
@@ -106,7 +112,7 @@ def check_inherited_init(init: str, sizes: TextTower) -> None:
     """`student.init` with `student.text=inherit`: the export's inherited text tower must be of this teacher's
     `sizes`, its activation too (a GELU tower, an open_clip teacher's, has QuickGELU's shapes: its weights would
     load and run under the other activation). Reads the export's header only."""
-    path = Path(init) / "model.safetensors" if Path(init).is_dir() else Path(init)
+    path = export_file(init)
     found, wanted = json.loads(read_metadata(path)["config"]).get("teacher_text") or {}, asdict(sizes)
     if differ := [
         f"{key}={found.get(key)!r} (this teacher's: {value!r})"

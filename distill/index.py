@@ -100,21 +100,29 @@ def read_index(folder: Path) -> tuple[dict, list[dict], torch.Tensor]:
     check_shards(folder, info)
     entries = [json.loads(line) for line in (folder / "entries.jsonl").read_text().splitlines()]
     if len(entries) != info["count"]:
-        raise IndexFolderError(f"{folder}: {len(entries)} entries for {info['count']} embeddings; rebuild the index")
+        raise IndexFolderError(
+            f"{folder / 'entries.jsonl'}: {len(entries)} entries for {info['count']} embeddings; rebuild the index"
+        )
     shards = list(shard_embeddings(folder, info))
     embeddings = torch.cat(shards) if shards else torch.empty(0, info["model"]["embed_dim"], dtype=torch.float16)
     return info, entries, embeddings
 
 
 def check_shards(folder: Path, info: dict) -> None:
-    """Stops unless the shards hold `info["count"]` rows, read from their headers (no embedding is loaded)."""
-    rows = 0
+    """Stops unless the shards hold `info["count"]` rows of the model's width, read from their headers (no
+    embedding is loaded)."""
+    rows, dim = 0, info["model"]["embed_dim"]
     for name in info["shards"]:
         with safe_open(str(folder / name), framework="pt") as f:
-            rows += f.get_slice("embeddings").get_shape()[0]
+            shape = f.get_slice("embeddings").get_shape()
+        if shape[1] != dim:
+            raise IndexFolderError(
+                f"{folder / name}: {shape[1]}-d embeddings, the model's are {dim}-d; rebuild the index"
+            )
+        rows += shape[0]
     if rows != info["count"]:
         raise IndexFolderError(
-            f"{folder}: {rows} embeddings in its shards for {info['count']} entries; rebuild the index"
+            f"{folder / 'index.json'}: count {info['count']}, but its shards hold {rows} embeddings; rebuild the index"
         )
 
 
@@ -134,7 +142,9 @@ def entries_at(folder: Path, info: dict, rows: Sequence[int]) -> list[dict]:
             if count - 1 in wanted:
                 found[count - 1] = json.loads(line)
     if count != info["count"]:
-        raise IndexFolderError(f"{folder}: {count} entries for {info['count']} embeddings; rebuild the index")
+        raise IndexFolderError(
+            f"{folder / 'entries.jsonl'}: {count} entries for {info['count']} embeddings; rebuild the index"
+        )
     return [found[row] for row in rows]
 
 

@@ -9,9 +9,10 @@ object a line, best first; `--html FILE` also writes a page with the frames of e
 embedded by the model the index was built with (found where it records, and checked against its
 fingerprint), or by `--model` (on `--runtime`), which must be in the index's embedding space, as must every
 `--also` index searched with it: a query never lands in another model's space. The search is exact, a
-shard of the gallery read at a time and scored in chunks (one float16 shard and one chunk's scores in
-memory, whatever the gallery's size), or with an index built with `--faiss`, approximate (the FAISS index
-in memory, the shards unread; `--exact` scans them anyway). Only the entries of the hits are parsed.
+shard of the gallery read at a time and scored in chunks (one float16 shard and one chunk's float32 copy in
+memory, whatever the gallery's size), or with an index built with `--faiss`, approximate (the FAISS index in
+memory, no shard's embeddings read; `--exact` scans them anyway). Only the entries of the hits are parsed,
+after the scan: a damaged entries file is found then.
 """
 
 from __future__ import annotations
@@ -101,7 +102,13 @@ def search(
         if info.get("faiss") and not exact:
             if not (folder / info["faiss"]).is_file():
                 raise IndexFolderError(f"{folder}: its {info['faiss']} is missing; rebuild the index or use --exact")
-            scores, rows = ann.top_k(ann.load(folder / info["faiss"]), query, top, nprobe)
+            approximate = ann.load(folder / info["faiss"])
+            if approximate.ntotal != info["count"]:
+                raise IndexFolderError(
+                    f"{folder / info['faiss']}: {approximate.ntotal} vectors for {info['count']} entries; rebuild "
+                    "the index or use --exact"
+                )
+            scores, rows = ann.top_k(approximate, query, top, nprobe)
         else:
             scores, rows = top_k(query, shard_embeddings(folder, info), top)
         hits += [(s, folder, e) for s, e in zip(scores.tolist(), entries_at(folder, info, rows.tolist()))]

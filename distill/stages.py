@@ -114,8 +114,8 @@ def checkpoint_settings(run: Run, sections: tuple[str, ...], teachers: Sequence[
     data = {"dataset": dataset_key(run.data["train"]), "sampling": train_sampling(run)}
     settings |= flat_config({"seed": r.seed, "mixed_precision": r.mixed_precision, "data": data})
     if teachers:  # their count (one added or dropped) and each by member, so a refusal names the one that moved
-        settings["teachers"] = len(teachers)
-        settings |= flat_config({"teachers": {str(i): run.teacher_key(t) for i, t in enumerate(teachers)}})
+        members = {str(i): run.teacher_key(t) for i, t in enumerate(teachers)}
+        settings |= flat_config({"teachers": {"count": len(teachers), **members}})
     return settings
 
 

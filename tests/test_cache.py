@@ -238,7 +238,7 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     assert found["loss.feature_weight"] == 4.0 and found["train.lr"] == run.recipe.train.lr and found["seed"] == 0
     assert found["student.init"] is False and found["data.dataset.pairs"] == len(run.data["train"])
     assert found["data.sampling.max_frames"] == run.recipe.teacher.max_frames
-    assert found["teachers"] == 1 and found["teachers.0.sha256"] == teacher_key(run.teacher)["sha256"]
+    assert found["teachers.count"] == 1 and found["teachers.0.sha256"] == teacher_key(run.teacher)["sha256"]
     assert not {"train.checkpoint_every", "train.resume", "train.accumulate"} & found.keys()
     cadence = ["train.checkpoint_every=7", "train.resume=auto", "train.log_every=1", "train.accumulate=2"]
     assert settings([*first, *cadence])[0] == found
@@ -251,7 +251,7 @@ def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp
     assert changed("student.backbone_kwargs={depth: 2, drop_path_rate: 0.1}") == ["student.backbone_kwargs"]
     assert changed("data.val_fraction=0.3") == ["data.dataset.pairs", "data.dataset.sha256", "data.dataset.videos"]
     member = ["teachers.1.precision", "teachers.1.sha256", "teachers.1.sim_header"]
-    assert changed(f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]") == ["teachers", *member]
+    assert changed(f"teacher.ensemble=[{tmp_path / 'other.safetensors'}]") == [*member, "teachers.count"]
     assert changed(f"teacher.source={tmp_path / 'other.safetensors'}") == ["teachers.0.sha256", "teachers.0.sim_header"]
     moved = tmp_path / "moved"  # a data root copied elsewhere: the same pairs
     shutil.copytree(data, moved)

@@ -145,10 +145,12 @@ def test_index_then_search_by_caption_and_by_video(clips, student, tmp_path, cap
     assert table[2].startswith("| 1 | 1.0") and table[2].endswith(f"| {folder / 'deep' / 'clip5.mp4'} | 0.0 | 2.0 |")
 
 
-def test_search_reads_an_index_a_shard_at_a_time_and_names_a_damaged_one(clips, student, tmp_path, capsys, monkeypatch):
-    """Six entries in shards of four rows: the CLI's search, one shard in memory at a time and only its hits'
-    entries parsed, ranks as the whole gallery does; an entries file or a count that disagrees with the
-    shards stops it, named."""
+def test_search_over_several_shards_ranks_as_the_whole_gallery_and_names_a_damaged_index(
+    clips, student, tmp_path, capsys, monkeypatch
+):
+    """Six entries in shards of four rows: the CLI's search, which reads a shard at a time and parses only its
+    hits' entries, ranks as the whole gallery does; an entries file or a count that disagrees with the
+    shards stops it, naming the file."""
     import distill.index as index_module
 
     folder, captions = clips
@@ -165,10 +167,10 @@ def test_search_reads_an_index_a_shard_at_a_time_and_names_a_damaged_one(clips, 
     lines = (out / "entries.jsonl").read_text().splitlines(keepends=True)
     (out / "entries.jsonl").write_text("".join(lines[:-1]))
     assert search_main([str(out), captions[1]]) == 2
-    assert f"{out}: 5 entries for 6 embeddings; rebuild the index" in capsys.readouterr().err
+    assert f"{out / 'entries.jsonl'}: 5 entries for 6 embeddings; rebuild the index" in capsys.readouterr().err
     (out / "index.json").write_text(json.dumps({**info, "count": 5}))
     assert search_main([str(out), captions[1]]) == 2
-    assert f"{out}: 6 embeddings in its shards for 5 entries; rebuild the index" in capsys.readouterr().err
+    assert f"{out / 'index.json'}: count 5, but its shards hold 6 embeddings" in capsys.readouterr().err
 
 
 def test_a_second_run_embeds_only_new_or_changed_files_and_drops_deleted_ones(clips, student, tmp_path, capsys):
@@ -356,6 +358,12 @@ def test_an_index_with_faiss_searches_as_exact_search(clips, student, tmp_path, 
     assert search_main([str(out), captions[1]]) == 2
     assert f"{out}: its faiss.index is missing; rebuild the index or use --exact" in capsys.readouterr().err
     assert search_main([str(out), captions[1], "--exact"]) == 0
+    from distill import ann
+
+    _, _, embeddings = read_index(out)  # a FAISS index of another gallery: its rows would name other entries
+    ann.save(ann.build(embeddings[:4]), out / "faiss.index")
+    assert search_main([str(out), captions[1]]) == 2
+    assert f"{out / 'faiss.index'}: 4 vectors for 6 entries; rebuild the index" in capsys.readouterr().err
 
 
 def test_the_results_page_shows_each_hit_with_its_sampled_frames(clips, student, tmp_path, capsys):
