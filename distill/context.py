@@ -72,9 +72,7 @@ class Run:
         teacher so."""
         stamp = tuple((t.data_ptr(), t._version) for t in teacher.state_dict().values())
         found = self.weight_hashes.get(teacher)
-        if any(p.requires_grad for p in teacher.parameters()):
-            found = None
-        if found is None or found[0] != stamp:
+        if found is None or found[0] != stamp or any(p.requires_grad for p in teacher.parameters()):
             found = self.weight_hashes[teacher] = (stamp, teacher_sha256(teacher))
         return teacher_key(teacher, found[1])
 

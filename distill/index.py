@@ -138,7 +138,7 @@ def entries_at(folder: Path, info: dict, rows: Sequence[int]) -> list[dict]:
     so a search holds a few entries, not a million."""
     wanted, found, count = set(rows), {}, 0
     with open(folder / "entries.jsonl", encoding="utf-8") as f:
-        for count, line in enumerate(f, start=1):
+        for count, line in enumerate(f, start=1):  # count: the lines read so far
             if count - 1 in wanted:
                 found[count - 1] = json.loads(line)
     if count != info["count"]:
