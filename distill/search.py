@@ -30,7 +30,7 @@ from distill.embed import embed_texts, embed_videos
 from distill.encoders import RUNTIMES, load_encoder
 from distill.index import IndexFolderError, check_shards, entries_at, read_info, shard_embeddings
 
-CHUNK = 65_536  # gallery rows scored at once: 65k x 512 float32 is 128 MB
+CHUNK = 4_096  # gallery rows scored at once (8 MB of float32 at 512-d): small chunks scan faster (BENCHMARKS.md)
 
 
 def top_k(query: torch.Tensor, shards: Iterable[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
