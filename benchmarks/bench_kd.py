@@ -48,6 +48,9 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
   tiny   64-wide ViT blocks and a 64-wide text tower, rank-16 token embedding (the demo's student now)
   mnv3   timm's MobileNetV3-Small 0.5 frame encoder at 64 px (the clips' own size), text 96 wide, rank 16
   effvit timm's EfficientViT-M0 narrowed to 32/64/96 channels with 2 heads, at 64 px; tiny's text tower
+  rn10t  timm's ResNet-10-T (plain convolutions, no depthwise ones) narrowed to 16/32/64/128 channels and an
+         8-wide stem, at 64 px; tiny's text tower
+  rn10t32  rn10t at 32 px, as the ViT students read the clips
   tiny128  tiny with a text tower of the teacher's width (128, 2 heads), 2 layers, rank 16
   inherit  tiny128 inherited from the teacher's text tower (`student.text=inherit`: its first and last
            layers, its embeddings factorised to rank 16 by SVD)
@@ -136,7 +139,16 @@ SIZES = {
         "student.text_heads=2",
         "student.token_rank=16",
     ],
+    "rn10t": [
+        "student.backbone=resnet10t",
+        "student.backbone_kwargs={channels: [16, 32, 64, 128], stem_width: 8}",
+        "student.image_size=64",
+        "student.text_width=64",
+        "student.text_heads=2",
+        "student.token_rank=16",
+    ],
 }
+SIZES["rn10t32"] = [o.replace("image_size=64", "image_size=32") for o in SIZES["rn10t"]]
 
 
 def run(args: list[str], log: Path) -> None:
