@@ -34,6 +34,8 @@ BACKBONES = {  # bench_kd's sizes: (timm model, kwargs, frame size)
         64,
     ),
     "mnv3 (MobileNetV3-Small 0.5)": ("mobilenetv3_small_050", {}, 64),
+    "rn10t (ResNet-10-T narrowed)": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 8}, 64),
+    "rn10t32 (the same at 32 px)": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 8}, 32),
 }
 
 
