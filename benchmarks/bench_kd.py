@@ -117,6 +117,8 @@ TEACHERS = {"seqTransf": [], "meanP": ["teacher.sim_header=meanP"], "seqTransf24
 VIT = "student.backbone_kwargs={{img_size: 32, patch_size: 8, depth: 2, embed_dim: {}, num_heads: {}}}"
 TEXT128 = ["student.text_width=128", "student.text_heads=2", "student.text_layers=2", "student.token_rank=16"]
 TEXT128 += ["student.embed_dim=96"]  # not the teacher's 128: an inherited tower keeps its own projection
+RN10T = ["student.backbone=resnet10t", "student.backbone_kwargs={channels: [16, 32, 64, 128], stem_width: 8}"]
+RN10T += ["student.text_width=64", "student.text_heads=2", "student.token_rank=16"]  # tiny's text tower
 SIZES = {
     "wide": [VIT.format(192, 3), "student.text_width=96", "student.text_heads=4", "student.token_rank=0"],
     "small": [VIT.format(96, 3), "student.text_width=96", "student.text_heads=4", "student.token_rank=16"],
@@ -139,16 +141,9 @@ SIZES = {
         "student.text_heads=2",
         "student.token_rank=16",
     ],
-    "rn10t": [
-        "student.backbone=resnet10t",
-        "student.backbone_kwargs={channels: [16, 32, 64, 128], stem_width: 8}",
-        "student.image_size=64",
-        "student.text_width=64",
-        "student.text_heads=2",
-        "student.token_rank=16",
-    ],
+    "rn10t": [*RN10T, "student.image_size=64"],
+    "rn10t32": [*RN10T, "student.image_size=32"],
 }
-SIZES["rn10t32"] = [o.replace("image_size=64", "image_size=32") for o in SIZES["rn10t"]]
 
 
 def run(args: list[str], log: Path) -> None:

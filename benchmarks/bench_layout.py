@@ -22,6 +22,7 @@ import time
 from pinned import restart_pinned  # benchmarks/pinned.py
 
 FRAMES = 8
+RN10T = {"channels": [16, 32, 64, 128], "stem_width": 8}
 BACKBONES = {  # bench_kd's sizes: (timm model, kwargs, frame size)
     "tiny (ViT)": (
         "vit_tiny_patch16_224",
@@ -34,8 +35,8 @@ BACKBONES = {  # bench_kd's sizes: (timm model, kwargs, frame size)
         64,
     ),
     "mnv3 (MobileNetV3-Small 0.5)": ("mobilenetv3_small_050", {}, 64),
-    "rn10t (ResNet-10-T narrowed)": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 8}, 64),
-    "rn10t32 (the same at 32 px)": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 8}, 32),
+    "rn10t (ResNet-10-T narrowed)": ("resnet10t", RN10T, 64),
+    "rn10t32 (the same at 32 px)": ("resnet10t", RN10T, 32),
 }
 
 
