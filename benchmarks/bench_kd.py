@@ -56,7 +56,8 @@ Sizes (student overrides of the demo recipe, every size key pinned; `--sizes`):
            layers, its embeddings factorised to rank 16 by SVD)
 Extra `dotted.key=value` arguments apply to every student run (e.g. student.temporal_layers=2), `--teacher`
 ones to every teacher's training (e.g. teacher.image_size=64), `--style` (`data.synthetic.style`) to both.
-`--teacher` takes every key=value after it (give student overrides before it); a teacher already trained
+`--teacher` takes every key=value after it (give student overrides before it; its `teacher.max_frames`
+also goes to the student runs and the scoring, which read the teacher); a teacher already trained
 in `--out` is reused when `--style`, `--teacher` and `--teacher-extra` are those it was trained with
 (teacher_args.json in its folder; training stops when they differ, `--score-only` warns, and a folder
 without the file is reused with a warning), so other teacher settings need another `--out`.
@@ -219,6 +220,7 @@ def main() -> None:
         f"train.epochs={epochs}",
         "eval.val_pairs=0",
         *style,
+        *teacher_view(args),
         *args.overrides,
     ]
     caches: dict[tuple[str, bool], Path] = {}  # (teacher, pool) -> a cache of it on that data, for later runs
@@ -321,6 +323,12 @@ def unpaired_pool(out: Path, labelled: int) -> list[str]:
     ]
 
 
+def teacher_view(args: argparse.Namespace) -> list[str]:
+    """The `--teacher` keys that say how the teacher reads a clip (its frames), which every run that reads
+    the teacher must share: a teacher trained on 4 frames and fed 8 ranks near chance (BENCHMARKS.md)."""
+    return [o for o in args.teacher if o.startswith("teacher.max_frames=")]
+
+
 def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs: int) -> None:
     """R@1 of every teacher and every student on the pool's `--split`, and the table."""
     import torch
@@ -335,7 +343,7 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
     torch.set_num_threads(os.cpu_count() or 1)
     first = teachers["seqTransf"]
     overrides = [f"data.root={out / 'pool'}", f"output_dir={out / 'score'}", "stages=[evaluate]"]
-    overrides.append(f"data.synthetic.style={args.style}")
+    overrides += [f"data.synthetic.style={args.style}", *teacher_view(args)]
     run_ = start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*overrides, f"teacher.source={first}"]))
     data = open_datasets(run_)[args.split]
 

@@ -38,6 +38,7 @@ from students import (
 from students.model import TextTower
 from teachers import CLIP4Clip, load_teacher
 from teachers.archs import clip_arch
+from teachers.export import trained_frames
 
 TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
 
@@ -99,6 +100,16 @@ def given_teacher(recipe: Recipe, device="cpu") -> CLIP4Clip | None:
     view's."""
     source = recipe.teacher.source or recipe.teacher.init
     return None if source is None else load_teacher(source, device=device, precision=recipe.teacher.precision)
+
+
+def check_frames(key: str, source: str, frames: int) -> None:
+    """Stops a run that would feed a teacher trained here other frames a clip than it was trained on."""
+    trained = trained_frames(source)
+    if trained is not None and trained != frames:
+        raise ValueError(
+            f"{key}: {source} was trained on {trained} frames a clip and this run gives it {frames}; "
+            f"set teacher.max_frames={trained}"
+        )
 
 
 def run_views(recipe: Recipe, teacher: CLIP4Clip | None) -> dict[str, View]:
@@ -188,6 +199,8 @@ def start_run(recipe: Recipe) -> Run:
     # folder and the trackers, so a bad one leaves nothing behind, and before any stage (the cache stage can
     # take hours on real data).
     teacher = given_teacher(recipe, accelerator.device)
+    if recipe.teacher.source is not None:
+        check_frames("teacher.source", recipe.teacher.source, recipe.teacher.max_frames)
     if teacher is not None and recipe.student.text == "inherit" and "distill" in recipe.stages:
         sizes = teacher_text_sizes(teacher, recipe.data.max_words)
         check_inheritance(recipe.student, sizes)
@@ -197,6 +210,7 @@ def start_run(recipe: Recipe) -> Run:
     ensemble = []
     for i, source in enumerate(recipe.teacher.ensemble):
         ensemble.append(load_teacher(source, device=accelerator.device, precision=recipe.teacher.precision))
+        check_frames(f"teacher.ensemble[{i}]", source, recipe.teacher.max_frames)
         if ensemble[-1].input_size != size:
             raise ValueError(
                 f"teacher.ensemble[{i}]: {source} reads {ensemble[-1].input_size} px frames, the first teacher "

@@ -31,6 +31,17 @@ def is_teacher_export(path: str | Path) -> bool:
         return False
 
 
+def trained_frames(path: str | Path) -> int | None:
+    """The frames a clip that a teacher trained by this toolkit read (`teacher.max_frames` of the recipe in
+    its metadata), or None for any other file: a seqTransf teacher fed other frames than it learnt on ranks
+    near chance (BENCHMARKS.md, "A teacher from random weights that learns scenes")."""
+    if not Path(path).is_file() or not is_teacher_export(path):
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        recipe = (f.metadata() or {}).get("recipe")
+    return json.loads(recipe)["teacher"]["max_frames"] if recipe else None
+
+
 def load_teacher_export(path: str | Path) -> CLIP4Clip:
     """Rebuilds a teacher written by `save_teacher`; a key or shape mismatch is an error that lists them."""
     with safe_open(str(path), framework="pt") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tiny import DATA, STUDENT, TRAIN
 from torch.utils.data import default_collate
 
 from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest, teacher_key
+from distill.config import recipe_to_dict
 from distill.context import Run, open_datasets, start_run, teacher_arch
 from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
@@ -368,3 +370,27 @@ def test_an_ensemble_teacher_of_another_input_size_stops_the_run(data, tmp_path)
     assert not (tmp_path / "run").exists()  # checked before the run folder (recipe.yaml, trackers) is made
     with pytest.raises(ValueError, match=r"teacher.ensemble\[0\]: no such file: .*missing"):
         load_recipe(REPO / "recipes" / "demo.yaml", [*overrides[:3], "teacher.ensemble=[missing.safetensors]"])
+
+
+def test_a_teacher_trained_here_is_fed_the_frames_it_learnt_on(data, tmp_path):
+    """A teacher file of this toolkit carries its recipe; a run that would give it other frames a clip stops
+    naming the key and the value to set (a seqTransf teacher trained on 4 frames ranks near chance on 8)."""
+    trained = load_recipe(REPO / "recipes" / "demo.yaml", [*TINY, "teacher.max_frames=4"])
+    path = tmp_path / "teacher.safetensors"
+    save_teacher(tiny_teacher("seqTransf"), path, recipe=json.dumps(recipe_to_dict(trained)))
+    given = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", "stages=[distill]", *TINY]
+    for key, source in (
+        ("teacher.source", [f"teacher.source={path}"]),
+        ("teacher.ensemble[0]", [f"teacher.source={tmp_path / 'plain.safetensors'}", f"teacher.ensemble=[{path}]"]),
+    ):
+        save_teacher(tiny_teacher("seqTransf"), tmp_path / "plain.safetensors")  # no recipe: not checked
+        with pytest.raises(
+            ValueError,
+            match=rf"^{re.escape(key)}: {path} was trained on 4 frames a clip and this "
+            r"run gives it 2; set teacher.max_frames=4$",
+        ):
+            start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*given, *source, "teacher.max_frames=2"]))
+    run = start_run(
+        load_recipe(REPO / "recipes" / "demo.yaml", [*given, f"teacher.source={path}", "teacher.max_frames=4"])
+    )
+    assert open_datasets(run)["train"].views["teacher"].max_frames == 4  # the run starts and reads 4
