@@ -325,7 +325,7 @@ def unpaired_pool(out: Path, labelled: int) -> list[str]:
 
 def teacher_view(args: argparse.Namespace) -> list[str]:
     """The `--teacher` keys that say how the teacher reads a clip (its frames), which every run that reads
-    the teacher must share: a teacher trained on 4 frames and fed 8 ranks near chance (BENCHMARKS.md)."""
+    the teacher must share (`distill.context.check_frames` stops a run that does not)."""
     return [o for o in args.teacher if o.startswith("teacher.max_frames=")]
 
 

@@ -110,14 +110,9 @@ def read_onnx_folder(folder: Path) -> dict:
 def teacher_preprocessing(model: nn.Module, source: str) -> Preprocessing:
     """How a teacher reads clips: as the recipe that trained it says (`save_teacher` records it), else as
     CLIP4Clip evaluates (`preprocessing_of`)."""
-    from safetensors import safe_open
+    from teachers.export import training_recipe
 
-    from teachers.export import is_teacher_export
-
-    if source.startswith("open_clip:") or not is_teacher_export(Path(source)):
-        return preprocessing_of(model)
-    with safe_open(source, framework="pt") as f:
-        recipe = json.loads((f.metadata() or {}).get("recipe", "null"))
+    recipe = training_recipe(source)
     if recipe is None:
         return preprocessing_of(model)
     data = recipe["data"]

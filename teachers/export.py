@@ -31,15 +31,15 @@ def is_teacher_export(path: str | Path) -> bool:
         return False
 
 
-def trained_frames(path: str | Path) -> int | None:
-    """The frames a clip that a teacher trained by this toolkit read (`teacher.max_frames` of the recipe in
-    its metadata), or None for any other file: a seqTransf teacher fed other frames than it learnt on ranks
-    near chance (BENCHMARKS.md, "A teacher from random weights that learns scenes")."""
+def training_recipe(path: str | Path) -> dict | None:
+    """The recipe that trained a teacher of this toolkit (`save_teacher(..., recipe=...)`), or None for any
+    other source (`open_clip:` names, CLIP4Clip or CLIP checkpoints, exports written without one): how the
+    teacher reads clips is part of the teacher (`distill.encoders.teacher_preprocessing`,
+    `distill.context.check_frames`)."""
     if not Path(path).is_file() or not is_teacher_export(path):
         return None
     with safe_open(str(path), framework="pt") as f:
-        recipe = (f.metadata() or {}).get("recipe")
-    return json.loads(recipe)["teacher"]["max_frames"] if recipe else None
+        return json.loads((f.metadata() or {}).get("recipe", "null"))
 
 
 def load_teacher_export(path: str | Path) -> CLIP4Clip:

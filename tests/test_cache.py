@@ -373,24 +373,26 @@ def test_an_ensemble_teacher_of_another_input_size_stops_the_run(data, tmp_path)
 
 
 def test_a_teacher_trained_here_is_fed_the_frames_it_learnt_on(data, tmp_path):
-    """A teacher file of this toolkit carries its recipe; a run that would give it other frames a clip stops
-    naming the key and the value to set (a seqTransf teacher trained on 4 frames ranks near chance on 8)."""
+    """A teacher file of this toolkit carries its recipe; a run that would give it another number of frames a
+    clip stops before it writes anything, naming the key and the value to set. A teacher to fine-tune
+    (`teacher.init`) may learn other frames, and a file without a recipe is not checked."""
     trained = load_recipe(REPO / "recipes" / "demo.yaml", [*TINY, "teacher.max_frames=4"])
-    path = tmp_path / "teacher.safetensors"
+    path, plain = tmp_path / "teacher.safetensors", tmp_path / "plain.safetensors"
     save_teacher(tiny_teacher("seqTransf"), path, recipe=json.dumps(recipe_to_dict(trained)))
+    save_teacher(tiny_teacher("seqTransf"), plain)
     given = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", "stages=[distill]", *TINY]
+    demo = REPO / "recipes" / "demo.yaml"
     for key, source in (
         ("teacher.source", [f"teacher.source={path}"]),
-        ("teacher.ensemble[0]", [f"teacher.source={tmp_path / 'plain.safetensors'}", f"teacher.ensemble=[{path}]"]),
+        ("teacher.ensemble[0]", [f"teacher.source={plain}", f"teacher.ensemble=[{path}]"]),
     ):
-        save_teacher(tiny_teacher("seqTransf"), tmp_path / "plain.safetensors")  # no recipe: not checked
-        with pytest.raises(
-            ValueError,
-            match=rf"^{re.escape(key)}: {path} was trained on 4 frames a clip and this "
-            r"run gives it 2; set teacher.max_frames=4$",
-        ):
-            start_run(load_recipe(REPO / "recipes" / "demo.yaml", [*given, *source, "teacher.max_frames=2"]))
-    run = start_run(
-        load_recipe(REPO / "recipes" / "demo.yaml", [*given, f"teacher.source={path}", "teacher.max_frames=4"])
-    )
-    assert open_datasets(run)["train"].views["teacher"].max_frames == 4  # the run starts and reads 4
+        message = f"{key}: {path} was trained on 4 frames a clip and this run gives it 2; set teacher.max_frames=4"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            start_run(load_recipe(demo, [*given, *source, "teacher.max_frames=2"]))
+        assert not (tmp_path / "run").exists()
+    for source, frames in ((path, 4), (plain, 2)):
+        run = start_run(load_recipe(demo, [*given, f"teacher.source={source}", f"teacher.max_frames={frames}"]))
+        assert open_datasets(run)["train"].views["teacher"].max_frames == frames
+    fine_tune = [f"data.root={data}", f"output_dir={tmp_path / 'tune'}", "stages=[teacher]", *TINY]
+    run = start_run(load_recipe(demo, [*fine_tune, f"teacher.init={path}", "teacher.max_frames=2"]))
+    assert open_datasets(run)["train"].views["teacher"].max_frames == 2
