@@ -8,7 +8,7 @@ setting: 12 frames at 224 px, 32 tokens, 4 temporal layers) and the recipe's ViT
 without `teacher.source` (recipes/demo.yaml): the teacher its teacher stage would train. Random weights
 (cost does not depend on them); the teacher frozen, as distillation and evaluation run it.
 
-Prints parameters (in all and by part), GFLOPs per video and per caption (distill.evaluate.count_gflops: 1
+Prints parameters (in all and by part), GFLOPs per video and per caption (distill.evaluation.evaluate.count_gflops: 1
 multiply-add = 2 FLOPs, the same count for a frozen and a trainable model), the size of the shipped file
 (the student at `export.dtype`, the teacher as `save_teacher` writes it) and CPU throughput (eval mode,
 inference_mode, fp32, the machine's threads): `--videos` videos and `--captions` captions a call, median of
@@ -40,12 +40,11 @@ def recipe_models(path: Path, overrides: list[str]):
     its teacher stage would train; the teacher frozen. Stand-ins for the recipe's paths, which are not read."""
     import torch
 
-    from distill.context import teacher_arch
     from distill.recipe import load_recipe
     from students import Student
     from students.model import Preprocessing
     from teachers import CLIP4Clip
-    from teachers.archs import clip4clip_arch
+    from teachers.archs import clip4clip_arch, teacher_arch
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("checkpoint", "MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"):
@@ -61,7 +60,7 @@ def recipe_models(path: Path, overrides: list[str]):
         "teacher": CLIP4Clip(arch).eval().requires_grad_(False),
         "student": Student(recipe.student, max_words=words).eval(),
     }
-    for name, model in models.items():  # how each reads a clip (distill.encoders.preprocessing_of)
+    for name, model in models.items():  # how each reads a clip (students.model.preprocessing_of)
         frames = recipe.teacher.max_frames if name == "teacher" else recipe.student.max_frames
         model.preprocessing = Preprocessing(frames, model.input_size, words, recipe.data.framerate)
     return recipe, models
@@ -84,7 +83,7 @@ def main() -> None:
 
     import torch
 
-    from distill.evaluate import PART_COLUMNS, count_gflops, parameter_parts
+    from distill.evaluation.evaluate import PART_COLUMNS, count_gflops, parameter_parts
     from students import export_student, round_weights
     from teachers import save_teacher, tokenize
 

@@ -30,7 +30,7 @@ import decord  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distill.data.config import SyntheticConfig  # noqa: E402
+from distill.core.schema import SyntheticConfig  # noqa: E402
 from distill.data.dataset import VideoTextDataset, View  # noqa: E402
 from distill.data.shards import prepare_frames  # noqa: E402
 from distill.data.synthetic import generate_synthetic  # noqa: E402

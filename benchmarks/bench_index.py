@@ -1,4 +1,4 @@
-"""Index throughput: videos/s of `distill.index.build_index` (decode, sample, preprocess, embed, save) with
+"""Index throughput: videos/s of `distill.retrieval.index.build_index` (decode, sample, preprocess, embed, save) with
 a recipe's student and its teacher, in one run.
 
     python benchmarks/bench_index.py [--videos 96 24] [--rounds 3] [--workers 0 2]
@@ -44,10 +44,10 @@ def main() -> None:
     import torch
     from bench_cost import recipe_models
 
-    from distill.data.config import SyntheticConfig
+    from distill.core.schema import SyntheticConfig
     from distill.data.synthetic import generate_synthetic
-    from distill.encoders import OnnxEncoder, TorchEncoder
-    from distill.index import build_index, list_videos
+    from distill.retrieval.encoders import OnnxEncoder, TorchEncoder
+    from distill.retrieval.index import build_index, list_videos
     from students.onnx import describe_folder, export_onnx
 
     print(

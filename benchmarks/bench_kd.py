@@ -335,7 +335,7 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
 
     from distill.context import open_datasets, start_run
     from distill.data.dataset import VideoTextDataset, View
-    from distill.evaluate import efficiency, model_metrics
+    from distill.evaluation.evaluate import efficiency, model_metrics
     from distill.recipe import load_recipe
     from students import load_student
     from teachers import load_teacher

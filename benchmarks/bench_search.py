@@ -2,11 +2,12 @@
 
     python benchmarks/bench_search.py [--dim 512] [--top 10] [--rounds 20] [--sizes 10000 100000 1000000]
 
-Each size runs in its own child process, on a float16 L2-normalised gallery as `distill.index` stores it, of
+Each size runs in its own child process, on a float16 L2-normalised gallery as `distill.retrieval.index` stores it, of
 two kinds: `random` (uniform on the sphere: every entry nearly as far as any other, the hardest case for
 an inverted-file index) and `clustered` (2,000 centres, each entry a centre plus noise, the query a noisy
 copy of an entry: neighbours in cells, as real captions and their clips are). Exact search
-(`distill.search.top_k`) and the FAISS index (`distill.ann`, at several `nprobe`) answer the same queries;
+(`distill.retrieval.search.top_k`) and the FAISS index (`distill.retrieval.ann`, at several `nprobe`) answer
+the same queries;
 prints median latency, recall@K of FAISS against exact search (the share of exact top-K rows it returns),
 FAISS's build time, and the peak resident memory each adds to the gallery's (ru_maxrss).
 """
@@ -50,8 +51,8 @@ def measure(kind: str, entries: int, dim: int, top: int, rounds: int) -> dict:
     import statistics
     import time
 
-    from distill import ann
-    from distill.search import top_k
+    from distill.retrieval import ann
+    from distill.retrieval.search import top_k
 
     gallery, queries = gallery_of(kind, entries, dim, rounds + 1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

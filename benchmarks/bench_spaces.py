@@ -5,12 +5,12 @@
 Trains the demo recipe with `student.text=teacher` (the student ships the teacher's text tower, frozen, so its
 video tower learns the teacher's space; embed_dim 128, no token_rank) through the CLI into `--run`, unless
 that folder already holds its export; then embeds the split's clips and captions with both models (each with
-its own sampling, `distill.encoders.load_encoder`) and prints t2v and v2t R@1/5/10 and MdR of:
+its own sampling, `distill.retrieval.encoders.load_encoder`) and prints t2v and v2t R@1/5/10 and MdR of:
     teacher   teacher captions, teacher videos (the reference)
     student   student captions (the teacher's tower at the export's float16), student videos
     cross     teacher captions against student videos, and student captions against teacher videos
     mixed     teacher captions against a gallery whose videos alternate: odd ones by the student, even
-              ones by the teacher (what `distill.search --also` searches)
+              ones by the teacher (what `distill.retrieval.search --also` searches)
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def main() -> None:
 
     from distill.data.checks import read_split_or_stop
     from distill.data.splits import hold_out
-    from distill.embed import embed_texts, embed_videos
-    from distill.encoders import load_encoder
-    from distill.metrics import retrieval_metrics_from_embeddings
+    from distill.evaluation.metrics import retrieval_metrics_from_embeddings
     from distill.recipe import load_recipe
+    from distill.retrieval.embed import embed_texts, embed_videos
+    from distill.retrieval.encoders import load_encoder
 
     if not (args.run / "student.safetensors").is_file():
         command = [sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml")]

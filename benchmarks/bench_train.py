@@ -41,13 +41,15 @@ def main() -> None:
     import torch
     from accelerate.utils import set_seed
 
-    from distill.context import build_student, open_datasets, start_run, teacher_arch
+    from distill.context import build_student, open_datasets, start_run
+    from distill.core.schema import LossConfig, TrainConfig
     from distill.data.synthetic import generate_synthetic
-    from distill.losses import DistillationLoss
-    from distill.recipe import LossConfig, TrainConfig, load_recipe
+    from distill.recipe import load_recipe
     from distill.stages import cache_teacher, teacher_outputs
-    from distill.train import OnlineTeacher, train
+    from distill.training.losses import DistillationLoss
+    from distill.training.train import OnlineTeacher, train
     from teachers import CLIP4Clip, load_teacher, save_teacher
+    from teachers.archs import teacher_arch
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(REPO / "recipes" / "demo.yaml", [f"output_dir={tmp}", *args.overrides])

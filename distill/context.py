@@ -17,14 +17,14 @@ from accelerate.utils import (
     is_wandb_available,
 )
 
-from distill.cache import teacher_key, teacher_sha256
-from distill.config import recipe_to_dict, save_recipe
+from distill.core.config import recipe_to_dict, save_recipe
+from distill.core.schema import Recipe
 from distill.data.checks import check_videos, describe, read_split_or_stop, write_bad_videos
 from distill.data.dataset import VideoTextDataset, View, frame_settings, frames_folder, recipe_views
 from distill.data.shards import open_shards
 from distill.data.splits import check_disjoint, hold_out
-from distill.recipe import Recipe, TeacherConfig
-from distill.train import check_split
+from distill.training.cache import teacher_key
+from distill.training.train import check_split
 from students import (
     Student,
     check_inheritance,
@@ -37,8 +37,7 @@ from students import (
 )
 from students.model import TextTower
 from teachers import CLIP4Clip, load_teacher
-from teachers.archs import clip_arch
-from teachers.export import training_recipe
+from teachers.export import teacher_sha256, training_recipe
 
 TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}  # name -> is it installed
 
@@ -63,7 +62,7 @@ class Run:
         return self.recipe.run_dir
 
     def teacher_key(self, teacher: CLIP4Clip) -> dict:
-        """`distill.cache.teacher_key` of one of this run's teachers (the cache stage, distillation's cache
+        """`distill.training.cache.teacher_key` of one of this run's teachers (the cache stage, distillation's cache
         check, its checkpoint settings and the export all name it: about 1 s of hashing each for ViT-B/32).
         A frozen teacher's weights are hashed again only when a tensor was written or moved since: in-place
         writes through autograd's view of a tensor (`load_state_dict`, torch's default optimizer steps) bump
@@ -76,22 +75,6 @@ class Run:
         if found is None or found[0] != stamp or any(p.requires_grad for p in teacher.parameters()):
             found = self.weight_hashes[teacher] = (stamp, teacher_sha256(teacher))
         return teacher_key(teacher, found[1])
-
-
-def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
-    """The CLIP4Clip architecture of a teacher trained from scratch by the teacher stage."""
-    return clip_arch(
-        embed_dim=config.text_width,  # CLIP4Clip's heads need the embedding width equal to the text width
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        vision_width=config.vision_width,
-        vision_layers=config.vision_layers,
-        context_length=max_words,
-        text_width=config.text_width,
-        text_layers=config.text_layers,
-        sim_header=config.sim_header,
-        cross_layers=config.cross_layers,
-    )
 
 
 def given_teacher(recipe: Recipe, device="cpu") -> CLIP4Clip | None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from distill import stages
 from distill.context import Run, open_datasets, start_run
-from distill.recipe import Recipe
-from distill.train import end_training
+from distill.core.schema import Recipe
+from distill.training.train import end_training
 
 
 def run_recipe(recipe: Recipe) -> Run:

@@ -17,12 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from distill.core.schema import DataConfig, Recipe
 from distill.data.checks import check_videos, describe, read_split_or_stop
-from distill.data.config import DataConfig
 from distill.data.dataset import View, frame_settings, frames_folder
 from distill.data.formats import read_split
 from distill.data.shards import FrameShards, prepare_frames
-from distill.recipe import Recipe, parse_recipe_args
+from distill.recipe import parse_recipe_args
 
 
 def check_data(data: DataConfig) -> int:

@@ -15,22 +15,23 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from torch import nn
 
-from distill.augment import random_crops
-from distill.cache import CacheError, TeacherCache, build_cache, cache_key, dataset_key
-from distill.config import recipe_to_dict
-from distill.context import Run, build_student, flat_config, run_views, teacher_arch
+from distill.context import Run, build_student, flat_config, run_views
+from distill.core.config import recipe_to_dict
+from distill.core.schema import LossConfig, embedding_term
+from distill.core.scorers import scorer_for
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import CLIP_MEAN, CLIP_STD
-from distill.evaluate import evaluate as evaluate_models
-from distill.evaluate import model_metrics, write_reports
-from distill.losses import DistillationLoss
+from distill.evaluation.card import write_model_card
+from distill.evaluation.evaluate import evaluate as evaluate_models
+from distill.evaluation.evaluate import model_metrics, write_reports
 from distill.prepare import write_frames
-from distill.recipe import LossConfig, embedding_term
-from distill.scorers import scorer_for
-from distill.train import OnlineTeacher, TeacherEnsemble, train
+from distill.training.augment import random_crops
+from distill.training.cache import CacheError, TeacherCache, build_cache, cache_key, dataset_key
+from distill.training.losses import DistillationLoss
+from distill.training.train import OnlineTeacher, TeacherEnsemble, train
 from students import Student, export_student, load_student, round_weights
-from students.card import write_model_card
 from teachers import CLIP4Clip, load_teacher, save_teacher
+from teachers.archs import teacher_arch
 
 
 def make_data(run: Run) -> None:
@@ -93,7 +94,7 @@ STARTS = {"teacher.init", "student.pretrained", "student.init"}
 
 
 def checkpoint_settings(run: Run, sections: tuple[str, ...], teachers: Sequence[nn.Module] = ()) -> dict:
-    """What a training stage's checkpoints must be resumed with (`distill.checkpoints`): the seed, the mixed
+    """What a training stage's checkpoints must be resumed with (`distill.training.checkpoints`): the seed, the mixed
     precision, the recipe `sections` that shape its model and optimisation (a dict or list field such as
     backbone_kwargs as one value, so an entry added or dropped differs), its train pairs and their
     sampling, and the frozen `teachers` it learns from, by their weights."""

@@ -10,9 +10,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from distill.config import RecipeError, build_dataclass
-from distill.files import atomic_write
-from distill.recipe import StudentConfig
+from distill.core.config import RecipeError, build_dataclass
+from distill.core.files import atomic_write
+from distill.core.schema import StudentConfig
 from students.model import Preprocessing, Student, TextTower
 
 FORMAT = "clip4clip-distill/student"
@@ -94,7 +94,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
     """Rebuilds a student from one exported file alone (or the model card folder holding it), in eval mode,
-    with the `preprocessing` it was trained to read (`distill.embed` uses it).
+    with the `preprocessing` it was trained to read (`distill.retrieval.embed` uses it).
 
     Raises:
         ValueError: naming the file: not a student export, a config that does not fit the student schema

@@ -17,7 +17,7 @@ from einops import rearrange
 from open_clip.transformer import QuickGELU, TextTransformer, Transformer
 from torch import nn
 
-from distill.recipe import StudentConfig
+from distill.core.schema import StudentConfig
 from teachers.clip4clip import key_mask_bias, masked_mean
 from teachers.tokenizer import pad_ids
 
@@ -62,7 +62,7 @@ class Student(nn.Module):
             teacher (its weights are loaded after building).
     """
 
-    PARTS = {  # distill.scorers.Retriever.PARTS
+    PARTS = {  # distill.core.scorers.Retriever.PARTS
         "token_embedding": ("text.token_embedding.",),
         "text_tower": ("text.",),
         "frame_encoder": ("backbone.", "frame_proj."),
@@ -304,3 +304,15 @@ def inherited_text_tower(
         inherited["token_embedding.0.weight"] = u[:, :r] * s[:r]
         inherited["token_embedding.1.weight"] = vh[:r].T.contiguous()  # nn.Linear(r, width) holds [width, r]
     return replace(sizes, layers=k), inherited
+
+
+def preprocessing_of(model: nn.Module) -> Preprocessing:
+    """A loaded student's from its export (`load_student` attaches it); a student built here from its
+    config; a teacher's from its input size and CLIP4Clip's evaluation defaults (12 frames at 1 fps,
+    uniform slicing, 32 tokens)."""
+    found = getattr(model, "preprocessing", None)
+    if found is not None:
+        return found
+    if isinstance(model, Student):
+        return Preprocessing(max_frames=model.config.max_frames, image_size=model.input_size, max_words=model.max_words)
+    return Preprocessing(max_frames=12, image_size=model.input_size, max_words=min(32, model.context_length))

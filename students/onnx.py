@@ -3,8 +3,8 @@
     video_encoder.onnx  video [B, T, 3, H, W] (CLIP-normalised frames), video_mask [B, T] -> embeddings [B, D]
     text_encoder.onnx   input_ids [N, L], attention_mask [N, L] -> embeddings [N, D]
     preprocessing.json  how to sample, size and normalise frames and tokenise captions for them
-    model.json          the student they come from, its fingerprint and embedding space (`distill.encoders`),
-                        so `distill.index` and `distill.search` run them with `--runtime onnx`
+    model.json          the student they come from, its fingerprint and embedding space (`distill.retrieval.encoders`),
+                        so `distill.retrieval.index` and `distill.retrieval.search` run them with `--runtime onnx`
 
 Embeddings are L2-normalised, as `encode_video` and `encode_text` return them; the batch axis is dynamic.
 The backbone is reparameterised first where its timm family has train-time branches (RepVGG-style blocks).
@@ -24,8 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.encoders import ONNX_FORMAT, preprocessing_of, student_record
+from distill.core.files import file_sha256
 from students.export import export_file, load_student, read_metadata
+from students.model import preprocessing_of
+
+ONNX_FORMAT = "clip4clip-distill/onnx"
+
+
+def student_record(path: Path, metadata: dict[str, str]) -> dict:
+    """The fingerprint and embedding space of a student export (also what its ONNX folder records)."""
+    sha256 = file_sha256(path)
+    return {"sha256": sha256, "space": metadata.get("embedding_space", f"student:{sha256}")}
 
 
 class VideoEncoder(nn.Module):
@@ -47,7 +56,7 @@ class TextEncoder(nn.Module):
 
 
 def example_inputs(model: nn.Module, batch: int, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """Random inputs of the encoders' shapes (`distill.encoders.preprocessing_of`): frames, a mask with a
+    """Random inputs of the encoders' shapes (`students.model.preprocessing_of`): frames, a mask with a
     shorter clip, token ids ending in CLIP's end token."""
     g = torch.Generator().manual_seed(seed)
     p = preprocessing_of(model)
@@ -89,7 +98,7 @@ def export_onnx(model: nn.Module, out: Path) -> dict[str, Path]:
 
 def describe_folder(out: Path, model: nn.Module, record: dict, preprocessing: str | None = None) -> None:
     """`preprocessing.json` (an export's record, else `preprocessing_of(model)`) and `model.json` (`record`:
-    the fingerprint and space, `distill.encoders`) beside the encoders: what `OnnxEncoder` reads."""
+    the fingerprint and space, `distill.retrieval.encoders`) beside the encoders: what `OnnxEncoder` reads."""
     (out / "preprocessing.json").write_text(preprocessing or json.dumps(asdict(preprocessing_of(model))))
     info = {"format": ONNX_FORMAT, **record, "embed_dim": model.embed_dim}
     (out / "model.json").write_text(json.dumps(info, indent=1))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from distill.core.schema import TeacherConfig
+
 ARCHS: dict[str, Callable[..., dict]] = {}
 
 
@@ -87,4 +89,20 @@ def test_tiny(sim_header: str, context_length: int = 16) -> dict:
         text_layers=1,
         sim_header=sim_header,
         cross_layers=2,
+    )
+
+
+def teacher_arch(config: TeacherConfig, max_words: int) -> dict:
+    """The CLIP4Clip architecture of a teacher trained from scratch by the teacher stage."""
+    return clip_arch(
+        embed_dim=config.text_width,  # CLIP4Clip's heads need the embedding width equal to the text width
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        vision_width=config.vision_width,
+        vision_layers=config.vision_layers,
+        context_length=max_words,
+        text_width=config.text_width,
+        text_layers=config.text_layers,
+        sim_header=config.sim_header,
+        cross_layers=config.cross_layers,
     )

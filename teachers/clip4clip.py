@@ -118,7 +118,7 @@ class CLIP4Clip(nn.Module):
         clip: an already built backbone for `arch` (open_clip sources load their weights while building it).
     """
 
-    PARTS = {  # distill.scorers.Retriever.PARTS
+    PARTS = {  # distill.core.scorers.Retriever.PARTS
         "token_embedding": ("clip.token_embedding.",),
         "text_tower": ("clip.transformer.", "clip.ln_final.", "clip.text_projection", "clip.positional_embedding"),
         "frame_encoder": ("clip.visual.",),
@@ -177,7 +177,7 @@ class CLIP4Clip(nn.Module):
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         """The CLIP weights of a teacher being fine-tuned, which train at `coef_lr` under the heads as in
-        CLIP4Clip (`distill.train.param_groups`); none for one trained from random weights."""
+        CLIP4Clip (`distill.training.train.param_groups`); none for one trained from random weights."""
         return list(self.clip.parameters()) if self.fine_tuning else []
 
     @property

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from distill.files import atomic_write
+from distill.core.files import atomic_write
 from teachers.checkpoint import load_strict
 from teachers.clip4clip import CLIP4Clip
 
@@ -34,7 +37,7 @@ def is_teacher_export(path: str | Path) -> bool:
 def training_recipe(path: str | Path) -> dict | None:
     """The recipe that trained a teacher of this toolkit (`save_teacher(..., recipe=...)`), or None for any
     other source (`open_clip:` names, CLIP4Clip or CLIP checkpoints, exports written without one): how the
-    teacher reads clips is part of the teacher (`distill.encoders.teacher_preprocessing`,
+    teacher reads clips is part of the teacher (`distill.retrieval.encoders.teacher_preprocessing`,
     `distill.context.check_frames`)."""
     if not Path(path).is_file() or not is_teacher_export(path):
         return None
@@ -49,3 +52,12 @@ def load_teacher_export(path: str | Path) -> CLIP4Clip:
     teacher = CLIP4Clip(arch)
     load_strict(teacher, load_file(str(path)), path)
     return teacher
+
+
+def teacher_sha256(teacher: nn.Module) -> str:
+    """Hash of the architecture and every weight: the same teacher gives the same hash whatever its file."""
+    h = hashlib.sha256(json.dumps(teacher.arch, sort_keys=True).encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -12,10 +12,10 @@ from accelerate.utils import DataLoaderConfiguration
 from torch import nn
 from toy import Pairs, TwoTower
 
-from distill.gradcache import GradCache, split_batch
-from distill.losses import DistillationLoss
-from distill.recipe import LossConfig, TrainConfig
-from distill.train import OnlineTeacher, train
+from distill.core.schema import LossConfig, TrainConfig
+from distill.training.gradcache import GradCache, split_batch
+from distill.training.losses import DistillationLoss
+from distill.training.train import OnlineTeacher, train
 
 
 def accelerator(mixed_precision: str = "no") -> Accelerator:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny import TINY
 
-from distill.augment import crop_box, random_crops
 from distill.pipeline import run_recipe
 from distill.recipe import RecipeError, load_recipe
+from distill.training.augment import crop_box, random_crops
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 

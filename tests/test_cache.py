@@ -21,18 +21,19 @@ from safetensors.torch import load_file, save_file
 from tiny import DATA, STUDENT, TRAIN
 from torch.utils.data import default_collate
 
-from distill.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest, teacher_key
-from distill.config import recipe_to_dict
-from distill.context import Run, open_datasets, start_run, teacher_arch
-from distill.data.config import SyntheticConfig
+from distill.context import Run, open_datasets, start_run
+from distill.core.config import recipe_to_dict
+from distill.core.schema import SyntheticConfig, TeacherConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
-from distill.gradcache import split_batch
-from distill.recipe import TeacherConfig, load_recipe
+from distill.recipe import load_recipe
 from distill.stages import checkpoint_settings, distill, teacher_outputs
-from distill.train import OnlineTeacher
+from distill.training.cache import CacheError, TeacherCache, build_cache, cache_key, read_manifest, teacher_key
+from distill.training.gradcache import split_batch
+from distill.training.train import OnlineTeacher
 from teachers import CLIP4Clip, save_teacher
+from teachers.archs import teacher_arch
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = SyntheticConfig(num_train=56, num_test=16, size=32, fps=4, seconds=4)  # tiny.DATA's
@@ -224,7 +225,7 @@ def opened(recipe) -> Run:
 
 
 def test_checkpoint_settings_hold_what_shapes_training_not_its_cadence(data, tmp_path):
-    """What a resume is checked against (distill.checkpoints): the recipe's training keys, the train pairs,
+    """What a resume is checked against (distill.training.checkpoints): the recipe's training keys, the train pairs,
     their sampling and the teachers by their weights; not checkpoint or log cadence, micro-batches or paths."""
     save_teacher(tiny_teacher("seqTransf"), tmp_path / "teacher.safetensors")
     save_teacher(tiny_teacher("meanP"), tmp_path / "other.safetensors")

@@ -8,8 +8,9 @@ from typing import Literal
 
 import pytest
 
-from distill.config import RecipeError, load_dataclass, recipe_to_dict, save_recipe
-from distill.recipe import Recipe, TrainConfig, load_recipe
+from distill.core.config import RecipeError, load_dataclass, recipe_to_dict, save_recipe
+from distill.core.schema import Recipe, TrainConfig
+from distill.recipe import load_recipe
 
 
 @dataclass

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from distill.data.config import SyntheticConfig
+from distill.core.schema import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic

@@ -23,14 +23,14 @@ from safetensors.torch import load_file
 from tiny import TINY as TINY_BASE
 from torch import nn
 
-from distill.cache import read_manifest
-from distill.context import teacher_arch
-from distill.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
-from distill.losses import DistillationLoss
-from distill.recipe import LossConfig, TeacherConfig
-from distill.scorers import scorer_for
-from distill.train import end_training, synchronise_batch_norm
+from distill.core.schema import LossConfig, TeacherConfig
+from distill.core.scorers import scorer_for
+from distill.training.cache import read_manifest
+from distill.training.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
+from distill.training.losses import DistillationLoss
+from distill.training.train import end_training, synchronise_batch_norm
 from teachers import CLIP4Clip, tokenize
+from teachers.archs import teacher_arch
 
 REPO = Path(__file__).resolve().parents[1]
 # 13 test pairs in batches of 8: the last batch (5) does not split evenly over 2 processes.
@@ -304,7 +304,7 @@ def test_same_report(runs):
 def test_two_processes_write_the_one_process_index(runs):
     """`accelerate launch -m distill.index`: each process embeds every other chunk of 16 videos (5 chunks
     here), the main one writes the index: the same entries and bit-equal embeddings (the same batches)."""
-    from distill.index import read_index
+    from distill.retrieval.index import read_index
 
     student, videos = runs / "1" / "student.safetensors", runs / "data" / "videos"
     for processes in (1, 2):

@@ -6,16 +6,14 @@ import torch
 from accelerate import Accelerator
 from tiny import student_config
 
-from distill.context import teacher_arch
-from distill.data.config import SyntheticConfig
+from distill.core.schema import SyntheticConfig, TeacherConfig
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
-from distill.evaluate import encode_texts, evaluate
-from distill.recipe import TeacherConfig
+from distill.evaluation.evaluate import encode_texts, evaluate
 from students import Student
 from teachers import CLIP4Clip
-from teachers.archs import clip4clip_arch
+from teachers.archs import clip4clip_arch, teacher_arch
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +111,7 @@ def vit_gflops(frames: int, *, image: int, patch: int, width: int, layers: int, 
 def test_gflops_count_a_frozen_teacher_as_a_trainable_one_and_as_by_hand(frozen):
     """A frozen eval-mode model takes nn.MultiheadAttention's fast path, which FlopCounterMode cannot see
     into: count_gflops turns it off. The hand count is of the same ops, so equal up to float rounding."""
-    from distill.evaluate import count_gflops
+    from distill.evaluation.evaluate import count_gflops
 
     torch.manual_seed(0)
     video, mask = torch.randn(1, 4, 3, 16, 16), torch.ones(1, 4, dtype=torch.long)
@@ -134,7 +132,7 @@ def test_gflops_count_a_frozen_teacher_as_a_trainable_one_and_as_by_hand(frozen)
 
 
 def test_parameter_parts_add_up_to_all_but_the_scales():
-    from distill.evaluate import parameter_parts
+    from distill.evaluation.evaluate import parameter_parts
 
     for model in (
         CLIP4Clip(clip4clip_arch("test_tiny", "seqTransf")),

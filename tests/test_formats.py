@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from distill.config import RecipeError
+from distill.core.config import RecipeError
+from distill.core.schema import DataConfig
 from distill.data import formats
 from distill.data.checks import check_videos
-from distill.data.config import DataConfig
 from distill.data.formats import annotation_file, read_split
 from distill.data.synthetic import write_mp4
 from distill.recipe import load_recipe

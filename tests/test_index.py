@@ -18,18 +18,17 @@ import pytest
 import torch
 from tiny import student_config
 
-from distill.data.config import SyntheticConfig
+from distill.core.schema import SyntheticConfig
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import load_segments, normalize, pad_clip, read_clip
-from distill.embed import embed_texts, embed_videos
-from distill.encoders import preprocessing_of
-from distill.index import main as index_main
-from distill.index import read_index
-from distill.search import main as search_main
-from distill.search import top_k
+from distill.retrieval.embed import embed_texts, embed_videos
+from distill.retrieval.index import main as index_main
+from distill.retrieval.index import read_index
+from distill.retrieval.search import main as search_main
+from distill.retrieval.search import top_k
 from students import Student, export_student, load_student
-from students.model import Preprocessing
+from students.model import Preprocessing, preprocessing_of
 from teachers import CLIP4Clip, tokenize
 from teachers.archs import clip4clip_arch
 
@@ -91,9 +90,9 @@ def test_a_model_built_here_reads_as_its_config_says(clips, student):
 
 def test_a_teacher_trained_here_is_read_as_its_recipe_says(clips, tmp_path, capsys):
     """The teacher stage's export records its recipe: the index samples clips as the teacher was trained."""
-    from distill.config import recipe_to_dict
-    from distill.encoders import load_encoder
+    from distill.core.config import recipe_to_dict
     from distill.recipe import load_recipe
+    from distill.retrieval.encoders import load_encoder
     from teachers import save_teacher
 
     changes = ["teacher.max_frames=5", "data.max_words=20", "data.framerate=2", "data.slice_framepos=0"]
@@ -151,7 +150,7 @@ def test_search_over_several_shards_ranks_as_the_whole_gallery_and_names_a_damag
     """Six entries in shards of four rows: the CLI's search, which reads a shard at a time and parses only its
     hits' entries, ranks as the whole gallery does; an entries file or a count that disagrees with the
     shards stops it, naming the file."""
-    import distill.index as index_module
+    import distill.retrieval.index as index_module
 
     folder, captions = clips
     out = tmp_path / "index"
@@ -238,7 +237,7 @@ def test_top_k_over_shards_in_chunks_equals_a_full_sort(monkeypatch):
     """Rows count on across shards of uneven sizes, each scored in chunks. The scores equal the whole
     gallery's within float32 rounding of an 8-term dot product (1e-6): a 1-row chunk and a 50-row one may
     take different BLAS kernels, which sum in another order."""
-    import distill.search as search_module
+    import distill.retrieval.search as search_module
 
     monkeypatch.setattr(search_module, "CHUNK", 7)
     gallery = torch.nn.functional.normalize(torch.randn(50, 8), dim=1).half()
@@ -328,7 +327,7 @@ def test_a_killed_index_run_resumes_from_its_saved_chunks(clips, student, tmp_pa
 
 
 def test_faiss_search_with_every_cell_probed_is_exact_search():
-    from distill import ann
+    from distill.retrieval import ann
 
     gallery = torch.nn.functional.normalize(torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)), dim=1)
     faiss_index = ann.build(gallery.half())
@@ -358,7 +357,7 @@ def test_an_index_with_faiss_searches_as_exact_search(clips, student, tmp_path, 
     assert search_main([str(out), captions[1]]) == 2
     assert f"{out}: its faiss.index is missing; rebuild the index or use --exact" in capsys.readouterr().err
     assert search_main([str(out), captions[1], "--exact"]) == 0
-    from distill import ann
+    from distill.retrieval import ann
 
     _, _, embeddings = read_index(out)  # a FAISS index of another gallery: its rows would name other entries
     ann.save(ann.build(embeddings[:4]), out / "faiss.index")
@@ -391,9 +390,9 @@ def test_the_results_page_shows_each_hit_with_its_sampled_frames(clips, student,
 def test_a_student_with_the_teachers_text_tower_shares_its_space_and_no_other(clips, student, tmp_path, capsys):
     """Teacher queries search a gallery its text=teacher student embedded, and a gallery of both models'
     embeddings; a student with its own text tower is refused, as a query model and as a gallery."""
-    from distill.cache import teacher_sha256
     from students import teacher_text_tower
     from teachers import save_teacher
+    from teachers.export import teacher_sha256
 
     folder, captions = clips
     torch.manual_seed(2)

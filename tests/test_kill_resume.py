@@ -21,11 +21,10 @@ import torch
 from safetensors.torch import load_file
 from tiny import DATA, STUDENT, TRAIN
 
-from distill.context import teacher_arch
-from distill.data.config import SyntheticConfig
+from distill.core.schema import SyntheticConfig, TeacherConfig
 from distill.data.synthetic import generate_synthetic
-from distill.recipe import TeacherConfig
 from teachers import CLIP4Clip, save_teacher
+from teachers.archs import teacher_arch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.losses import (
+from distill.core.schema import LossConfig
+from distill.training.losses import (
     DistillationLoss,
     contrastive_loss,
     cross_model_loss,
@@ -14,7 +15,6 @@ from distill.losses import (
     similarity_kl_loss,
     similarity_pearson_loss,
 )
-from distill.recipe import LossConfig
 
 LOGITS = [[2.0, 0.0, 1.0], [0.5, 3.0, 0.0], [1.0, -1.0, 1.5]]
 

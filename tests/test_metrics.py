@@ -1,10 +1,10 @@
-"""distill.metrics against transcriptions of CLIP4Clip's metrics and hand-checked matrices."""
+"""distill.evaluation.metrics against transcriptions of CLIP4Clip's metrics and hand-checked matrices."""
 
 import numpy as np
 import pytest
 import torch
 
-from distill.metrics import multi_sentence_metrics, retrieval_metrics, retrieval_metrics_from_embeddings
+from distill.evaluation.metrics import multi_sentence_metrics, retrieval_metrics, retrieval_metrics_from_embeddings
 
 KEYS = {"R1": "R1", "R5": "R5", "R10": "R10", "MR": "MdR", "MeanR": "MnR"}  # CLIP4Clip name -> ours
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import student_config
 
-from distill.data.config import SyntheticConfig
+from distill.core.schema import SyntheticConfig
 from distill.data.formats import read_jsonl
 from distill.data.synthetic import generate_synthetic
 from distill.data.video import read_clip
@@ -78,9 +78,9 @@ def test_not_a_student_is_named(tmp_path, capsys):
 def test_index_and_search_run_on_onnxruntime_in_the_students_space(clips, tmp_path, capsys):
     """`--runtime onnx`: the index equals PyTorch's within float16 storage (the two runtimes differ by
     under 1e-4 before it); it is the same student's index, so each runtime extends and queries the other's."""
-    from distill.index import main as index_main
-    from distill.index import read_index
-    from distill.search import main as search_main
+    from distill.retrieval.index import main as index_main
+    from distill.retrieval.index import read_index
+    from distill.retrieval.search import main as search_main
 
     torch.manual_seed(0)
     preprocessing = {"max_frames": 3, "image_size": 16, "max_words": 16, "framerate": 1, "slice_framepos": 2}

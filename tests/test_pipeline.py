@@ -16,10 +16,10 @@ import yaml
 from safetensors.torch import load_file
 from tiny import TINY
 
-from distill.cache import teacher_sha256
-from distill.encoders import load_encoder
+from distill.retrieval.encoders import load_encoder
 from students import load_student, read_metadata
 from teachers import load_teacher, tokenize
+from teachers.export import teacher_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_training_logs_every_loss_term_and_checkpoints(demo):
 def validation_metrics(run: Path, models: dict) -> dict:
     """R@1 of `models` (view -> model) on the run's validation split, opened as the run opened it."""
     from distill.context import open_datasets, start_run
-    from distill.evaluate import model_metrics
+    from distill.evaluation.evaluate import model_metrics
     from distill.recipe import load_recipe
 
     # A stage list that needs no teacher: only the datasets are opened here.
@@ -202,7 +202,7 @@ import json
 from pathlib import Path
 from distill.data.dataset import VideoTextDataset, View
 from distill.data.formats import read_jsonl
-from distill.metrics import retrieval_metrics_from_embeddings
+from distill.evaluation.metrics import retrieval_metrics_from_embeddings
 from students import load_student, read_metadata
 import torch
 path = {str(run / "student.safetensors")!r}

@@ -17,10 +17,10 @@ import pytest
 import torch
 from test_teacher_loading import original_checkpoint
 
-from distill.config import RecipeError
+from distill.core.config import RecipeError
 from distill.data.synthetic import write_mp4
 from distill.data.video import read_clip
-from distill.metrics import retrieval_metrics
+from distill.evaluation.metrics import retrieval_metrics
 from distill.prepare import main as prepare_main
 from distill.recipe import load_recipe
 from students import load_student

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from test_synthetic import CAPTION, decode, read_split
 
-from distill.data.config import SyntheticConfig
+from distill.core.schema import SyntheticConfig
 from distill.data.scenes import CAMERA, OPPOSITE, TRAVEL, sample_scene, twin_of
-from distill.data.synthetic import COLOURS, DIRECTIONS, SHADE, camera_shift, generate_synthetic, render
+from distill.data.stories import COLOURS, DIRECTIONS, SHADE, camera_shift
+from distill.data.synthetic import generate_synthetic, render
 
 SIZE, FRAMES = 64, 16
 

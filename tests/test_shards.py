@@ -9,8 +9,8 @@ from tiny import STUDENT, TEACHER
 
 import distill.data.shards as shards_module
 from distill.context import open_datasets, start_run
+from distill.core.schema import SyntheticConfig
 from distill.data.checks import check_videos
-from distill.data.config import SyntheticConfig
 from distill.data.dataset import VideoTextDataset, View, frame_settings
 from distill.data.formats import Pair, read_split
 from distill.data.shards import FORMAT, decode_tile, encode_tile, open_shards, prepare_frames
@@ -19,7 +19,7 @@ from distill.data.video import VideoError, load_frames, resize_crop
 from distill.pipeline import run_recipe
 from distill.prepare import main
 from distill.recipe import load_recipe
-from distill.train import training_loader
+from distill.training.train import training_loader
 
 # 8 s at 4 fps; the teacher takes 8 frames at 32 px, the student 4 of them at 16 px.
 CONFIG = SyntheticConfig(num_train=7, num_test=3, size=32, fps=4, seconds=8, seed=1)

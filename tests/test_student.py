@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill.recipe import StudentConfig
+from distill.core.schema import StudentConfig
 from students import (
     Student,
     export_student,

@@ -5,19 +5,9 @@ import decord
 import numpy as np
 import pytest
 
-from distill.data.config import SyntheticConfig
-from distill.data.synthetic import (
-    CAPTIONS,
-    COLOURS,
-    DIRECTIONS,
-    SECOND_EVENTS,
-    SHAPES,
-    SIZES,
-    draw,
-    generate_synthetic,
-    render,
-    sample_story,
-)
+from distill.core.schema import SyntheticConfig
+from distill.data.stories import CAPTIONS, COLOURS, DIRECTIONS, SECOND_EVENTS, SHAPES, SIZES, draw, sample_story
+from distill.data.synthetic import generate_synthetic, render
 
 # 32 px: decord mis-reads some small H.264 widths (8, 12, 16, 24, 48, 72 px come back with extra channels).
 CONFIG = SyntheticConfig(num_train=6, num_test=4, size=32, fps=4, seconds=4, seed=0)

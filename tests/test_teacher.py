@@ -271,7 +271,7 @@ def test_encode_text_is_open_clip_eot_feature_normalised(teachers):
 def test_text_tower_runs_at_the_ids_length_unless_its_pooling_needs_all_positions(teachers):
     """CLIP4Clip runs the text tower at max_words, not at the context length: the cost follows the ids'
     length (equal outputs: the test above). A tower that pools another way is fed padded ids as before."""
-    from distill.evaluate import count_gflops
+    from distill.evaluation.evaluate import count_gflops
 
     teacher = teachers["meanP"]
     short, _ = tokenize(["a cat on a mat"], max_words=8)

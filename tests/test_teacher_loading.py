@@ -18,7 +18,7 @@ from open_clip.model import build_model_from_openai_state_dict
 from safetensors.torch import save_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from distill.config import RecipeError
+from distill.core.config import RecipeError
 from distill.recipe import load_recipe
 from teachers import CLIP4Clip, load_teacher, save_original_checkpoint, save_teacher, tokenize
 

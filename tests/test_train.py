@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from torch import nn
 from toy import Pairs, TwoTower
 
-from distill.losses import DistillationLoss
-from distill.recipe import LossConfig, TrainConfig
-from distill.train import param_groups, synchronise_batch_norm, train, warmup_cosine
+from distill.core.schema import LossConfig, TrainConfig
+from distill.training.losses import DistillationLoss
+from distill.training.train import param_groups, synchronise_batch_norm, train, warmup_cosine
 
 
 class FailingLoss(nn.Module):

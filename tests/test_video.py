@@ -107,7 +107,7 @@ def test_segments_cut_the_sampled_frames_by_second(video_8s):
 
 def test_one_segment_is_the_clip_read_clip_reads(video_8s):
     spans, segments, _ = load_segments(video_8s, None, max_frames=5, size=16, slice_framepos=0)
-    video, mask = pad_clip(normalize(segments[0]), 5)  # what distill.embed feeds the model
+    video, mask = pad_clip(normalize(segments[0]), 5)  # what distill.retrieval.embed feeds the model
     clip, clip_mask = read_clip(video_8s, max_frames=5, size=16, slice_framepos=0)
     assert spans == [(0.0, 8.0)] and torch.equal(video, clip) and torch.equal(mask, clip_mask)
 

@@ -4,7 +4,7 @@ same student as a StudentConfig for the tests that build one.
 Later overrides win, so a test adds what it needs after these.
 """
 
-from distill.recipe import StudentConfig
+from distill.core.schema import StudentConfig
 
 DATA = [
     "data.synthetic.num_train=56",

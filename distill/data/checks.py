@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from distill.data.config import DataConfig
+from distill.core.schema import DataConfig
 from distill.data.formats import Annotations, Pair, Problem, read_split
 from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, probe_video

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distill.data.config import DataConfig
+from distill.core.schema import DataConfig
 from distill.data.formats import annotation_file
 from distill.data.shards import FrameShards
 from distill.data.video import Backend, VideoError, load_frames, normalize, pad_clip, resize_crop
 from teachers.tokenizer import tokenize
 
 if TYPE_CHECKING:
-    from distill.recipe import Recipe
+    from distill.core.schema import Recipe
 
 
 @dataclass(frozen=True)

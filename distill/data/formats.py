@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from distill.config import RecipeError
-from distill.data.config import DataConfig
+from distill.core.config import RecipeError
+from distill.core.schema import DataConfig
 
 # Values of the optional `split` field of the generic layouts; "val" rows belong to neither split read here.
 SPLITS = ("train", "val", "test")

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from distill.data.synthetic import COLOURS, DIRECTIONS, SHAPES, camera_shift, caption_of, pattern, sample_story
+from distill.data.stories import COLOURS, DIRECTIONS, SHAPES, camera_shift, caption_of, pattern, sample_story
 
 CAMERA = 0.1  # the longest camera pan over a clip, as a fraction of the frame size
 SIZES = {"small": 0.09, "large": 0.15}  # smaller than `shapes`': a scene holds more objects

@@ -39,8 +39,8 @@ from einops import rearrange
 from PIL import Image
 from tqdm.auto import tqdm
 
+from distill.core.files import atomic_text, atomic_write, diff_dicts
 from distill.data.video import VideoError, load_frames, resize_crop
-from distill.files import atomic_text, atomic_write, diff_dicts
 
 Encoding = Literal["jpeg", "raw"]
 # data.prepared_encoding=auto stores raw frames up to this size: there a raw clip is small (12 frames at

@@ -15,8 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from distill.core.files import file_sha256
 from distill.data.formats import Pair
-from distill.files import file_sha256
 
 
 def held_out(video: str, fraction: float, group: str | None = None) -> bool:

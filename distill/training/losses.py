@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.recipe import LossConfig
+from distill.core.schema import LossConfig
 
 
 def similarity(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -112,7 +112,7 @@ class DistillationLoss(nn.Module):
     match or no term compares embeddings: DDP refuses parameters that get no gradient) and the learned
     scale of the cross-model term; they train with the student and are not part of the exported model.
 
-    The loop passes the outputs of the whole global batch, gathered from every process (`distill.gather`).
+    The loop passes the outputs of the whole global batch, gathered from every process (`distill.training.gather`).
     """
 
     def __init__(self, config: LossConfig, *, student_dim: int, teacher_dim: int):

@@ -48,7 +48,7 @@ def frame_strip(hit: dict, segment: int | None, preprocessing: Preprocessing) ->
 
 
 def write_page(file: Path, query: str, hits: list[dict], infos: dict[Path, dict]) -> None:
-    """Writes the page of `hits` for `query`, as `distill.search.search` returns them with the `index.json`
+    """Writes the page of `hits` for `query`, as `distill.retrieval.search.search` returns them with the `index.json`
     of each index searched (its segment length and preprocessing say which frames its model read)."""
     infos = {str(folder): info for folder, info in infos.items()}
     rows = []

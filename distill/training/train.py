@@ -3,9 +3,9 @@
 The global batch is split across processes (`split_batches=True`), so `batch_size` and the order of the
 samples in each global batch do not depend on the process count. The sampler's order is drawn from the
 seed and the epoch only, which also makes the data position resumable. Every process gathers the
-embeddings of the whole global batch (`distill.gather`) and computes the same losses over it, so losses
+embeddings of the whole global batch (`distill.training.gather`) and computes the same losses over it, so losses
 and gradients equal those of one process holding the whole batch; `train.accumulate` micro-batches keep
-that (`distill.gradcache`).
+that (`distill.training.gradcache`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from distill.checkpoints import resume, save_checkpoint
-from distill.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
-from distill.recipe import TrainConfig
-from distill.scorers import scorer_for
-from distill.steplog import StepLog
+from distill.core.schema import TrainConfig
+from distill.core.scorers import scorer_for
+from distill.training.checkpoints import resume, save_checkpoint
+from distill.training.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
+from distill.training.steplog import StepLog
 
 
 class EpochSampler(Sampler[int]):
@@ -73,7 +73,7 @@ def warmup_cosine(total_steps: int, warmup_ratio: float):
     return factor
 
 
-# The teacher's outputs for a step from its micro-batches: `OnlineTeacher` or `distill.cache.TeacherCache`.
+# The teacher's outputs for a step from its micro-batches: `OnlineTeacher` or `distill.training.cache.TeacherCache`.
 TeacherOutputs = Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]]
 
 
@@ -199,14 +199,14 @@ def train(
         view: which clip view of the batch the model reads ("teacher" or "student").
         name: names the stage in the progress bar, the log file and the checkpoint folder.
         teacher: gives the teacher's outputs for `loss_fn`: a frozen teacher run online on its own view
-            (`OnlineTeacher`), or its outputs read from the teacher cache (`distill.cache.TeacherCache`).
+            (`OnlineTeacher`), or its outputs read from the teacher cache (`distill.training.cache.TeacherCache`).
         num_workers: DataLoader worker processes (`data.num_workers`).
         validate: metrics of the model (in eval mode, on every process) at the end of each epoch and of
             training, added to that step's log line; the random state is kept around it.
         augment: `(batch, epoch) -> batch`, applied to this process's part of every batch before the model
-            reads it (`distill.augment.random_crops`).
+            reads it (`distill.training.augment.random_crops`).
         settings: JSON values saved with every checkpoint; resuming from one saved with others stops
-            (`distill.checkpoints`).
+            (`distill.training.checkpoints`).
     """
     loader = training_loader(
         dataset, config.batch_size, seed, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda"

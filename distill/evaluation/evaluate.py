@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from distill.core.scorers import scorer_for
 from distill.data.dataset import VideoTextDataset
-from distill.metrics import multi_sentence_metrics, multi_sentence_ranks, recall_curve, retrieval_metrics
-from distill.plots import plot_recall, plot_training, read_logs
-from distill.scorers import scorer_for
+from distill.evaluation.metrics import multi_sentence_metrics, multi_sentence_ranks, recall_curve, retrieval_metrics
+from distill.evaluation.plots import plot_recall, plot_training, read_logs
 
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 
@@ -130,7 +130,7 @@ def count_gflops(fn, *args) -> float:
 
 
 def parameter_parts(model: nn.Module) -> dict[str, float]:
-    """Millions of parameters in each of the model's `PARTS` (distill.scorers.Retriever); logit scales and
+    """Millions of parameters in each of the model's `PARTS` (distill.core.scorers.Retriever); logit scales and
     other scalars are in no part."""
     parts = dict.fromkeys(model.PARTS, 0.0)
     for name, p in model.named_parameters():

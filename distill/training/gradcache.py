@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from distill.gather import gather_with_grad
+from distill.training.gather import gather_with_grad
 
 # Outputs with one row per pair, gathered over the processes (embeddings, or a cross encoder's inputs); any
 # other output (the logit scale) is shared.

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from distill.evaluate import cost_table
-from distill.files import atomic_dir
+from distill.core.files import atomic_dir
+from distill.evaluation.evaluate import cost_table
 
 METRICS = (("R1", "recall@1"), ("R5", "recall@5"), ("R10", "recall@10"), ("MdR", "median_rank"), ("MnR", "mean_rank"))
 DIRECTIONS = {"t2v": "Text-to-video retrieval", "v2t": "Video-to-text retrieval"}

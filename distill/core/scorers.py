@@ -2,7 +2,7 @@
 
 Every model (teacher or student) has `encode_text`, `encode_video`, `similarity_logits` and
 `frame_features` (see `Retriever`); its `forward` returns its per-pair outputs for a batch of pairs, the
-rows that are gathered over the processes (`distill.gradcache.PER_SAMPLE`), plus shared values. How
+rows that are gathered over the processes (`distill.training.gradcache.PER_SAMPLE`), plus shared values. How
 captions and videos meet is its scorer's business:
 - `TwoTower` (CLIP4Clip's meanP, seqLSTM and seqTransf heads, every student): a caption and a video are
   embedded apart, and a score is a scaled cosine of the two embeddings;
@@ -62,7 +62,7 @@ class TwoTower:
         return {"logit_scale": self.model.logit_scale()}
 
     def loss_inputs(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The losses' inputs from the outputs of the global batch (see `distill.losses.similarity`)."""
+        """The losses' inputs from the outputs of the global batch (see `distill.training.losses.similarity`)."""
         return outputs
 
     def scores(self, texts: dict[str, torch.Tensor], videos: dict[str, torch.Tensor]) -> torch.Tensor:

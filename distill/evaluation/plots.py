@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from distill.files import atomic_write
+from distill.core.files import atomic_write
 
 DIRECTIONS = (("t2v", "Text to video"), ("v2t", "Video to text"))
 TICKS = (1, 2, 5, 10, 20, 50)  # K marked on the Recall@K axis

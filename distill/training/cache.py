@@ -4,7 +4,7 @@ Layout of `output_dir/teacher_cache/`:
     manifest.json              the key the cache was made for, its shards, and whether it is complete
     shard_00000.safetensors    one per `videos_per_shard` videos (in order of first appearance)
 
-A shard holds, for its videos and every caption of them, what the teacher's scorer (`distill.scorers`) gives:
+A shard holds, for its videos and every caption of them, what the teacher's scorer (`distill.core.scorers`) gives:
     `text.<name> [c, ...]`: a row per caption (`scorer.texts`: unit vectors for two-tower teachers, the
         cross encoder's text features for tightTransf);
     `video.<name> [v, ...]`: a row per video (`scorer.videos`: embeddings, or frame features and masks,
@@ -39,24 +39,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from distill.core.files import atomic_text, atomic_write, diff_dicts
+from distill.core.scorers import scorer_for
 from distill.data.dataset import VideoTextDataset
-from distill.files import atomic_text, atomic_write, diff_dicts
-from distill.scorers import scorer_for
+from teachers.export import teacher_sha256
 
 FORMAT = "clip4clip-distill/teacher-cache-2"  # 2: tensors grouped by text., video., shared.
 
 
 class CacheError(ValueError):
     """A cache that cannot be used for this run: made for other data, sampling or teacher, or unfinished."""
-
-
-def teacher_sha256(teacher: nn.Module) -> str:
-    """Hash of the architecture and every weight: the same teacher gives the same hash whatever its file."""
-    h = hashlib.sha256(json.dumps(teacher.arch, sort_keys=True).encode())
-    for name, tensor in sorted(teacher.state_dict().items()):
-        h.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def dataset_key(dataset: VideoTextDataset) -> dict:
@@ -216,7 +208,7 @@ def build_cache(
 
 class TeacherCache:
     """The cached teacher outputs, held in memory; `cache(micro_batches)` gives the step's teacher outputs
-    from the pair indices, as `distill.train.OnlineTeacher` gives them from its view of the clips.
+    from the pair indices, as `distill.training.train.OnlineTeacher` gives them from its view of the clips.
 
     Args:
         teacher: the teacher whose cross encoder scores the cached features (tightTransf only).
@@ -272,7 +264,7 @@ class TeacherCache:
 
     @torch.no_grad()
     def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        # The step's global batch, in the order of the gathered student outputs (`distill.train`).
+        # The step's global batch, in the order of the gathered student outputs (`distill.training.train`).
         index = torch.cat([gather(batch["index"]) for batch in batches]).cpu()
         rows = self.video_row[index]
         if not self.valid[rows].all():
