@@ -1,0 +1,197 @@
+"""The command line: one console script (`c4cd`) whose subcommands are the documented commands, with flags spelt
+alike across them, `--help` answered before torch loads, `--version`, and `c4cd config`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill import __version__, cli
+from distill.core import commands
+from distill.core.config import load_dataclass
+from distill.core.schema import Recipe
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "timm", "open_clip", "decord", "onnxruntime", "faiss")
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    (group,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(group.choices)
+
+
+def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {s: a for a in parser._actions for s in a.option_strings}
+
+
+def test_console_script_and_version_come_from_one_place():
+    project = (REPO / "pyproject.toml").read_text()  # tomllib is Python 3.11+
+    assert '[project.scripts]\nc4cd = "distill.cli:main"\n' in project
+    assert 'dynamic = ["version"]' in project and 'version = {attr = "distill.__version__"}' in project
+    assert set(subcommand_parsers()) == {"run", "check", "prepare", "config", "index", "search", "export-onnx"}
+
+
+def test_flags_are_spelt_alike_across_commands():
+    """Every command has --version; what it writes is -o/--out; workers are --num-workers (data.num_workers);
+    a flag that two commands share takes the same values there (type, choices); flags use dashes."""
+    parsers = {name: p for name, p in subcommand_parsers().items() if name != "run"}
+    parsers["run"] = commands.new_parser("c4cd run", "")
+    commands.add_recipe_arguments(parsers["run"])
+    seen: dict[str, tuple[str, argparse.Action]] = {}
+    for name, parser in parsers.items():
+        flags = options(parser)
+        assert "--version" in flags, name
+        for flag, action in flags.items():
+            assert "_" not in flag and flag not in ("--output", "--out-dir", "--output-dir"), (name, flag)
+            if flag == "--workers":  # the old spelling, kept beside the recipe's
+                assert flags["--num-workers"] is action, name
+            if flag == "--out":
+                assert flags["-o"] is action, f"{name}: --out without -o"
+            if flag.startswith("--") and flag in seen:
+                other, first = seen[flag]
+                same = (action.type, action.choices, action.nargs)  # defaults may differ: search's --runtime
+                assert same == (first.type, first.choices, first.nargs), (name, other, flag)  # is the index's
+            seen.setdefault(flag, (name, action))
+    # the model (or the index, or the recipe) comes first
+    first = {
+        name: next(a.dest for a in p._actions if not a.option_strings and a.dest != "help")
+        for name, p in parsers.items()
+    }
+    assert first == {
+        "run": "recipe",
+        "check": "recipe",
+        "prepare": "recipe",
+        "config": "recipe",
+        "index": "model",
+        "search": "index",
+        "export-onnx": "student",
+    }
+    assert "--workers" in options(parsers["index"])
+
+
+def test_module_parsers_are_the_subcommands():
+    """`python -m distill.index` and `c4cd index` (and the others) parse with the same arguments."""
+    for name, parser in subcommand_parsers().items():
+        if name in ("run", "check", "config"):
+            continue
+        module = commands.command_parser(name)
+        assert set(options(module)) == set(options(parser)), name
+        dests = [a.dest for a in module._actions if not a.option_strings]
+        assert dests == [a.dest for a in parser._actions if not a.option_strings], name
+
+
+def test_export_onnx_takes_its_folder_positional_or_as_out():
+    parser = commands.command_parser("export-onnx")
+    for argv in (["s.safetensors", "onnx"], ["s.safetensors", "-o", "onnx"], ["s.safetensors", "--out", "onnx"]):
+        assert commands.onnx_out(parser, parser.parse_args(argv)) == Path("onnx")
+    for argv in (["s.safetensors"], ["s.safetensors", "a", "-o", "b"]):
+        with pytest.raises(SystemExit):
+            commands.onnx_out(parser, parser.parse_args(argv))
+
+
+def test_defaults_the_modules_hold_are_the_parsers():
+    from distill.retrieval import ann, encoders
+
+    assert commands.RUNTIMES == encoders.RUNTIMES and commands.NPROBE == ann.NPROBE
+
+
+def loaded_after(code: str) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter and prints which heavy modules it loaded."""
+    probe = f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+    probe += f"print(sorted(m for m in {HEAVY} if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+HELP_CALLS = {
+    **{
+        f"c4cd {name} --help": f"from distill.cli import main; main([{name!r}, '--help'])"
+        for name in ("run", "check", "prepare", "config", "index", "search", "export-onnx")
+    },
+    "c4cd --help": "from distill.cli import main; main(['--help'])",
+    "distill/run.py --help": "import runpy; sys.argv = ['run.py', '--help']; runpy.run_path('distill/run.py', "
+    "run_name='__main__')",
+    "python -m distill.index --help": "import runpy; sys.argv = ['x', '--help']; runpy.run_module('distill.index', "
+    "run_name='__main__')",
+    "python -m distill.search --help": "import runpy; sys.argv = ['x', '--help']; runpy.run_module('distill.search', "
+    "run_name='__main__')",
+    "python -m distill.prepare --help": "import runpy; sys.argv = ['x', '--help']; "
+    "runpy.run_module('distill.prepare', run_name='__main__')",
+}
+
+
+@pytest.mark.parametrize("call", list(HELP_CALLS))
+def test_help_loads_no_heavy_module(call):
+    """--help answers before torch, timm, open_clip (or decord, onnxruntime, faiss) load: the parsers live in
+    modules that import nothing heavy."""
+    done = loaded_after(HELP_CALLS[call])
+    assert done.returncode == 0, done.stderr
+    *text, loaded = done.stdout.splitlines()
+    assert loaded == "[]", f"{call} loaded {loaded}"
+    assert "usage:" in "\n".join(text) and "--version" in "\n".join(text)
+
+
+def test_version():
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "--version"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"clip4clip-distill {__version__}"
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "index", "--version"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.stdout.strip() == f"clip4clip-distill {__version__}"
+
+
+@pytest.mark.parametrize("recipe", ["demo.yaml", "msrvtt.yaml"])
+def test_config_prints_a_recipe_that_loads_back_the_same(recipe, tmp_path, capsys):
+    overrides = ["train.lr=3e-4", "stages=[data,distill]", "student.backbone_kwargs={depth: 1}"]
+    assert cli.main(["config", str(REPO / "recipes" / recipe), *overrides]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "resolved.yaml").write_text(printed)
+    want = load_dataclass(Recipe, REPO / "recipes" / recipe, overrides)
+    assert load_dataclass(Recipe, tmp_path / "resolved.yaml") == want
+    assert yaml.safe_load(printed)["train"]["lr"] == 3e-4  # every key is there, resolved
+
+
+def test_config_errors_name_the_key(capsys):
+    assert cli.main(["config", str(REPO / "recipes" / "demo.yaml"), "train.bach_size=2"]) == 2
+    assert "did you mean 'train.batch_size'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["config"])
+
+
+def test_config_keys_lists_every_key(capsys):
+    from distill.keys import recipe_keys
+
+    assert cli.main(["config", "--keys"]) == 0
+    printed = capsys.readouterr().out
+    listed = [line.split(" (", 1)[0] for line in printed.splitlines() if not line.startswith(" ")]
+    assert listed == [key.name for key in recipe_keys()]
+    assert "train.grad_clip (float; default 1.0)" in printed
+
+
+def test_one_process_on_cpu_says_how_to_use_every_core():
+    """accelerate launch pins one thread a process: a one-process run on a machine without a GPU says, in its
+    first lines, how to use every core; one at full width, or one of several processes, says nothing."""
+    code = "from distill.run import cpu_threads_hint; print(cpu_threads_hint())"
+    cores = len(os.sched_getaffinity(0))
+    for env, says in (({"OMP_NUM_THREADS": "1"}, cores > 1), ({"OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}, False)):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        if says:
+            assert f"computing on 1 of {cores} cores" in done.stdout and "c4cd run" in done.stdout
+        else:
+            assert done.stdout.strip() == "None"
