@@ -195,3 +195,65 @@ def test_one_process_on_cpu_says_how_to_use_every_core():
             assert f"computing on 1 of {cores} cores" in done.stdout and "c4cd run" in done.stdout
         else:
             assert done.stdout.strip() == "None"
+
+
+def test_check_and_prepare_subcommands_are_distill_prepare(tmp_path, capsys):
+    """`c4cd check` is `python -m distill.prepare --check`: a broken video is listed and the exit code is 1;
+    `c4cd prepare` writes the frame shards."""
+    import json
+
+    import numpy as np
+
+    from distill.data.synthetic import write_mp4
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(2):
+        write_mp4(videos / f"v{i}.mp4", np.full((4, 32, 32, 3), 60 * i, np.uint8), fps=4)
+    (tmp_path / "train.jsonl").write_text(json.dumps({"video": "v0.mp4", "caption": "zero"}) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"video": "v1.mp4", "caption": "one"}) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: check\noutput_dir: {tmp_path / 'run'}\nstages: [data]\ndata:\n  format: jsonl\n"
+        f"  train: {tmp_path / 'train.jsonl'}\n  test: {tmp_path / 'test.jsonl'}\n  video_root: {videos}\n"
+    )
+    assert cli.main(["check", str(recipe)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    (videos / "v1.mp4").write_bytes(b"\x00" * 100)
+    assert cli.main(["check", str(recipe)]) == 1
+    assert f"cannot open video {videos / 'v1.mp4'}" in capsys.readouterr().out
+    write_mp4(videos / "v1.mp4", np.full((4, 32, 32, 3), 60, np.uint8), fps=4)
+    assert cli.main(["prepare", str(recipe), "data.val_fraction=0"]) == 0
+    assert "2 videos in 1 shards" in capsys.readouterr().out
+    assert (tmp_path / "run" / "frames" / "manifest.json").is_file()
+
+
+def test_index_search_and_export_onnx_subcommands(tmp_path, capsys):
+    """The ship side through `c4cd`: export-onnx (OUT_DIR as -o), index (-o, --num-workers) and search --json
+    give what their `python -m` spellings give."""
+    import json
+
+    import numpy as np
+    import torch
+    from tiny import student_config
+
+    from distill.data.synthetic import write_mp4
+    from students import Student, export_student
+
+    torch.manual_seed(0)
+    student = tmp_path / "student.safetensors"
+    preprocessing = {"max_frames": 2, "image_size": 16, "max_words": 16, "framerate": 1, "slice_framepos": 2}
+    export_student(
+        Student(student_config(max_frames=2), max_words=16), student, {"preprocessing": json.dumps(preprocessing)}
+    )
+    videos = tmp_path / "videos"
+    (videos / "deep").mkdir(parents=True)
+    for i, name in enumerate(["a.mp4", "deep/b.mp4"]):
+        write_mp4(videos / name, np.full((8, 32, 32, 3), 90 * i, np.uint8), fps=4)
+    assert cli.main(["index", str(student), str(videos), "-o", str(tmp_path / "index"), "--num-workers", "0"]) == 0
+    assert "2 videos embedded" in capsys.readouterr().out
+    assert cli.main(["search", str(tmp_path / "index"), "a caption", "--top", "2", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(h["path"] for h in hits) == [str((videos / n).resolve()) for n in ("a.mp4", "deep/b.mp4")]
+    assert cli.main(["export-onnx", str(student), "-o", str(tmp_path / "onnx")]) == 0
+    assert {p.name for p in (tmp_path / "onnx").iterdir()} >= {"video_encoder.onnx", "text_encoder.onnx"}
