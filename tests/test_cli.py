@@ -87,6 +87,12 @@ def test_module_parsers_are_the_subcommands():
         assert dests == [a.dest for a in parser._actions if not a.option_strings], name
 
 
+def test_help_shows_the_defaults_that_say_something():
+    text = commands.command_parser("index").format_help()
+    assert "videos a batch (default: 16)" in text and "decoding the videos (default: 0)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_export_onnx_takes_its_folder_positional_or_as_out():
     parser = commands.command_parser("export-onnx")
     for argv in (["s.safetensors", "onnx"], ["s.safetensors", "-o", "onnx"], ["s.safetensors", "--out", "onnx"]):

@@ -25,8 +25,8 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
     (they hold usage examples)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, [], argparse.SUPPRESS):
-            return action.help
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or action.default == []:
+            return action.help  # `is`: a default of 0 (--num-workers) is shown
         return super()._get_help_string(action)
 
 
