@@ -13,20 +13,24 @@ problem (malformed annotation line, empty caption, missing or broken video) and 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from distill.core.commands import add_check_flag, new_parser
 from distill.core.schema import DataConfig, Recipe
-from distill.data.checks import check_videos, describe, read_split_or_stop
-from distill.data.dataset import View, frame_settings, frames_folder
 from distill.data.formats import read_split
-from distill.data.shards import FrameShards, prepare_frames
 from distill.recipe import parse_recipe_args
+
+if TYPE_CHECKING:
+    from distill.data.dataset import View
+    from distill.data.shards import FrameShards
 
 
 def check_data(data: DataConfig) -> int:
     """Prints the problems and a summary of both splits; returns the number of problems."""
+    from distill.data.checks import check_videos, describe  # torch and decord: after parsing (fast --help)
+
     total = 0
     for split in ("train", "test"):
         found = read_split(data, split)
@@ -50,6 +54,10 @@ def write_frames(recipe: Recipe, views: dict[str, View]) -> tuple[FrameShards, P
     Raises:
         ValueError: a malformed annotation, or a frames folder prepared with other settings.
     """
+    from distill.data.checks import read_split_or_stop  # torch and decord: after parsing (fast --help)
+    from distill.data.dataset import frame_settings, frames_folder
+    from distill.data.shards import prepare_frames
+
     data = recipe.data
     videos = [pair.video for split in ("train", "test") for pair in read_split_or_stop(data, split).pairs]
     folder = frames_folder(data, recipe.run_dir)
@@ -87,10 +95,8 @@ def prepare(recipe: Recipe) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check", action="store_true", help="only inspect: list every problem of the annotations and videos"
-    )
+    parser = new_parser("python -m distill.prepare", __doc__.splitlines()[0])
+    add_check_flag(parser)
     args, recipe = parse_recipe_args(parser, argv)
     if recipe is None:
         return 2

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from operator import attrgetter
 from pathlib import Path
 
+from distill.core.commands import add_recipe_arguments
 from distill.core.config import RecipeError, load_dataclass
 from distill.core.schema import NON_NEGATIVE, POSITIVE, STAGE_ORDER, Recipe, embedding_term
 from distill.data.formats import check_data_files
@@ -147,8 +148,7 @@ def parse_recipe_args(
 ) -> tuple[argparse.Namespace, Recipe | None]:
     """Adds the `RECIPE.yaml [dotted.key=value ...]` arguments, parses `argv` and loads the recipe; on a
     `RecipeError` prints it and gives `None`, for the caller to exit with 2 before any work."""
-    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.max_steps=20")
+    add_recipe_arguments(parser)
     args = parser.parse_args(argv)
     try:  # a --check (distill.prepare) reads only the data
         return args, load_recipe(args.recipe, args.overrides, data_only=getattr(args, "check", False))

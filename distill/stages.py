@@ -276,6 +276,9 @@ def evaluate(run: Run) -> dict:
         num_workers=r.data.num_workers,
     )
     report = {"name": r.name, **report}
+    if r.eval.val_pairs and "val" in run.data:  # the gallery the per-epoch validation R@1 was measured on
+        val = run.data["val"].subset(r.eval.val_pairs)
+        report["validation"] = {"pairs": len(val), "videos": len(set(val.video_ids))}
     if run.accelerator.is_main_process:
         write_reports(report, run.dir)
     t, s = report["teacher"]["t2v"]["R1"], report["student"]["t2v"]["R1"]

@@ -14,7 +14,6 @@ The export checks itself: onnxruntime's outputs on random inputs against PyTorch
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.core.commands import command_parser, onnx_out
 from distill.core.files import file_sha256
 from students.export import export_file, load_student, read_metadata
 from students.model import preprocessing_of
@@ -120,10 +120,9 @@ def onnx_difference(model: nn.Module, paths: dict[str, Path], inputs: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("student", type=Path, help="an exported student (.safetensors, or its model card folder)")
-    parser.add_argument("out", type=Path, help="the folder for the .onnx files")
+    parser = command_parser("export-onnx")
     args = parser.parse_args(argv)
+    out = onnx_out(parser, args)
     try:
         file = export_file(args.student)
         student = load_student(file)
@@ -131,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    paths = export_onnx(student, args.out)
+    paths = export_onnx(student, out)
     record = {"student": str(args.student.resolve()), **student_record(file, metadata)}
-    describe_folder(args.out, student, record, metadata.get("preprocessing"))
+    describe_folder(out, student, record, metadata.get("preprocessing"))
     difference = onnx_difference(student, paths, example_inputs(student, 3, seed=1))
     for name, path in paths.items():
         print(f"{path}: max abs difference to PyTorch {difference[name]:.2e} on random inputs")

@@ -385,6 +385,29 @@ def test_the_results_page_shows_each_hit_with_its_sampled_frames(clips, student,
     assert len(images) == 3 * 2  # 2 s clips sampled at 1 frame a second: 2 frames a hit
     image = Image.open(io.BytesIO(base64.b64decode(images[0])))
     assert image.format == "JPEG" and image.size == (96, 96)  # square 32 px clips, 96 px high
+    # Each hit is shown by its path below the folder that was indexed (which the index records), not by the
+    # absolute path of the machine that built it; the link still opens the file.
+    assert json.loads((out / "index.json").read_text())["videos"] == str(folder.resolve())
+    shown = re.findall(r'<a href="([^"]+)">([^<]+)</a>', text)
+    assert [name for _, name in shown] == [Path(h["path"]).relative_to(folder.resolve()).as_posix() for h in hits]
+    assert [link for link, _ in shown] == [Path(h["path"]).as_uri() for h in hits]
+
+
+def test_the_results_page_names_hits_of_a_list_below_the_lists_folder(clips, student, tmp_path, capsys):
+    """A list's entries are shown below the list's folder; one that lies elsewhere by its whole path."""
+    folder, _ = clips
+    (tmp_path / "set" / "a").mkdir(parents=True)
+    shutil.copy(folder / "clip0.mp4", tmp_path / "set" / "a" / "mine.mp4")
+    listed = tmp_path / "set" / "list.jsonl"
+    elsewhere = (folder / "deep" / "clip4.mp4").resolve()
+    listed.write_text(json.dumps({"video": "a/mine.mp4"}) + "\n" + json.dumps({"video": str(elsewhere)}) + "\n")
+    out = tmp_path / "index"
+    assert index_main([str(student), str(listed), "-o", str(out)]) == 0
+    page = tmp_path / "results.html"
+    assert search_main([str(out), "a circle", "--top", "2", "--html", str(page)]) == 0
+    assert json.loads((out / "index.json").read_text())["videos"] == str((tmp_path / "set").resolve())
+    text = page.read_text()
+    assert ">a/mine.mp4</a>" in text and f">{elsewhere}</a>" in text
 
 
 def test_a_student_with_the_teachers_text_tower_shares_its_space_and_no_other(clips, student, tmp_path, capsys):

@@ -26,7 +26,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    # Annotation layout (README "Datasets"): synthetic, the generic jsonl and csv, or CLIP4Clip's datasets.
+    # Annotation layout (docs/datasets.md): synthetic, the generic jsonl and csv, or CLIP4Clip's datasets.
     # synthetic, jsonl, csv, msrvtt, msvd, lsmdc, activitynet, didemo: distill.data.formats.FORMATS, checked there
     format: str = "synthetic"
     root: str = "data/demo"  # synthetic: where the dataset is generated (and reused by later runs)
@@ -62,15 +62,15 @@ STAGE_ORDER = get_args(Stage)
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # global batch: the same whatever the number of processes
-    epochs: int = 10
+    epochs: int = 10  # passes over the train pairs (unless max_steps is set)
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     # Micro-batches per optimizer step; the losses still span the whole batch (GradCache: one extra
     # forward pass of the student per step), so a large batch fits in memory at the cost of time.
     accumulate: int = 1
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate of AdamW, for the new parts of the model
     # multiplies lr for pretrained weights (student.pretrained, teacher.init's CLIP), as CLIP4Clip's coef_lr
     coef_lr: float = 1.0
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW weight decay
     warmup_ratio: float = 0.1  # fraction of the steps with a linear warmup, then cosine decay
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: only at the end
@@ -103,11 +103,11 @@ class TeacherConfig:
     # The architecture of a teacher trained here (a loaded teacher brings its own):
     sim_header: Literal["meanP", "seqLSTM", "seqTransf", "tightTransf"] = "seqTransf"
     image_size: int = 32  # input resolution
-    patch_size: int = 8
-    vision_width: int = 192
-    vision_layers: int = 4
+    patch_size: int = 8  # ViT patch side in pixels
+    vision_width: int = 192  # ViT width
+    vision_layers: int = 4  # ViT depth
     text_width: int = 128  # also the embedding width, as CLIP4Clip's heads require
-    text_layers: int = 3
+    text_layers: int = 3  # text transformer depth
     cross_layers: int = 2  # layers of the seqTransf temporal transformer or the tightTransf cross encoder
     train: TrainConfig = field(default_factory=TrainConfig)
     # The teacher stage trains on a random crop of every clip each epoch (distill.training.augment): sides a fraction
@@ -126,10 +126,10 @@ class StudentConfig:
     # A student export (or its model card folder) whose weights the distill stage starts from instead of
     # random ones, e.g. a shipped student fine-tuned on new data; the keys here must describe its architecture.
     init: str | None = None
-    max_frames: int = 8
-    image_size: int = 32
+    max_frames: int = 8  # frames the student sees per video
+    image_size: int = 32  # input resolution of the frame encoder
     temporal: Literal["mean", "transformer"] = "transformer"  # how frame features become one video vector
-    temporal_layers: int = 1
+    temporal_layers: int = 1  # layers of the temporal transformer (temporal: transformer)
     embed_dim: int = 96  # width of the student's joint embedding space
     # own: a small text transformer of text_width, text_layers and text_heads, trained; teacher: the
     # teacher's text tower, frozen and shipped in the export (needs embed_dim equal to the teacher's): the
@@ -137,9 +137,9 @@ class StudentConfig:
     # inherit: an own tower of text_layers of the teacher's layers, evenly spaced, and its embeddings
     # (TinyCLIP's weight inheritance; text_width and text_heads the teacher's), trained
     text: Literal["own", "teacher", "inherit"] = "own"
-    text_width: int = 96
-    text_layers: int = 2
-    text_heads: int = 4
+    text_width: int = 96  # width of an own text tower (text: own or inherit)
+    text_layers: int = 2  # its depth (inherit: that many of the teacher's layers)
+    text_heads: int = 4  # its attention heads
     # 0: a full token embedding (49,408 x text_width, most of a small student's parameters); r > 0: 49,408 x r
     # followed by an r x text_width matrix (ALBERT's factorised embedding): every caption stays encodable
     # with a fraction of the parameters. An own text tower only.
@@ -161,7 +161,7 @@ class LossConfig:
     # Cross-model contrastive (CLIP-KD's ICL): student videos against teacher captions and student captions
     # against teacher videos, at a learned scale starting at 1 / cross_temperature
     cross_weight: float = 0.0
-    cross_temperature: float = 0.07
+    cross_temperature: float = 0.07  # the cross-model term's scale starts at 1 / this (CLIP's 0.07)
     contrastive_weight: float = 1.0  # symmetric InfoNCE on the ground-truth pairs, at the student's logit scale
 
 
@@ -182,13 +182,15 @@ class ExportConfig:
 
 @dataclass
 class Recipe:
-    name: str = "demo"
+    name: str = "demo"  # names the run (and its folder, runs/<name>, unless output_dir is set)
     output_dir: str | None = None  # default runs/<name>
-    seed: int = 0
+    seed: int = 0  # seeds every random draw of training (the synthetic data has its own seed)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # for every stage: teacher training, distillation, eval
     # Accelerate trackers for the training curves, each used when its package is installed (pip install
     # tensorboard / wandb), under output_dir/logs; the <stage>_log.jsonl files are always written.
     log_with: list[Literal["tensorboard", "wandb"]] = field(default_factory=lambda: ["tensorboard"])
+    # What the run does, a subset of data, prepare, teacher, cache, distill, evaluate, export, always in that
+    # order (docs/recipes.md says what each does)
     stages: list[Stage] = field(default_factory=lambda: ["data", "teacher", "distill", "evaluate", "export"])
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

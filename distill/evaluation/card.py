@@ -3,8 +3,9 @@ a model hub as it is, and that `load_student` reads.
 
     model.safetensors   the exported student (the same file)
     config.json         the student's spec and preprocessing (also in the weights' metadata)
-    README.md           a model card: front-matter (library, tags, datasets, model-index metrics of the
-                        student and its teacher, both directions) and the results and cost tables
+    README.md           a model card: front-matter (library, tags, datasets, and a model-index of the student's
+                        own test metrics, both directions, which a hub shows as this model's results) and
+                        the results table of student and teacher side by side, and the cost table
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ DIRECTIONS = {"t2v": "Text-to-video retrieval", "v2t": "Video-to-text retrieval"
 
 
 def front_matter(name: str, dataset: str, report: dict | None) -> dict:
-    """The card's YAML header; `model-index` holds the report's test metrics of student and teacher."""
+    """The card's YAML header; `model-index` holds the student's test metrics only: a hub reads every result
+    there as this model's own, so the teacher's go in the card's table."""
     header = {
         "library_name": "clip4clip-distill",
         "tags": ["video-text-retrieval", "knowledge-distillation", "clip4clip", "timm"],
@@ -34,8 +36,7 @@ def front_matter(name: str, dataset: str, report: dict | None) -> dict:
     results = []
     for direction, task in DIRECTIONS.items():
         metrics = [
-            {"type": kind, "name": f"{model} {direction} {key}", "value": round(report[model][direction][key], 2)}
-            for model in ("student", "teacher")
+            {"type": kind, "name": f"{direction} {key}", "value": round(report["student"][direction][key], 2)}
             for key, kind in METRICS
         ]
         results.append(
@@ -76,6 +77,10 @@ def card_text(name: str, dataset: str, report: dict | None, preprocessing: dict)
     if report is not None:
         lines += [
             f"## Results ({dataset}, test split: {report['test_pairs']} captions of {report['test_videos']} videos)",
+            "",
+            f"The gallery holds {report['test_videos']} videos (chance R@1 {100 / report['test_videos']:.2g}%). The "
+            "teacher, the model this student was distilled from, is shown for comparison; the card's metadata "
+            "lists the student's results only.",
             "",
             "| model | direction | R@1 | R@5 | R@10 | MdR | MnR |",
             "|---|---|---:|---:|---:|---:|---:|",

@@ -244,19 +244,55 @@ def _ratio(teacher: dict, student: dict, key: tuple[str, ...]) -> str:
     return f"{teacher / student:.1f}x" if student else "-"
 
 
+def last_validation(logs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """The validation R@1 of each training stage's last validated epoch: `{stage: {"val_student_t2v_R1": ...}}`."""
+    last = {}
+    for stage, records in logs.items():
+        validated = [r for r in records if any(key.startswith("val_") for key in r)]
+        if validated:
+            last[stage] = {key: value for key, value in validated[-1].items() if key.startswith("val_")}
+    return last
+
+
+def validation_table(last: dict[str, dict[str, float]], validation: dict, test_gallery: int) -> list[str]:
+    """The Markdown lines of the last epoch's validation R@1 of each training stage, with its gallery."""
+    videos = validation["videos"]
+    lines = [
+        "",
+        f"## Validation (last epoch, gallery of {videos})",
+        "",
+        f"R@1 on the validation split, at the end of each training stage's last epoch: {validation['pairs']} "
+        f"captions of {videos} videos (chance R@1 {100 / videos:.2g}%), held out of training. The test gallery "
+        f"above holds {test_gallery} videos: R@1 falls as the gallery grows, so compare within one gallery.",
+        "",
+        "| stage | model | t2v R@1 | v2t R@1 |",
+        "|---|---|---:|---:|",
+    ]
+    for stage, values in last.items():
+        for model in ("teacher", "student"):
+            if f"val_{model}_t2v_R1" in values:
+                t2v, v2t = values[f"val_{model}_t2v_R1"], values[f"val_{model}_v2t_R1"]
+                lines.append(f"| {stage} | {model} | {t2v:.1f} | {v2t:.1f} |")
+    return lines
+
+
 def write_reports(report: dict, run_dir: Path) -> None:
-    """`report.json` and a readable `report.md` in the run folder."""
+    """`report.json` and a readable `report.md` in the run folder. Every R@K in it says its gallery: R@K falls as
+    the gallery grows, so validation and test R@1 over galleries of different sizes are not a gap."""
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     models = [m for m in ("teacher", "student") if m in report]
+    gallery = report["test_videos"]
     lines = [
         f"# Evaluation: {report.get('name', run_dir.name)}",
         "",
-        f"Test split: {report['test_pairs']} captions of {report['test_videos']} videos. R@K in percent; "
-        "MdR and MnR are ranks (1 is best).",
+        f"Test split: {report['test_pairs']} captions of {gallery} videos, a gallery of {gallery} (chance R@1 "
+        f"{100 / gallery:.2g}%). R@K in percent; MdR and MnR are the median and mean rank of the true match "
+        "(1 is best).",
         "",
     ]
     for direction, title in (("t2v", "Text to video"), ("v2t", "Video to text")):
-        lines += [f"## {title}", "", "| model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+        lines += [f"## {title} (test, gallery of {gallery})", ""]
+        lines += ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
         for m in models:
             lines.append(f"| {m} | " + " | ".join(f"{report[m][direction][k]:.1f}" for k in METRICS) + " |")
         lines.append("")
@@ -265,9 +301,12 @@ def write_reports(report: dict, run_dir: Path) -> None:
         lines += [f"Student keeps {kept:.1f}% of the teacher's text-to-video R@1.", ""]
     lines += ["## Order of frames", "", "Text-to-video R@1 with every test clip played backwards:", ""]
     lines += [f"- {m}: {report[m]['t2v_reversed_R1']:.1f} (forwards {report[m]['t2v']['R1']:.1f})" for m in models]
+    logs = read_logs(run_dir)
+    if "validation" in report and (last := last_validation(logs)):
+        lines += validation_table(last, report["validation"], gallery)
     lines += ["", "## Cost", "", *cost_table(report, models)]
-    figures = [plot_recall(report["recall_curves"], run_dir / "recall_at_k.png", gallery=report["test_videos"])]
-    if logs := read_logs(run_dir):
+    figures = [plot_recall(report["recall_curves"], run_dir / "recall_at_k.png", gallery=gallery)]
+    if logs:
         figures.append(plot_training(logs, run_dir / "training_curves.png"))
     lines += ["", "## Figures", ""] + [f"![{path.stem.replace('_', ' ')}]({path.name})" for path in figures]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

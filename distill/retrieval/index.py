@@ -8,7 +8,8 @@ cuts every video into segments of that many seconds, an entry each, as one would
 
 An index folder holds
     index.json                    the format, the model's record (`distill.retrieval.encoders`: source, fingerprint,
-                                  embedding space) and preprocessing, the segment length, the count, the shards
+                                  embedding space) and preprocessing, the segment length, the count, the shards,
+                                  the folder indexed (`videos`: the folder of a list)
     embeddings-00000.safetensors  `embeddings [n, D]`, float16, L2-normalised, SHARD_ROWS rows a shard
     entries.jsonl                 a line an embedding: path, size and mtime of the file, start and end (s),
                                   the video's duration (s)
@@ -27,7 +28,6 @@ chunk's batches do not depend on the number of processes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -44,10 +44,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from distill.core.commands import command_parser
 from distill.core.files import atomic_dir, atomic_write
 from distill.retrieval import ann
 from distill.retrieval.embed import embed_videos
-from distill.retrieval.encoders import RUNTIMES, Encoder, load_encoder
+from distill.retrieval.encoders import Encoder, load_encoder
 
 FORMAT, VERSION = "clip4clip-distill/index", 2
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
@@ -230,6 +231,7 @@ def build_index(
     out: Path,
     *,
     segment: int | None = None,
+    root: Path | None = None,
     faiss: bool = False,
     batch_size: int = 16,
     num_workers: int = 0,
@@ -238,7 +240,8 @@ def build_index(
     """Writes the index of `videos` to `out` (with `faiss`, and an approximate index of it), reusing the
     embeddings of an index there made with the same settings for files that did not change, and those the
     chunks of a killed run saved; returns the counts of videos embedded, resumed (from a killed run), kept,
-    dropped and failed, or None on a process that is not the main one."""
+    dropped and failed, or None on a process that is not the main one. `root`, the folder that was indexed
+    (or the folder of the list), is recorded so that pages can show each path below it."""
     state = launch_state()
     settings = settings_of(record, encoder, segment)
     kept = previous_index(out, settings, record["source"])
@@ -283,6 +286,7 @@ def build_index(
     embeddings = torch.stack([row for _, row in rows]) if rows else torch.empty(0, record["embed_dim"]).half()
     shards = [f"embeddings-{i:05d}.safetensors" for i in range(0, len(embeddings), SHARD_ROWS)]
     info = {"format": FORMAT, "version": VERSION, "model": record, **settings, "count": len(entries)}
+    info["videos"] = None if root is None else str(root.resolve())
     del info["sha256"]  # the model record holds it
     with atomic_dir(out) as partial:
         for k, name in enumerate(shards):
@@ -308,15 +312,7 @@ def build_index(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a student export, a teacher source, or (--runtime onnx) an ONNX folder")
-    parser.add_argument("videos", type=Path, help="a folder of videos (searched recursively), a .jsonl or .csv list")
-    parser.add_argument("--out", type=Path, required=True, help="the index folder")
-    parser.add_argument("--segment", type=int, help="cut each video into segments of this many seconds")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torch")
-    parser.add_argument("--faiss", action="store_true", help="also build an approximate (FAISS) index")
-    parser.add_argument("--batch-size", type=int, default=16, help="videos a batch")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the videos")
+    parser = command_parser("index")
     args = parser.parse_args(argv)
     if args.segment is not None and args.segment < 1:
         parser.error(f"--segment {args.segment}: expected a positive number of seconds")
@@ -331,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             list_videos(args.videos),
             args.out,
             segment=args.segment,
+            root=args.videos if args.videos.is_dir() else args.videos.parent,
             faiss=args.faiss,
             batch_size=args.batch_size,
-            num_workers=args.workers,
+            num_workers=args.num_workers,
             progress=state.is_main_process,
         )
     except (ValueError, FileNotFoundError) as error:

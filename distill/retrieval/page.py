@@ -1,6 +1,7 @@
-"""The results page of `python -m distill.search ... --html FILE`: each hit with its rank, score, file and
-time span, and a strip of the frames the model sampled from it, in one HTML file that needs nothing else
-(the pictures are inline JPEGs), to open in a browser or attach to a message."""
+"""The results page of `python -m distill.search ... --html FILE`: each hit with its rank, score, file (its
+path below the folder that was indexed, not the machine's absolute path) and time span, and a strip of the
+frames the model sampled from it, in one HTML file that needs nothing else (the pictures are inline JPEGs),
+to open in a browser or attach to a message."""
 
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ def frame_strip(hit: dict, segment: int | None, preprocessing: Preprocessing) ->
     return uris
 
 
+def shown_path(path: Path, root: str | None) -> str:
+    """`path` below `root` (the folder an index was built from), or as it is when it lies elsewhere or the
+    index predates the record of its folder."""
+    if root is not None and path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(path)
+
+
 def write_page(file: Path, query: str, hits: list[dict], infos: dict[Path, dict]) -> None:
     """Writes the page of `hits` for `query`, as `distill.retrieval.search.search` returns them with the `index.json`
     of each index searched (its segment length and preprocessing say which frames its model read)."""
@@ -63,7 +72,7 @@ def write_page(file: Path, query: str, hits: list[dict], infos: dict[Path, dict]
         rows.append(
             f'<div class="hit"><div class="meta"><span class="rank">{hit["rank"]}</span>'
             f'<span class="score">{hit["score"]:.4f}</span>'
-            f'<a href="{html.escape(path.resolve().as_uri())}">{html.escape(str(path))}</a>'
+            f'<a href="{html.escape(path.resolve().as_uri())}">{html.escape(shown_path(path, info.get("videos")))}</a>'
             f'<span class="span">{hit["start"]:.1f}–{hit["end"]:.1f} s</span></div>'
             f'<div class="strip">{strip}</div></div>'
         )

@@ -17,7 +17,6 @@ after the scan: a damaged entries file is found then.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterable
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import torch
 
+from distill.core.commands import command_parser
 from distill.retrieval import ann
 from distill.retrieval.embed import embed_texts, embed_videos
-from distill.retrieval.encoders import RUNTIMES, load_encoder
+from distill.retrieval.encoders import load_encoder
 from distill.retrieval.index import IndexFolderError, check_shards, entries_at, read_info, shard_embeddings
 
 CHUNK = 4_096  # gallery rows scored at once (8 MB of float32 at 512-d): small chunks scan faster (BENCHMARKS.md)
@@ -120,18 +120,7 @@ def search(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("index", type=Path, help="an index folder written by python -m distill.index")
-    parser.add_argument("caption", nargs="?", help="what to look for, in words")
-    parser.add_argument("--video", type=Path, help="a video to find the nearest entries of, instead of a caption")
-    parser.add_argument("--top", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="one JSON object a line, best first")
-    parser.add_argument("--html", type=Path, help="also write a results page with the frames of each hit")
-    parser.add_argument("--also", type=Path, action="append", default=[], help="another index of the same space")
-    parser.add_argument("--model", help="embed the query with this model (of the index's space)")
-    parser.add_argument("--runtime", choices=RUNTIMES, help="the runtime of --model (torch) or the index's own")
-    parser.add_argument("--exact", action="store_true", help="scan the whole gallery even with a FAISS index")
-    parser.add_argument("--nprobe", type=int, default=ann.NPROBE, help="cells a FAISS search scores")
+    parser = command_parser("search")
     args = parser.parse_args(argv)
     if (args.caption is None) == (args.video is None):
         parser.error("give a caption or --video PATH (one of them)")
