@@ -244,6 +244,23 @@ def _ratio(teacher: dict, student: dict, key: tuple[str, ...]) -> str:
     return f"{teacher / student:.1f}x" if student else "-"
 
 
+STOPS = {"patience": "validation stalled for `patience` epochs", "maximum": "it reached the maximum"}
+
+
+def schedule_lines(schedules: dict[str, dict]) -> list[str]:
+    """A line per training stage (`report["schedule"]`, `distill.training.schedule`): how long it trained,
+    why it stopped, its best validation epoch and which weights it kept."""
+    lines = []
+    for stage, s in schedules.items():
+        kept = "its weights are the ones evaluated" if s["exported"] == "best" else "the last step's weights are kept"
+        lines.append(
+            f"- {stage} ({s['rule']}): trained {s['steps']} of at most {s['max_steps']} steps ({s['epochs']} epochs), "
+            f"stopped because {STOPS[s['stopped']]}; best validation R@1 (mean of t2v and v2t) "
+            f"{s['val_R1']:.1f} at epoch {s['best_epoch']} (step {s['best_step']}): {kept}."
+        )
+    return lines
+
+
 def write_reports(report: dict, run_dir: Path) -> None:
     """`report.json` and a readable `report.md` in the run folder."""
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -266,8 +283,10 @@ def write_reports(report: dict, run_dir: Path) -> None:
     lines += ["## Order of frames", "", "Text-to-video R@1 with every test clip played backwards:", ""]
     lines += [f"- {m}: {report[m]['t2v_reversed_R1']:.1f} (forwards {report[m]['t2v']['R1']:.1f})" for m in models]
     lines += ["", "## Cost", "", *cost_table(report, models)]
+    if "schedule" in report:
+        lines += ["", "## Training schedule", "", *schedule_lines(report["schedule"])]
     figures = [plot_recall(report["recall_curves"], run_dir / "recall_at_k.png", gallery=report["test_videos"])]
     if logs := read_logs(run_dir):
-        figures.append(plot_training(logs, run_dir / "training_curves.png"))
+        figures.append(plot_training(logs, run_dir / "training_curves.png", report.get("schedule", {})))
     lines += ["", "## Figures", ""] + [f"![{path.stem.replace('_', ' ')}]({path.name})" for path in figures]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
