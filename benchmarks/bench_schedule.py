@@ -1,0 +1,93 @@
+"""Does the validation-driven schedule pay? The demo's student distilled from one demo teacher with the fixed
+warmup-cosine over `E` epochs and with the stopping rule (warmup-stable-decay) at most `E` epochs, for each
+maximum `E`; validation R@1 (mean of t2v and v2t) of the weights each run keeps, and the wall time.
+
+    python benchmarks/bench_schedule.py [--max-epochs 6 20] [--patience 3] [--decay-epochs 2] [--seed 0]
+                                        [--out runs/bench_schedule] [dotted.key=value ...]
+
+The teacher (the demo recipe's, trained once in `--out/teacher`) and its cache are shared by every student.
+Each student run is `distill/run.py recipes/demo.yaml` with only the schedule keys changed, the distill stage
+alone, one process (one thread per process unless OMP_NUM_THREADS says otherwise). The fixed schedule keeps
+the last step's weights: its "kept" column is its last validation; the rule keeps its best epoch: its
+"kept" column is the best of its validations, a maximum over epochs of the same split, so optimistic by
+the split's noise. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], log: Path) -> float:
+    """`distill/run.py recipes/demo.yaml ARGS`, its output in `log`; the wall time in seconds."""
+    command = [sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"), *args]
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    started = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+    return time.perf_counter() - started
+
+
+def validation_scores(folder: Path) -> list[float]:
+    """The student's validation R@1 (mean of t2v and v2t) at each epoch end of the run in `folder`."""
+    lines = [json.loads(line) for line in (folder / "distill_log.jsonl").read_text().splitlines()]
+    return [(r["val_student_t2v_R1"] + r["val_student_v2t_R1"]) / 2 for r in lines if "val_student_t2v_R1" in r]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-epochs", type=int, nargs="+", default=[6, 20])
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--decay-epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_schedule")
+    args, overrides = parser.parse_known_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = out / "teacher"
+    common = [f"data.root={out / 'data'}", f"seed={args.seed}", *overrides]
+    if not (teacher / "teacher_cache" / "manifest.json").is_file():
+        seconds = run([*common, f"output_dir={teacher}", "stages=[data,teacher,cache]"], out / "teacher.log")
+        print(f"teacher and its cache: {seconds:.0f} s", flush=True)
+    rows = []
+    for epochs in args.max_epochs:
+        for rule in ("fixed", "rule"):
+            folder = out / f"{rule}{epochs}_seed{args.seed}"
+            if not (folder / "distill_schedule.json").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                shutil.copytree(teacher / "teacher_cache", folder / "teacher_cache")
+                schedule = ["train.patience=0"]
+                if rule == "rule":
+                    schedule = [f"train.patience={args.patience}", f"train.decay_epochs={args.decay_epochs}"]
+                keys = [f"teacher.source={teacher / 'teacher.safetensors'}", f"train.epochs={epochs}", *schedule]
+                seconds = run([*common, f"output_dir={folder}", "stages=[distill]", *keys], folder.with_suffix(".log"))
+                (folder / "wall_s").write_text(f"{seconds:.1f}\n")
+            summary = json.loads((folder / "distill_schedule.json").read_text())
+            scores = validation_scores(folder)
+            kept = summary["val_R1"] if summary["exported"] == "best" else scores[-1]
+            rows.append(
+                f"| {rule} | {epochs} | {summary['epochs']} | {summary['stopped']} | {summary['best_epoch']} "
+                f"| {summary['val_R1']:.1f} | {scores[-1]:.1f} | **{kept:.1f}** "
+                f"| {float((folder / 'wall_s').read_text()):.0f} |"
+            )
+            print(f"{folder.name}: validation R@1 by epoch {[round(s, 1) for s in scores]}", flush=True)
+    print(
+        "\n| schedule | max epochs | epochs trained | stopped | best epoch | best val R@1 | last val R@1 "
+        "| kept val R@1 | wall s |\n|---|---:|---:|---|---:|---:|---:|---:|---:|"
+    )
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
