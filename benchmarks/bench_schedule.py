@@ -7,7 +7,8 @@ maximum `E`; validation R@1 (mean of t2v and v2t) of the weights each run keeps,
 
 The teacher (the demo recipe's, trained once in `--out/teacher`) and its cache are shared by every student.
 Each student run is `distill/run.py recipes/demo.yaml` with only the schedule keys changed, the distill stage
-alone, one process (one thread per process unless OMP_NUM_THREADS says otherwise). The fixed schedule keeps
+alone, one process (one thread per process unless OMP_NUM_THREADS says otherwise); all of them run side by side,
+so that their wall times see the same load on a shared machine. The fixed schedule keeps
 the last step's weights: its "kept" column is its last validation; the rule keeps its best epoch: its
 "kept" column is the best of its validations, a maximum over epochs of the same split, so optimistic by
 the split's noise. The test split is never read.
@@ -27,15 +28,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args: list[str], log: Path) -> float:
-    """`distill/run.py recipes/demo.yaml ARGS`, its output in `log`; the wall time in seconds."""
+def start(args: list[str], log: Path) -> tuple[subprocess.Popen, float]:
+    """Starts `distill/run.py recipes/demo.yaml ARGS`, its output in `log`: the process and its start time."""
     command = [sys.executable, str(REPO / "distill" / "run.py"), str(REPO / "recipes" / "demo.yaml"), *args]
     env = {"OMP_NUM_THREADS": "1", **os.environ}
-    started = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env), time.perf_counter()
+
+
+def wait(process: subprocess.Popen, started: float) -> float:
+    """Waits for a `start`ed run: its wall time in seconds; stops the benchmark if it failed."""
+    if process.wait():
+        sys.exit(f"failed ({process.returncode}): {' '.join(process.args)}")
     return time.perf_counter() - started
 
 
@@ -58,30 +62,33 @@ def main() -> None:
     teacher = out / "teacher"
     common = [f"data.root={out / 'data'}", f"seed={args.seed}", *overrides]
     if not (teacher / "teacher_cache" / "manifest.json").is_file():
-        seconds = run([*common, f"output_dir={teacher}", "stages=[data,teacher,cache]"], out / "teacher.log")
-        print(f"teacher and its cache: {seconds:.0f} s", flush=True)
+        run = start([*common, f"output_dir={teacher}", "stages=[data,teacher,cache]"], out / "teacher.log")
+        print(f"teacher and its cache: {wait(*run):.0f} s", flush=True)
+    folders = {(rule, e): out / f"{rule}{e}_seed{args.seed}" for e in args.max_epochs for rule in ("rule", "fixed")}
+    runs = {}
+    for (rule, epochs), folder in folders.items():
+        if (folder / "distill_schedule.json").is_file():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(teacher / "teacher_cache", folder / "teacher_cache")
+        schedule = ["train.patience=0"]
+        if rule == "rule":
+            schedule = [f"train.patience={args.patience}", f"train.decay_epochs={args.decay_epochs}"]
+        keys = [f"teacher.source={teacher / 'teacher.safetensors'}", f"train.epochs={epochs}", *schedule]
+        runs[folder] = start([*common, f"output_dir={folder}", "stages=[distill]", *keys], folder.with_suffix(".log"))
+    for folder, run in runs.items():
+        (folder / "wall_s").write_text(f"{wait(*run):.1f}\n")
     rows = []
-    for epochs in args.max_epochs:
-        for rule in ("fixed", "rule"):
-            folder = out / f"{rule}{epochs}_seed{args.seed}"
-            if not (folder / "distill_schedule.json").is_file():
-                shutil.rmtree(folder, ignore_errors=True)
-                shutil.copytree(teacher / "teacher_cache", folder / "teacher_cache")
-                schedule = ["train.patience=0"]
-                if rule == "rule":
-                    schedule = [f"train.patience={args.patience}", f"train.decay_epochs={args.decay_epochs}"]
-                keys = [f"teacher.source={teacher / 'teacher.safetensors'}", f"train.epochs={epochs}", *schedule]
-                seconds = run([*common, f"output_dir={folder}", "stages=[distill]", *keys], folder.with_suffix(".log"))
-                (folder / "wall_s").write_text(f"{seconds:.1f}\n")
-            summary = json.loads((folder / "distill_schedule.json").read_text())
-            scores = validation_scores(folder)
-            kept = summary["val_R1"] if summary["exported"] == "best" else scores[-1]
-            rows.append(
-                f"| {rule} | {epochs} | {summary['epochs']} | {summary['stopped']} | {summary['best_epoch']} "
-                f"| {summary['val_R1']:.1f} | {scores[-1]:.1f} | **{kept:.1f}** "
-                f"| {float((folder / 'wall_s').read_text()):.0f} |"
-            )
-            print(f"{folder.name}: validation R@1 by epoch {[round(s, 1) for s in scores]}", flush=True)
+    for (rule, epochs), folder in folders.items():
+        summary = json.loads((folder / "distill_schedule.json").read_text())
+        scores = validation_scores(folder)
+        kept = summary["val_R1"] if summary["exported"] == "best" else scores[-1]
+        rows.append(
+            f"| {rule} | {epochs} | {summary['epochs']} | {summary['stopped']} | {summary['best_epoch']} "
+            f"| {summary['val_R1']:.1f} | {scores[-1]:.1f} | **{kept:.1f}** "
+            f"| {float((folder / 'wall_s').read_text()):.0f} |"
+        )
+        print(f"{folder.name}: validation R@1 by epoch {[round(s, 1) for s in scores]}", flush=True)
     print(
         "\n| schedule | max epochs | epochs trained | stopped | best epoch | best val R@1 | last val R@1 "
         "| kept val R@1 | wall s |\n|---|---:|---:|---|---:|---:|---:|---:|---:|"

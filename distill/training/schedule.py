@@ -121,7 +121,7 @@ class Schedule:
         """Writes the rule's state to `folder/schedule.json` and the best weights to `folder/best.safetensors`."""
         (folder / "schedule.json").write_text(json.dumps({k: getattr(self, k) for k in self.STATE}, indent=1) + "\n")
         if self.weights is not None:
-            save_file(self.weights, folder / "best.safetensors")
+            save_file({k: v.contiguous() for k, v in self.weights.items()}, folder / "best.safetensors")
 
     def load(self, folder: Path) -> None:
         """Reads what `save` wrote to `folder`; a checkpoint saved before the rule existed leaves it fresh."""

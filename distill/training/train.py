@@ -296,7 +296,7 @@ def train(
     bar.close()
     model = accelerator.unwrap_model(model).eval()
     schedule.restore_best(model)
-    if validate is not None and accelerator.is_main_process:
+    if schedule.best is not None and accelerator.is_main_process:  # validated (or resumed from a run that did)
         summary = schedule.summary(step)
         path = write_summary(summary, run_dir, name)
         print(
