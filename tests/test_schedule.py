@@ -69,7 +69,7 @@ class NanAt(nn.Module):
         return losses
 
 
-def train_toy(run_dir: Path, validate: Scores, loss: nn.Module | None = None, **config) -> TwoTower:
+def train_toy(run_dir: Path, validate: Scores | None, loss: nn.Module | None = None, **config) -> TwoTower:
     """At most 10 epochs of the toy model at lr 0.1, a checkpoint each epoch; returns the trained model."""
     torch.manual_seed(0)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,9 @@ def test_a_run_resumed_mid_patience_is_the_uninterrupted_run(tmp_path):
     assert (broken / "distill_schedule.json").read_text() == (tmp_path / "whole" / "distill_schedule.json").read_text()
 
 
-def test_patience_needs_the_validation_split():
+def test_patience_needs_the_validation_split(tmp_path):
+    with pytest.raises(ValueError, match="distill: patience 2 reads the validation split, and this run has none"):
+        train_toy(tmp_path, None, **RULE)
     with pytest.raises(RecipeError, match=r"teacher\.train\.patience: the stopping rule reads the validation split"):
         load_recipe(REPO / "recipes" / "demo.yaml", ["teacher.train.patience=2", "eval.val_pairs=0"])
     with pytest.raises(RecipeError, match=r"train\.patience: must be zero or more, got -1"):

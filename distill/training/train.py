@@ -214,7 +214,10 @@ def train(
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
     if config.patience and validate is None:
-        raise ValueError(f"{name}: train.patience {config.patience} needs a validation split to read; set it to 0")
+        raise ValueError(
+            f"{name}: patience {config.patience} reads the validation split, and this run has none (data.val_fraction "
+            "held out no video, or eval.val_pairs is 0); hold out more videos, or set patience to 0"
+        )
     total = config.max_steps or config.epochs * len(loader)
     schedule = Schedule(config, total=total, epoch_steps=len(loader))
     optimizer = torch.optim.AdamW(param_groups(model, loss_fn, config))
