@@ -68,12 +68,9 @@ def plot_training(logs: dict[str, list[dict]], path: Path, schedules: dict[str, 
             val_ax.plot(*zip(*points), marker="o", label=key.removeprefix("val_").replace("_R1", ""))
         val_ax.set_title(f"{stage}: validation R@1 (%)" if keys else f"{stage}: no validation split")
         if schedule := (schedules or {}).get(stage):
-            val_ax.axvline(schedule["best_step"], color="grey", linestyle="--", linewidth=1)
-            val_ax.set_title(
-                f"{stage}: validation R@1 (%); best epoch {schedule['best_epoch']} ({schedule['val_R1']:.1f}), "
-                f"stopped: {schedule['stopped']}",
-                fontsize="medium",
-            )
+            best = f"best epoch {schedule['best_epoch']} ({schedule['val_R1']:.1f})"
+            val_ax.axvline(schedule["best_step"], color="grey", linestyle="--", linewidth=1, label=best)
+            val_ax.set_title(f"{stage}: validation R@1 (%)\n{best}; stopped: {schedule['stopped']}")
         val_ax.set_xlabel("step")
         val_ax.grid(alpha=0.3)
         if keys:
