@@ -36,11 +36,18 @@ def start(args: list[str], log: Path) -> tuple[subprocess.Popen, float]:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env), time.perf_counter()
 
 
-def wait(process: subprocess.Popen, started: float) -> float:
-    """Waits for a `start`ed run: its wall time in seconds; stops the benchmark if it failed."""
-    if process.wait():
-        sys.exit(f"failed ({process.returncode}): {' '.join(process.args)}")
-    return time.perf_counter() - started
+def wait(runs: dict[Path, tuple[subprocess.Popen, float]]) -> dict[Path, float]:
+    """Waits for every `start`ed run: its wall time in seconds, taken when it ends; stops the benchmark if one
+    failed."""
+    walls: dict[Path, float] = {}
+    while len(walls) < len(runs):
+        for key, (process, started) in runs.items():
+            if key not in walls and process.poll() is not None:
+                if process.returncode:
+                    sys.exit(f"failed ({process.returncode}): {' '.join(process.args)}")
+                walls[key] = time.perf_counter() - started
+        time.sleep(0.5)
+    return walls
 
 
 def validation_scores(folder: Path) -> list[float]:
@@ -63,7 +70,7 @@ def main() -> None:
     common = [f"data.root={out / 'data'}", f"seed={args.seed}", *overrides]
     if not (teacher / "teacher_cache" / "manifest.json").is_file():
         run = start([*common, f"output_dir={teacher}", "stages=[data,teacher,cache]"], out / "teacher.log")
-        print(f"teacher and its cache: {wait(*run):.0f} s", flush=True)
+        print(f"teacher and its cache: {wait({teacher: run})[teacher]:.0f} s", flush=True)
     folders = {(rule, e): out / f"{rule}{e}_seed{args.seed}" for e in args.max_epochs for rule in ("rule", "fixed")}
     runs = {}
     for (rule, epochs), folder in folders.items():
@@ -76,8 +83,8 @@ def main() -> None:
             schedule = [f"train.patience={args.patience}", f"train.decay_epochs={args.decay_epochs}"]
         keys = [f"teacher.source={teacher / 'teacher.safetensors'}", f"train.epochs={epochs}", *schedule]
         runs[folder] = start([*common, f"output_dir={folder}", "stages=[distill]", *keys], folder.with_suffix(".log"))
-    for folder, run in runs.items():
-        (folder / "wall_s").write_text(f"{wait(*run):.1f}\n")
+    for folder, seconds in wait(runs).items():
+        (folder / "wall_s").write_text(f"{seconds:.1f}\n")
     rows = []
     for (rule, epochs), folder in folders.items():
         summary = json.loads((folder / "distill_schedule.json").read_text())
