@@ -33,6 +33,7 @@ from teachers import CLIP4Clip, save_teacher
 from teachers.archs import teacher_arch
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "recipes" / "demo.yaml"
 EPOCH = 3  # optimizer steps an epoch: 12 pairs in batches of 4
 # Validation R@1 at the end of epochs 1, 2, ...: the best is epoch 3 (30.0); epoch 4 gains less than
 # min_delta 1, epoch 5 loses, so with patience 2 the decay starts after epoch 5 and lasts one epoch (6).
@@ -175,10 +176,12 @@ def test_a_run_resumed_mid_patience_is_the_uninterrupted_run(tmp_path):
 def test_patience_needs_the_validation_split(tmp_path):
     with pytest.raises(ValueError, match="distill: patience 2 reads the validation split, and this run has none"):
         train_toy(tmp_path, None, **RULE)
-    with pytest.raises(RecipeError, match=r"teacher\.train\.patience: the stopping rule reads the validation split"):
-        load_recipe(REPO / "recipes" / "demo.yaml", ["teacher.train.patience=2", "eval.val_pairs=0"])
+    with pytest.raises(RecipeError, match=r"^train\.patience: the stopping rule reads the validation split"):
+        load_recipe(DEMO, ["data.val_fraction=0"])  # the demo's own rule
+    with pytest.raises(RecipeError, match=r"^teacher\.train\.patience: the stopping rule reads the validation"):
+        load_recipe(DEMO, ["train.patience=0", "teacher.train.patience=2", "eval.val_pairs=0"])
     with pytest.raises(RecipeError, match=r"train\.patience: must be zero or more, got -1"):
-        load_recipe(REPO / "recipes" / "demo.yaml", ["train.patience=-1"])
+        load_recipe(DEMO, ["train.patience=-1"])
 
 
 @pytest.fixture(scope="module")
