@@ -3,7 +3,7 @@ the teacher, over seeds; R@1 on the validation split.
 
     python benchmarks/bench_kd.py [--labelled 400] [--seeds 0 1 2] [--variants gt kl all kd] [--split val]
                                   [--style shapes] [--teacher key=value ...] [--student-init TEMPLATE]
-                                  [--teacher-extra N]
+                                  [--teacher-extra N] [--fixed]
                                   [--out runs/bench_kd]
                                   [dotted.key=value ...]
 
@@ -16,8 +16,15 @@ validation videos: neither model trains on them. Every student is scored on the 
 (about 160 videos), the teacher on it once. `--split test` scores the test split instead: for the final
 table only, after the choices were made on validation.
 
-Variants (the loss weights; everything else is the demo recipe with `train.epochs` raised so that the
-smaller split gets about the demo's number of steps):
+Every student trains on the validation-driven schedule (docs/schedule.md): at most 4x the demo's ~150 steps
+of 64 (in epochs of its smaller split), stopped by `train.patience` (a fifth of the ~150 steps' epochs, at
+least 3) on its own validation videos (a tenth of its labelled clips, among the pool's validation split
+it is scored on: the score of a stopped student is a little optimistic), the best epoch kept. `--fixed`
+trains the fixed warmup-cosine over the ~150 steps instead (the schedule before the rule), in folders
+named `..._fixed`, for the same table on the old budget. kdpool has no validation split: it keeps the
+fixed schedule.
+
+Variants (the loss weights; everything else is the demo recipe with the schedule above):
   gt     ground-truth contrastive only: the teacher-free twin
   kl     + similarity KL (both directions)
   feat   + feature matching
@@ -169,6 +176,7 @@ def main() -> None:
     parser.add_argument("--teacher-extra", type=int, default=0, help="clips of a second dataset for the teacher")
     parser.add_argument("--out", type=Path, help="default runs/bench_kd, runs/bench_kd_scenes for --style scenes")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score the students there are")
+    parser.add_argument("--fixed", action="store_true", help="the fixed cosine over ~150 steps, not the rule")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value for every student run")
     args = parser.parse_args()
     if any(o.startswith("teacher.init=") for o in args.teacher) and any(
@@ -210,22 +218,27 @@ def main() -> None:
         print(f"teacher {name}: {path} ({time.perf_counter() - started:.0f} s)", flush=True)
         return path
 
-    # The students: the first --labelled clips, about the demo's 150 steps of 64 whatever their number.
-    epochs = max(1, round(150 * 64 / (0.9 * args.labelled)))
-    epochs = next((int(o.split("=")[1]) for o in args.overrides if o.startswith("train.epochs=")), epochs)
+    # The students: the first --labelled clips; the demo's ~150 steps of 64 whatever their number (--fixed),
+    # or at most 4x that, stopped by the rule.
+    budget = max(1, round(150 * 64 / (0.9 * args.labelled)))
+    schedule = ["train.patience=0", "eval.val_pairs=0"]
+    if not args.fixed:
+        budget, patience, decay = 4 * budget, max(3, round(budget / 5)), max(1, round(budget / 10))
+        schedule = [f"train.patience={patience}", f"train.decay_epochs={decay}"]
+    epochs = next((int(o.split("=")[1]) for o in args.overrides if o.startswith("train.epochs=")), budget)
     common = [
         f"data.root={out / f'labelled_{args.labelled}'}",
         f"data.synthetic.num_train={args.labelled}",
         "stages=[data,cache,distill,export]",
         f"train.epochs={epochs}",
-        "eval.val_pairs=0",
+        *schedule,
         *style,
         *teacher_view(args),
         *args.overrides,
     ]
     caches: dict[tuple[str, bool], Path] = {}  # (teacher, pool) -> a cache of it on that data, for later runs
     for size, variant, seed in product(args.sizes, args.variants, args.seeds):
-        folder = out / f"{size}_{variant}_seed{seed}"
+        folder = out / f"{size}_{variant}_seed{seed}{'_fixed' if args.fixed else ''}"
         if (folder / "student.safetensors").is_file() or args.score_only:
             continue
         folder.mkdir(exist_ok=True)
@@ -320,6 +333,8 @@ def unpaired_pool(out: Path, labelled: int) -> list[str]:
         f"data.video_root={root}",
         "data.val_fraction=0",
         f"train.epochs={epochs}",
+        "train.patience=0",  # no validation split to read
+        "eval.val_pairs=0",
     ]
 
 
@@ -368,7 +383,10 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
         rows[f"teacher {name}", ""] = [r1(model, "teacher")]
         cost[f"teacher {name}"] = efficiency(model, data, "teacher")
     for size, variant in product(args.sizes, args.variants):
-        exports = [out / f"{size}_{variant}_seed{seed}" / "student.safetensors" for seed in args.seeds]
+        exports = [
+            out / f"{size}_{variant}_seed{seed}{'_fixed' if args.fixed else ''}" / "student.safetensors"
+            for seed in args.seeds
+        ]
         if not all(path.is_file() for path in exports):  # --score-only: a combination not trained
             continue
         rows[size, variant] = []
@@ -387,7 +405,9 @@ def score(args: argparse.Namespace, out: Path, teachers: dict[str, Path], epochs
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"teacher on the {POOL}-clip pool{f' and {args.teacher_extra} more clips' if args.teacher_extra else ''}, "
-        f"students on its first {args.labelled} clips for {epochs} epochs (kdpool: the same steps over more clips); "
+        f"students on its first {args.labelled} clips for "
+        + (f"{epochs} epochs " if args.fixed else f"at most {epochs} epochs, stopped by the validation rule ")
+        + "(kdpool: the fixed ~150 steps over more clips); "
         f"R@1 on the pool's {args.split} split ({len(data)} captions of {len(set(data.video_ids))} videos), "
         f"mean ± std over seeds {args.seeds}\n"
     )

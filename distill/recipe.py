@@ -41,6 +41,13 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, data_only: b
         raise RecipeError("teacher.crop_scale: crops are for a teacher trained here; teacher.source is given as it is")
     if not 0 <= recipe.data.val_fraction < 1:
         raise RecipeError(f"data.val_fraction: must be at least 0 and below 1, got {recipe.data.val_fraction}")
+    for key, train in (("train", recipe.train), ("teacher.train", recipe.teacher.train)):
+        if train.patience and not (recipe.data.val_fraction and recipe.eval.val_pairs):
+            raise RecipeError(
+                f"{key}.patience: the stopping rule reads the validation split, which this recipe turns off "
+                f"(data.val_fraction {recipe.data.val_fraction}, eval.val_pairs {recipe.eval.val_pairs}); "
+                f"set both above 0, or {key}.patience to 0"
+            )
     check_data_files(recipe.data)
     if (
         recipe.data.format == "synthetic"

@@ -28,6 +28,7 @@ from distill.prepare import write_frames
 from distill.training.augment import random_crops
 from distill.training.cache import CacheError, TeacherCache, build_cache, cache_key, dataset_key
 from distill.training.losses import DistillationLoss
+from distill.training.schedule import read_summaries
 from distill.training.train import OnlineTeacher, TeacherEnsemble, train
 from students import Student, export_student, load_student, round_weights
 from teachers import CLIP4Clip, load_teacher, save_teacher
@@ -264,8 +265,9 @@ def distill(run: Run) -> Student:
 
 
 def evaluate(run: Run) -> dict:
-    """evaluate: Recall@K, ranks and cost of teacher and student on the test split, in `report.json` and
-    `report.md`; a run without the distill stage evaluates the student its folder holds."""
+    """evaluate: Recall@K, ranks and cost of teacher and student on the test split, and the schedule of the
+    training stages (best epoch, why they stopped), in `report.json` and `report.md`; a run without the
+    distill stage evaluates the student its folder holds."""
     student = run.student or load_student(run.dir / "student.safetensors", device=run.accelerator.device)
     r = run.recipe
     report = evaluate_models(
@@ -279,6 +281,8 @@ def evaluate(run: Run) -> dict:
     if r.eval.val_pairs and "val" in run.data:  # the gallery the per-epoch validation R@1 was measured on
         val = run.data["val"].subset(r.eval.val_pairs)
         report["validation"] = {"pairs": len(val), "videos": len(set(val.video_ids))}
+    if schedules := read_summaries(run.dir):  # how long each stage trained, and which epoch it kept
+        report["schedule"] = schedules
     if run.accelerator.is_main_process:
         write_reports(report, run.dir)
     t, s = report["teacher"]["t2v"]["R1"], report["student"]["t2v"]["R1"]

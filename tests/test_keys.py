@@ -65,7 +65,7 @@ def test_recipes_page_is_up_to_date():
 
 def test_the_demo_column_holds_the_demo_values():
     page = (REPO / "docs" / "recipes.md").read_text()
-    assert "| `train.epochs` | int | `10` | `6` |" in page
+    assert "| `train.epochs` | int | `10` | `20` |" in page and "| `teacher.train.epochs` | int | `10` | `6` |" in page
     assert "| `data.keep_decoded` | bool | `false` | `true` |" in page
     assert "| `train.grad_clip` | float | `1.0` |  |" in page  # the demo keeps the default
 

@@ -66,11 +66,27 @@ def test_report_md_names_the_gallery_of_test_and_validation_recall(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "Test split: 500 captions of 500 videos, a gallery of 500 (chance R@1 0.2%)" in text
     assert "## Text to video (test, gallery of 500)" in text and "## Video to text (test, gallery of 500)" in text
-    assert "## Validation (last epoch, gallery of 158)" in text and "158 captions of 158 videos" in text
+    assert "## Validation (the kept epoch, gallery of 158)" in text and "158 captions of 158 videos" in text
     # the last validated epoch of each stage, teacher and student
     assert "| teacher | teacher | 60.1 | 59.0 |" in text
     assert "| distill | teacher | 63.3 | 62.0 |" in text and "| distill | student | 51.9 | 50.5 |" in text
     assert "| distill | student | 40.0 |" not in text
+
+
+def test_report_md_shows_the_validation_of_the_kept_epoch(tmp_path):
+    """Under the stopping rule the best epoch's weights are evaluated and shipped: the validation table shows
+    that epoch's R@1, not the last one's."""
+    records = [
+        {"step": 1, "val_student_t2v_R1": 55.0, "val_student_v2t_R1": 54.0},
+        {"step": 2, "val_student_t2v_R1": 51.9, "val_student_v2t_R1": 50.5},
+    ]
+    (tmp_path / "distill_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    kept = {"rule": "patience 1", "steps": 2, "max_steps": 4, "epochs": 2, "stopped": "patience", "val_R1": 54.5}
+    kept.update(best_epoch=1, best_step=1, exported="best")
+    write_reports({**report(), "schedule": {"distill": kept}}, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| distill | student | 55.0 | 54.0 |" in text and "| distill | student | 51.9 |" not in text
+    assert "best validation R@1 (mean of t2v and v2t) 54.5 at epoch 1 (step 1)" in text
 
 
 def test_report_md_without_validation_shows_test_only(tmp_path):

@@ -17,7 +17,8 @@ from toy import Pairs, TwoTower
 
 from distill.core.schema import LossConfig, TrainConfig
 from distill.training.losses import DistillationLoss
-from distill.training.train import param_groups, synchronise_batch_norm, train, warmup_cosine
+from distill.training.schedule import warmup_cosine
+from distill.training.train import param_groups, synchronise_batch_norm, train
 
 
 class FailingLoss(nn.Module):

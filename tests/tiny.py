@@ -33,7 +33,8 @@ STUDENT = [
     "student.text_heads=2",
     "student.backbone_kwargs={img_size: 16, patch_size: 8, depth: 1}",
 ]
-TRAIN = ["train.batch_size=16", "train.max_steps=6", "eval.batch_size=8"]
+# The fixed schedule: 6 steps exactly, whatever the demo's stopping rule (tests/test_schedule.py turns it on)
+TRAIN = ["train.batch_size=16", "train.max_steps=6", "train.patience=0", "eval.batch_size=8"]
 TINY = DATA + TEACHER + STUDENT + TRAIN
 
 

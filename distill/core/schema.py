@@ -62,7 +62,7 @@ STAGE_ORDER = get_args(Stage)
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # global batch: the same whatever the number of processes
-    epochs: int = 10  # passes over the train pairs (unless max_steps is set)
+    epochs: int = 10  # the most a stage trains (with patience 0: exactly this many)
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     # Micro-batches per optimizer step; the losses still span the whole batch (GradCache: one extra
     # forward pass of the student per step), so a large batch fits in memory at the cost of time.
@@ -71,7 +71,13 @@ class TrainConfig:
     # multiplies lr for pretrained weights (student.pretrained, teacher.init's CLIP), as CLIP4Clip's coef_lr
     coef_lr: float = 1.0
     weight_decay: float = 0.05  # AdamW weight decay
-    warmup_ratio: float = 0.1  # fraction of the steps with a linear warmup, then cosine decay
+    warmup_ratio: float = 0.1  # fraction of the most steps with a linear warmup of the learning rate
+    # Epochs without a validation improvement (R@1 of the model in training, mean of t2v and v2t) after which
+    # the learning rate decays (decay_epochs) and training stops, the best epoch's weights kept
+    # (distill.training.schedule); 0: off, a cosine over all the epochs and the last step's weights
+    patience: int = 0
+    min_delta: float = 0.0  # R@1 points (percent) above the best so far that count as an improvement
+    decay_epochs: int = 1  # with patience: epochs of the final cosine decay to zero, at the stall or the maximum's end
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0: only at the end
     resume: Literal["auto"] | None = None  # auto: continue from the newest checkpoint in output_dir
@@ -213,6 +219,8 @@ POSITIVE = (
     "teacher.train.batch_size",
     "teacher.train.accumulate",
     "teacher.train.lr",
+    "train.decay_epochs",
+    "teacher.train.decay_epochs",
     "teacher.max_frames",
     "teacher.cache_videos_per_shard",
     "student.max_frames",
@@ -228,6 +236,10 @@ NON_NEGATIVE = (
     "loss.cross_weight",
     "loss.contrastive_weight",
     "train.coef_lr",
+    "train.patience",
+    "train.min_delta",
+    "teacher.train.patience",
+    "teacher.train.min_delta",
     "teacher.train.coef_lr",
     "student.token_rank",
 )

@@ -244,26 +244,31 @@ def _ratio(teacher: dict, student: dict, key: tuple[str, ...]) -> str:
     return f"{teacher / student:.1f}x" if student else "-"
 
 
-def last_validation(logs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """The validation R@1 of each training stage's last validated epoch: `{stage: {"val_student_t2v_R1": ...}}`."""
-    last = {}
+def kept_validation(logs: dict[str, list[dict]], schedules: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The validation R@1 of the weights each training stage kept: its best epoch's where the schedule kept
+    the best (`report["schedule"]`), else its last validated epoch's: `{stage: {"val_student_t2v_R1": ...}}`."""
+    kept = {}
     for stage, records in logs.items():
         validated = [r for r in records if any(key.startswith("val_") for key in r)]
+        schedule = schedules.get(stage, {})
+        if schedule.get("exported") == "best":
+            validated = [r for r in validated if r.get("step") == schedule["best_step"]] or validated
         if validated:
-            last[stage] = {key: value for key, value in validated[-1].items() if key.startswith("val_")}
-    return last
+            kept[stage] = {key: value for key, value in validated[-1].items() if key.startswith("val_")}
+    return kept
 
 
 def validation_table(last: dict[str, dict[str, float]], validation: dict, test_gallery: int) -> list[str]:
-    """The Markdown lines of the last epoch's validation R@1 of each training stage, with its gallery."""
+    """The Markdown lines of the validation R@1 of the weights each training stage kept, with its gallery."""
     videos = validation["videos"]
     lines = [
         "",
-        f"## Validation (last epoch, gallery of {videos})",
+        f"## Validation (the kept epoch, gallery of {videos})",
         "",
-        f"R@1 on the validation split, at the end of each training stage's last epoch: {validation['pairs']} "
-        f"captions of {videos} videos (chance R@1 {100 / videos:.2g}%), held out of training. The test gallery "
-        f"above holds {test_gallery} videos: R@1 falls as the gallery grows, so compare within one gallery.",
+        "R@1 on the validation split, at the end of the epoch whose weights each training stage kept: "
+        f"{validation['pairs']} captions of {videos} videos (chance R@1 {100 / videos:.2g}%), held out of training. "
+        f"The test gallery above holds {test_gallery} videos: R@1 falls as the gallery grows, so compare within "
+        "one gallery.",
         "",
         "| stage | model | t2v R@1 | v2t R@1 |",
         "|---|---|---:|---:|",
@@ -273,6 +278,23 @@ def validation_table(last: dict[str, dict[str, float]], validation: dict, test_g
             if f"val_{model}_t2v_R1" in values:
                 t2v, v2t = values[f"val_{model}_t2v_R1"], values[f"val_{model}_v2t_R1"]
                 lines.append(f"| {stage} | {model} | {t2v:.1f} | {v2t:.1f} |")
+    return lines
+
+
+STOPS = {"patience": "validation stalled for `patience` epochs", "maximum": "it reached the maximum"}
+
+
+def schedule_lines(schedules: dict[str, dict]) -> list[str]:
+    """A line per training stage (`report["schedule"]`, `distill.training.schedule`): how long it trained,
+    why it stopped, its best validation epoch and which weights it kept."""
+    lines = []
+    for stage, s in schedules.items():
+        kept = "its weights are the ones evaluated" if s["exported"] == "best" else "the last step's weights are kept"
+        lines.append(
+            f"- {stage} ({s['rule']}): trained {s['steps']} of at most {s['max_steps']} steps ({s['epochs']} epochs), "
+            f"stopped because {STOPS[s['stopped']]}; best validation R@1 (mean of t2v and v2t) "
+            f"{s['val_R1']:.1f} at epoch {s['best_epoch']} (step {s['best_step']}): {kept}."
+        )
     return lines
 
 
@@ -302,11 +324,13 @@ def write_reports(report: dict, run_dir: Path) -> None:
     lines += ["## Order of frames", "", "Text-to-video R@1 with every test clip played backwards:", ""]
     lines += [f"- {m}: {report[m]['t2v_reversed_R1']:.1f} (forwards {report[m]['t2v']['R1']:.1f})" for m in models]
     logs = read_logs(run_dir)
-    if "validation" in report and (last := last_validation(logs)):
+    if "validation" in report and (last := kept_validation(logs, report.get("schedule", {}))):
         lines += validation_table(last, report["validation"], gallery)
     lines += ["", "## Cost", "", *cost_table(report, models)]
+    if "schedule" in report:
+        lines += ["", "## Training schedule", "", *schedule_lines(report["schedule"])]
     figures = [plot_recall(report["recall_curves"], run_dir / "recall_at_k.png", gallery=gallery)]
     if logs:
-        figures.append(plot_training(logs, run_dir / "training_curves.png"))
+        figures.append(plot_training(logs, run_dir / "training_curves.png", report.get("schedule", {})))
     lines += ["", "## Figures", ""] + [f"![{path.stem.replace('_', ' ')}]({path.name})" for path in figures]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

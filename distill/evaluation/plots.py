@@ -47,9 +47,10 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
     return logs
 
 
-def plot_training(logs: dict[str, list[dict]], path: Path) -> Path:
+def plot_training(logs: dict[str, list[dict]], path: Path, schedules: dict[str, dict] | None = None) -> Path:
     """One row a stage: the loss and each of its terms against the optimizer step, and the validation R@1
-    (both directions, the model in training and the frozen teacher) at each epoch end."""
+    (both directions, the model in training and the frozen teacher) at each epoch end, with the best epoch
+    marked and why training stopped when `schedules` (`report["schedule"]`) has the stage."""
     figure = Figure(figsize=(9, 3.2 * len(logs)), layout="constrained")
     axes = figure.subplots(len(logs), 2, squeeze=False)
     for (stage, records), (loss_ax, val_ax) in zip(logs.items(), axes):
@@ -66,6 +67,10 @@ def plot_training(logs: dict[str, list[dict]], path: Path) -> Path:
             points = [(r["step"], r[key]) for r in records if key in r]
             val_ax.plot(*zip(*points), marker="o", label=key.removeprefix("val_").replace("_R1", ""))
         val_ax.set_title(f"{stage}: validation R@1 (%)" if keys else f"{stage}: no validation split")
+        if schedule := (schedules or {}).get(stage):
+            best = f"best epoch {schedule['best_epoch']} ({schedule['val_R1']:.1f})"
+            val_ax.axvline(schedule["best_step"], color="grey", linestyle="--", linewidth=1, label=best)
+            val_ax.set_title(f"{stage}: validation R@1 (%)\n{best}; stopped: {schedule['stopped']}")
         val_ax.set_xlabel("step")
         val_ax.grid(alpha=0.3)
         if keys:

@@ -5,18 +5,20 @@ samples in each global batch do not depend on the process count. The sampler's o
 seed and the epoch only, which also makes the data position resumable. Every process gathers the
 embeddings of the whole global batch (`distill.training.gather`) and computes the same losses over it, so losses
 and gradients equal those of one process holding the whole batch; `train.accumulate` micro-batches keep
-that (`distill.training.gradcache`).
+that (`distill.training.gradcache`). How long it trains and at what learning rate is the stage's
+`distill.training.schedule`: the validation at each epoch end can stop it early, on every process at the
+same step (the main process's score decides).
 """
 
 from __future__ import annotations
 
 import gc
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -25,6 +27,7 @@ from distill.core.schema import TrainConfig
 from distill.core.scorers import scorer_for
 from distill.training.checkpoints import resume, save_checkpoint
 from distill.training.gradcache import GradCache, concat_outputs, gather_outputs, split_batch
+from distill.training.schedule import Schedule, monitored, write_summary
 from distill.training.steplog import StepLog
 
 
@@ -59,18 +62,6 @@ def training_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )
-
-
-def warmup_cosine(total_steps: int, warmup_ratio: float):
-    """Linear warmup over `warmup_ratio` of the steps, then cosine decay to zero."""
-    warmup = max(1, round(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    return factor
 
 
 # The teacher's outputs for a step from its micro-batches: `OnlineTeacher` or `distill.training.cache.TeacherCache`.
@@ -202,7 +193,9 @@ def train(
             (`OnlineTeacher`), or its outputs read from the teacher cache (`distill.training.cache.TeacherCache`).
         num_workers: DataLoader worker processes (`data.num_workers`).
         validate: metrics of the model (in eval mode, on every process) at the end of each epoch and of
-            training, added to that step's log line; the random state is kept around it.
+            training, added to that step's log line; the random state is kept around it. Its
+            `val_<view>_t2v_R1` and `val_<view>_v2t_R1` drive the stopping rule (`train.patience`), which
+            needs it.
         augment: `(batch, epoch) -> batch`, applied to this process's part of every batch before the model
             reads it (`distill.training.augment.random_crops`).
         settings: JSON values saved with every checkpoint; resuming from one saved with others stops
@@ -220,12 +213,18 @@ def train(
         )
     if len(loader) == 0:
         raise ValueError(f"{name}: {len(dataset)} training pairs cannot fill one batch of {config.batch_size}")
+    if config.patience and validate is None:
+        raise ValueError(
+            f"{name}: patience {config.patience} reads the validation split, and this run has none (data.val_fraction "
+            "held out no video, or eval.val_pairs is 0); hold out more videos, or set patience to 0"
+        )
     total = config.max_steps or config.epochs * len(loader)
+    schedule = Schedule(config, total=total, epoch_steps=len(loader))
     optimizer = torch.optim.AdamW(param_groups(model, loss_fn, config))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # Prepared: with split_batches it steps once per optimizer step (not once per process), skips the steps
     # a mixed-precision scaler skipped, and is saved with the checkpoints.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, config.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     model, optimizer, scheduler, loader = accelerator.prepare(
         synchronise_batch_norm(model, accelerator), optimizer, scheduler, loader
     )
@@ -234,18 +233,19 @@ def train(
         loss_fn = accelerator.prepare(loss_fn)
 
     checkpoints = run_dir / "checkpoints" / name
-    step, latest = resume(accelerator, checkpoints, settings) if config.resume == "auto" else (0, None)
+    step, latest = resume(accelerator, checkpoints, settings, schedule) if config.resume == "auto" else (0, None)
     saved = step if latest else None  # the step of the newest checkpoint `latest`
     if latest:
         accelerator.print(f"{name}: resumed from {latest} at step {step}")
     accelerator.print(
-        f"{name}: {total} steps of {config.batch_size} pairs split over {accelerator.num_processes} process(es)"
+        f"{name}: {'at most ' if config.patience else ''}{total} steps of {config.batch_size} pairs split over "
+        f"{accelerator.num_processes} process(es)"
     )
     log = StepLog(accelerator, run_dir / f"{name}_log.jsonl", name, step=step, batch_size=config.batch_size)
     student = GradCache(model, view, accelerator)
-    bar = tqdm(total=total, initial=step, desc=name, unit="step", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=schedule.end, initial=step, desc=name, unit="step", disable=not accelerator.is_local_main_process)
     model.train()
-    while step < total:
+    while step < schedule.end:
         epoch, skip = divmod(step, len(loader))
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         batches.set_epoch(epoch)  # a prepared loader would otherwise set the sampler to its own epoch count
@@ -258,7 +258,7 @@ def train(
             # Every process holds the same global losses, so all of them stop here together.
             if bad := non_finite(losses):
                 if saved != step:
-                    latest = save_checkpoint(accelerator, checkpoints, step, settings)
+                    latest = save_checkpoint(accelerator, checkpoints, step, settings, schedule)
                 raise FloatingPointError(
                     f"{name}: {bad} at step {step + 1}; the training state before that step is saved in {latest}"
                 )
@@ -272,8 +272,8 @@ def train(
             step += 1
             bar.update(1)
 
-            validating = validate is not None and (step % len(loader) == 0 or step == total)
-            if step % config.log_every == 0 or step == total or validating:
+            validating = validate is not None and (step % len(loader) == 0 or step == schedule.end)
+            if step % config.log_every == 0 or step == schedule.end or validating:
                 record = {
                     "loss": loss.item(),
                     "lr": scheduler.get_last_lr()[0],
@@ -287,12 +287,24 @@ def train(
                         model.eval()
                         record.update(validate(accelerator.unwrap_model(model)))
                         model.train()
+                    # The main process's score decides, so every process stops at the same step.
+                    score = broadcast_object_list([monitored(record, view)])[0]
+                    schedule.observe(step, score, accelerator.unwrap_model(model))
+                    bar.total = schedule.end
                 log.write(step, record)
-            if step == total or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                latest, saved = save_checkpoint(accelerator, checkpoints, step, settings), step
-            if step == total:
+            if step == schedule.end or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                latest, saved = save_checkpoint(accelerator, checkpoints, step, settings, schedule), step
+            if step == schedule.end:
                 break
     bar.close()
     model = accelerator.unwrap_model(model).eval()
+    schedule.restore_best(model)
+    if schedule.best is not None and accelerator.is_main_process:  # validated (or resumed from a run that did)
+        summary = schedule.summary(step)
+        path = write_summary(summary, run_dir, name)
+        print(
+            f"{name}: stopped at step {step} ({summary['stopped']}); best validation R@1 {summary['val_R1']:.1f} "
+            f"at epoch {summary['best_epoch']}, the {summary['exported']} weights kept ({path.name})"
+        )
     accelerator.free_memory()  # the next stage's checkpoints hold only its own models
     return model
