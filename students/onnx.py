@@ -5,6 +5,8 @@
     preprocessing.json  how to sample, size and normalise frames and tokenise captions for them
     model.json          the student they come from, its fingerprint and embedding space (`distill.retrieval.encoders`),
                         so `distill.retrieval.index` and `distill.retrieval.search` run them with `--runtime onnx`
+    int8/               with `--int8 --data LIST`: the same layout with int8 encoders, written only where they
+                        pass the quality gates on LIST's clips (`students.int8`, docs/int8.md)
 
 Embeddings are L2-normalised, as `encode_video` and `encode_text` return them; the batch axis is dynamic.
 The backbone is reparameterised first where its timm family has train-time branches (RepVGG-style blocks).
@@ -123,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("student", type=Path, help="an exported student (.safetensors, or its model card folder)")
     parser.add_argument("out", type=Path, help="the folder for the .onnx files")
+    parser.add_argument("--int8", action="store_true", help="also write int8 encoders to OUT/int8 (needs --data)")
+    parser.add_argument("--data", type=Path, help="a .jsonl or .csv list of video and caption to calibrate and gate on")
+    parser.add_argument(
+        "--val-fraction", type=float, help="gate on this held-out share of --data, calibrate on the rest"
+    )
     args = parser.parse_args(argv)
+    if args.int8 and args.data is None:
+        parser.error("--int8 needs --data LIST: the clips its calibration and quality gates read")
     try:
         file = export_file(args.student)
         student = load_student(file)
@@ -137,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     difference = onnx_difference(student, paths, example_inputs(student, 3, seed=1))
     for name, path in paths.items():
         print(f"{path}: max abs difference to PyTorch {difference[name]:.2e} on random inputs")
+    if args.int8:
+        from students.int8 import GateError, write_int8  # onnxruntime's quantisation tools, only when asked
+
+        try:
+            figures = write_int8(args.out, args.out / "int8", args.data, args.val_fraction)
+        except (GateError, ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1 if isinstance(error, GateError) else 2
+        cosine = ", ".join(f"{k} {v['mean']:.4f} (p1 {v['p1']:.4f})" for k, v in figures["cosine"].items())
+        print(f"{args.out / 'int8'}: int8 encoders pass the gates on {figures['pairs']} pairs; cosine to fp32 {cosine}")
     return 0
 
 
