@@ -166,14 +166,17 @@ def failures(figures: dict, gates: Gates = GATES) -> list[str]:
     return failed
 
 
-def write_int8(fp32: Path, out: Path, data: Path, val_fraction: float | None = None, gates: Gates = GATES) -> dict:
-    """Writes the int8 folder of the fp32 folder `fp32` to `out` if it passes `gates` on the clips of `data`
-    (see the module docstring) and returns the figures, also recorded in its `model.json` under "gates".
+def write_int8(
+    fp32: Path, out: Path, data: Path, val_fraction: float | None = None, gates: Gates | None = None
+) -> dict:
+    """Writes the int8 folder of the fp32 folder `fp32` to `out` if it passes `gates` (`GATES` unless given)
+    on the clips of `data` (see the module docstring) and returns the figures, also in its `model.json`.
 
     Raises:
         GateError: a gate failed (the message names each failure with its figure); nothing is written.
         ValueError: `data` is not a list of clips, a clip cannot be read, or `val_fraction` leaves a split empty.
     """
+    gates = gates or GATES
     calibration, validation = split_pairs(read_pairs(data), val_fraction)
     p = Preprocessing.read(json.loads((fp32 / "preprocessing.json").read_text()))
     with atomic_dir(out) as partial:

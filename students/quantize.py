@@ -99,8 +99,9 @@ def quantize_convolutions(source: Path, target: Path, feeds: Iterable[dict[str, 
     work = target.with_name(f"{target.stem}.work")
     work.mkdir(parents=True, exist_ok=True)
     try:
-        prepared, convs = work / "prepared.onnx", work / "convs.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        whole, prepared, convs = work / "whole.onnx", work / "prepared.onnx", work / "convs.onnx"
+        onnx.save(onnx.load(str(source)), str(whole))  # its weights inline: the pre-processing loses a .data file
+        quant_pre_process(str(whole), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             prepared,
             convs,
