@@ -5,8 +5,10 @@ Each encoder is quantised by what its weights are:
   per-channel int8 weights, on the MatMuls that hold a weight and the token embedding's Gather; activations
   are quantised per batch at run time, so no calibration is needed;
 - a convolutional frame encoder (ResNet, MobileNet, EfficientViT: most of the video encoder's weights in
-  Conv): static int8 in QDQ form, per-channel, its activation ranges calibrated on real clips, since a dynamic
-  Conv becomes ConvInteger, which onnxruntime's CPU provider cannot run. The temporal head after it keeps
+  Conv): static QDQ, per-channel int8 weights, its activation ranges calibrated on real clips, since a dynamic
+  Conv becomes ConvInteger, which onnxruntime's CPU provider cannot run. Activations are uint8 (int8 kernels)
+  or, for a network whose outputs 8 bits move too far (`students.int8` tries 8 first), uint16 (the Convs then
+  run in float on dequantised int8 weights: the size gain without the speed). The temporal head after it keeps
   dynamic int8 on its weight MatMuls: its activations are attention outputs whose range depends on the clip,
   which a fixed calibrated range fits worse than a per-batch one.
 LayerNorm, Softmax, GELU, the residual Adds and the MatMuls of two activations (attention scores, attention
@@ -92,10 +94,12 @@ def strip_node_records(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def quantize_convolutions(source: Path, target: Path, feeds: Iterable[dict[str, np.ndarray]]) -> None:
-    """Static int8 (QDQ, per-channel) of the Convs of `source`, calibrated on `feeds`, then dynamic int8 of
-    its weight MatMuls (the temporal head), written to `target`. BatchNorm is folded into the Convs first
-    (onnxruntime's pre-processing), so the quantised kernels are the ones that run."""
+def quantize_convolutions(
+    source: Path, target: Path, feeds: Iterable[dict[str, np.ndarray]], activations: QuantType
+) -> None:
+    """Static QDQ of the Convs of `source` (per-channel int8 weights, `activations` calibrated on `feeds`),
+    then dynamic int8 of its weight MatMuls (the temporal head), written to `target`. BatchNorm is folded into
+    the Convs first (onnxruntime's pre-processing), so the quantised kernels are the ones that run."""
     work = target.with_name(f"{target.stem}.work")
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -109,26 +113,30 @@ def quantize_convolutions(source: Path, target: Path, feeds: Iterable[dict[str, 
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=activations,
             weight_type=WEIGHT_TYPE,
+            extra_options={"UseQDQContribOps": activations == QuantType.QUInt16},  # 16-bit Q/DQ before opset 21
         )
         quantize_weights(convs, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def quantize_folder(fp32: Path, out: Path, video_feeds: Iterable[dict[str, np.ndarray]]) -> dict:
+def quantize_folder(
+    fp32: Path, out: Path, video_feeds: Iterable[dict[str, np.ndarray]], activations: QuantType = QuantType.QUInt8
+) -> dict:
     """Writes int8 `video_encoder.onnx` and `text_encoder.onnx` of the fp32 folder `fp32` to `out`, with its
     `preprocessing.json` and a `model.json` recording the fp32 student's fingerprint and space, and how each
-    encoder was quantised (`video_feeds`: calibration batches, read only for a convolutional video encoder).
-    Returns that record."""
+    encoder was quantised (`video_feeds`: calibration batches, and `activations` their type, read only for a
+    convolutional video encoder). Returns that record."""
     out.mkdir(parents=True, exist_ok=True)
     methods = {}
     for name in ("video", "text"):
         source, target = fp32 / f"{name}_encoder.onnx", out / f"{name}_encoder.onnx"
         if name == "video" and is_convolutional(onnx.load(str(source))):
-            quantize_convolutions(source, target, video_feeds)
-            methods[name] = "static QDQ int8 Conv (calibrated), dynamic int8 MatMul"
+            quantize_convolutions(source, target, video_feeds, activations)
+            bits = "8" if activations == QuantType.QUInt8 else "16"
+            methods[name] = f"static QDQ int8 Conv with {bits}-bit activations (calibrated), dynamic int8 MatMul"
         else:
             quantize_weights(source, target)
             methods[name] = "dynamic int8 MatMul and Gather"
