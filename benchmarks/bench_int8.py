@@ -3,8 +3,9 @@
     python -m students.onnx STUDENT ONNX_DIR --int8 --data LIST [--val-fraction F]
     python benchmarks/bench_int8.py STUDENT ONNX_DIR [--rounds 20]
 
-Sizes: the student's export (fp16 safetensors), the fp32 ONNX files, the int8 ones (ONNX_DIR/int8). R@K:
-what the int8 folder's gates measured on the validation clips when it was written (its model.json). Latency:
+Sizes: the student's export (safetensors, fp16 as training exports it), the fp32 ONNX files, the int8 ones
+(ONNX_DIR/int8). R@K: what the int8 folder's gates measured on the validation clips when it was written (its
+model.json). Latency:
 the p50 of `--rounds` runs (after a warm-up) of each encoder on random inputs of the student's shapes at
 batch 1 and 16, on one thread and on all the machine's, PyTorch, fp32 and int8 onnxruntime alternating
 within each round. The CPU's int8 instructions (VNNI, AMX) are printed with the timings: without them int8
@@ -48,6 +49,7 @@ def main() -> None:
 
     import onnxruntime
     import torch
+    from safetensors import safe_open
 
     from students import export_file, load_student
     from students.onnx import example_inputs
@@ -58,9 +60,12 @@ def main() -> None:
     fp32_bytes, int8_bytes = files_size(args.onnx), files_size(int8)
     print(f"{cpu()}\ntorch {torch.__version__}, onnxruntime {onnxruntime.__version__}; p50 of {args.rounds} rounds\n")
     print(f"quantisation: {json.dumps(record['quantization']['methods'])}\n")
+    export = export_file(args.student)
+    with safe_open(str(export), framework="pt") as f:
+        dtype = str(f.get_slice(next(iter(f.keys()))).get_dtype()).lower()
     print("| files | MB | vs ONNX fp32 |\n|---|---:|---:|")
     for name, size in (
-        ("safetensors (fp16)", export_file(args.student).stat().st_size),
+        (f"safetensors export ({dtype})", export.stat().st_size),
         ("ONNX fp32", fp32_bytes),
         ("ONNX int8", int8_bytes),
     ):
