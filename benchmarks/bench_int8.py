@@ -7,8 +7,8 @@ Sizes: the student's export (safetensors, fp16 as training exports it), the fp32
 (ONNX_DIR/int8). R@K: what the int8 folder's gates measured on the validation clips when it was written (its
 model.json). Latency: the p50 of `--rounds` runs (after a warm-up) of each encoder on random inputs of the
 student's shapes at batch 1 and 16, on one thread and on all the machine's, PyTorch, fp32 and int8
-onnxruntime alternating within each round. The CPU's int8 instructions (VNNI, AMX) are printed with the timings: without them int8
-kernels can be slower than float ones.
+onnxruntime alternating within each round. The CPU's int8 instructions (VNNI, AMX) are printed with the
+timings: without them int8 kernels can be slower than float ones.
 """
 
 from __future__ import annotations
