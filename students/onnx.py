@@ -5,6 +5,8 @@
     preprocessing.json  how to sample, size and normalise frames and tokenise captions for them
     model.json          the student they come from, its fingerprint and embedding space (`distill.retrieval.encoders`),
                         so `distill.retrieval.index` and `distill.retrieval.search` run them with `--runtime onnx`
+    int8/               with `--int8 --data LIST`: the same layout with int8 encoders, written only where they
+                        pass the quality gates on LIST's clips (`students.int8`, docs/int8.md)
 
 Embeddings are L2-normalised, as `encode_video` and `encode_text` return them; the batch axis is dynamic.
 The backbone is reparameterised first where its timm family has train-time branches (RepVGG-style blocks).
@@ -136,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     difference = onnx_difference(student, paths, example_inputs(student, 3, seed=1))
     for name, path in paths.items():
         print(f"{path}: max abs difference to PyTorch {difference[name]:.2e} on random inputs")
+    if args.int8:
+        from students.int8 import GateError, write_int8  # onnxruntime's quantisation tools, only when asked
+
+        try:
+            figures = write_int8(out, out / "int8", args.data, args.val_fraction)
+        except (GateError, ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1 if isinstance(error, GateError) else 2
+        cosine = ", ".join(f"{k} {v['mean']:.4f} (p1 {v['p1']:.4f})" for k, v in figures["cosine"].items())
+        print(f"{out / 'int8'}: int8 encoders pass the gates on {figures['pairs']} pairs; cosine to fp32 {cosine}")
     return 0
 
 

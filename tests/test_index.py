@@ -459,3 +459,52 @@ def test_an_index_of_an_older_format_or_a_file_that_is_no_model_is_named(clips, 
     assert index_main([str(tmp_path / "notes.txt"), str(folder), "--out", str(tmp_path / "index")]) == 2
     assert f"{tmp_path / 'notes.txt'}" in capsys.readouterr().err
     assert not (tmp_path / "index").exists()
+
+
+def test_a_kill_while_an_index_is_replaced_never_loses_it(clips, student, tmp_path, capsys, monkeypatch):
+    """The replacement of an index by a rebuild, killed at each of its file-system steps in turn (the k-th
+    rename or folder deletion raises, as a kill there would end it): at every step a whole index is where
+    search finds it (the old one or the new), and the next run puts it in place and finishes the rebuild."""
+    from distill.retrieval.search import search
+
+    source, captions = clips
+    folder = tmp_path / "videos"
+    shutil.copytree(source, folder)
+    out = tmp_path / "index"
+    steps, k = [], 0
+
+    def killed_at(name, call):
+        def step(*args, **kwargs):
+            steps.append(name)
+            if len(steps) == k:
+                raise KeyboardInterrupt(f"killed at {name}")
+            return call(*args, **kwargs)
+
+        return step
+
+    while True:
+        k += 1
+        shutil.rmtree(out, ignore_errors=True)
+        index(student, folder, out, capsys)  # the old index: 6 videos
+        shutil.copy(folder / "clip1.mp4", folder / "added.mp4")
+        steps.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "rename", killed_at("rename", os.rename))
+            patch.setattr(shutil, "rmtree", killed_at("rmtree", shutil.rmtree))
+            try:
+                index_main([str(student), str(folder), "--out", str(out)])
+            except KeyboardInterrupt:
+                killed = True
+            else:
+                killed = False
+        hits, infos = search([out], caption=captions[0], top=10)
+        (info,) = infos.values()
+        assert info["count"] in (6, 7) and len(hits) == info["count"], f"step {k} ({steps[-1]})"
+        if not killed:
+            break
+        capsys.readouterr()
+        index(student, folder, out, capsys)
+        assert read_index(out)[0]["count"] == 7 and not list(tmp_path.glob("index.*")), f"after step {k}"
+        (folder / "added.mp4").unlink()
+    assert k >= 5  # the steps: clear the partial, move the old aside, the new in, delete the old
+    assert not list(tmp_path.glob("index.*"))

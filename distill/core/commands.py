@@ -100,12 +100,19 @@ def add_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("student", type=Path, help="an exported student (.safetensors, or its model card folder)")
     parser.add_argument("out_dir", nargs="?", type=Path, metavar="OUT_DIR", help="the folder for the .onnx files")
     parser.add_argument("-o", "--out", type=Path, help="the folder for the .onnx files (or OUT_DIR)")
+    parser.add_argument("--int8", action="store_true", help="also write int8 encoders to OUT/int8 (needs --data)")
+    parser.add_argument("--data", type=Path, help="a .jsonl or .csv list of video and caption to calibrate and gate on")
+    parser.add_argument(
+        "--val-fraction", type=float, help="gate on this held-out share of --data, calibrate on the rest"
+    )
 
 
 def onnx_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
-    """The folder `export-onnx` writes: OUT_DIR or `-o/--out`, exactly one of them."""
+    """The folder `export-onnx` writes: OUT_DIR or `-o/--out`, exactly one of them; `--int8` needs `--data`."""
     if (args.out_dir is None) == (args.out is None):
         parser.error("give the output folder once: OUT_DIR or -o/--out")
+    if args.int8 and args.data is None:
+        parser.error("--int8 needs --data LIST: the clips its calibration and quality gates read")
     return args.out_dir or args.out
 
 

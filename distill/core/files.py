@@ -33,17 +33,46 @@ def atomic_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def aside(path: Path) -> Path:
+    """Where `atomic_dir` keeps the folder it replaces until the new one is in place."""
+    return path.with_name(f"{path.name}.old")
+
+
+def complete_dir(path: str | Path) -> Path:
+    """The folder `atomic_dir` filled at `path`: `path`, or, when a replacement was killed between moving the
+    old folder aside and renaming the new one in, the old one aside (a reader finds a whole folder either way)."""
+    path = Path(path)
+    return aside(path) if not path.exists() and aside(path).is_dir() else path
+
+
+def restore_dir(path: str | Path) -> None:
+    """Puts back the folder a killed `atomic_dir` replacement left aside, where no folder took its place."""
+    path = Path(path)
+    if not path.exists() and aside(path).is_dir():
+        os.rename(aside(path), path)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """A folder filled under a temporary name and renamed to `path` (replacing it) when the block ends
-    without an error; what a killed fill left is deleted by the next one."""
+    """A folder filled under a temporary name and renamed to `path` when the block ends without an error (an
+    error deletes it). A folder already at `path` is renamed aside first and deleted last, so at every instant
+    a whole folder is at `path` or aside (`complete_dir`), and the next fill puts an aside one back
+    (`restore_dir`); what a killed fill left is deleted by the next one."""
     path = Path(path)
-    partial = path.with_name(f"{path.name}.partial")
+    partial, old = path.with_name(f"{path.name}.partial"), aside(path)
+    restore_dir(path)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    yield partial
-    shutil.rmtree(path, ignore_errors=True)
-    partial.rename(path)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)  # a killed replacement's: `path` is whole
+        os.rename(path, old)
+    os.rename(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def diff_dicts(found: dict, wanted: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:

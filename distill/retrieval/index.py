@@ -20,7 +20,9 @@ A second run with the same model, sampling and segment length embeds only new or
 mtime) and drops deleted ones (`--faiss` builds the approximate index again; a run without it has none).
 Nothing is lost on a kill: videos are embedded in chunks of 8 batches, each saved to `INDEX_DIR.work/` as
 it is done, and a run started again embeds only the files no saved chunk holds as they are now; the index
-itself is filled under a temporary name and renamed into place.
+itself is filled under a temporary name and renamed into place, the old one renamed aside first and deleted
+last: a kill at any instant leaves a whole index at `INDEX_DIR` or at `INDEX_DIR.old`, which search reads
+and the next run puts back.
 Through `accelerate launch -m distill.index ...` several processes (or machines sharing the folder) each
 embed every n-th chunk, and the main process writes the index: the same as one process writes, since a
 chunk's batches do not depend on the number of processes.
@@ -45,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from distill.core.commands import command_parser
-from distill.core.files import atomic_dir, atomic_write
+from distill.core.files import atomic_dir, atomic_write, restore_dir
 from distill.retrieval import ann
 from distill.retrieval.embed import embed_videos
 from distill.retrieval.encoders import Encoder, load_encoder
@@ -244,6 +246,9 @@ def build_index(
     (or the folder of the list), is recorded so that pages can show each path below it."""
     state = launch_state()
     settings = settings_of(record, encoder, segment)
+    if state.is_main_process:
+        restore_dir(out)  # an index a killed replacement left aside
+    state.wait_for_everyone()
     kept = previous_index(out, settings, record["source"])
     stats = {str(p): p.stat() if p.is_file() else None for p in videos}
     unchanged = {

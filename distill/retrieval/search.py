@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from distill.core.commands import command_parser
+from distill.core.files import complete_dir
 from distill.retrieval import ann
 from distill.retrieval.embed import embed_texts, embed_videos
 from distill.retrieval.encoders import load_encoder
@@ -86,6 +87,7 @@ def search(
 ) -> tuple[list[dict], dict[Path, dict]]:
     """The `top` entries of the indexes nearest to a caption or to a video, best first: `{"rank", "score",
     "path", "start", "end", "index"}`, and each index's `index.json`."""
+    folders = [complete_dir(folder) for folder in folders]  # an index a killed rebuild left aside
     infos = {folder: read_info(folder) for folder in folders}
     for folder, info in infos.items():
         check_shards(folder, info)
