@@ -87,7 +87,7 @@ class Student(nn.Module):
         self.frame_proj = nn.Linear(width, dim)
         if config.temporal == "transformer":
             # N(0, 1), the scale of the frame features out of frame_proj and of the teacher's nn.Embedding:
-            # much smaller positions do not train within a short distillation (BENCHMARKS.md).
+            # much smaller positions do not train within a short distillation (docs/benchmarks-history.md).
             self.frame_position_embeddings = nn.Parameter(torch.randn(config.max_frames, dim))
             self.temporal_transformer = Transformer(dim, config.temporal_layers, max(1, dim // 32))
         if (config.text == "own") == (teacher_text is not None):
