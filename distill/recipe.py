@@ -149,7 +149,7 @@ def parse_recipe_args(
     `RecipeError` prints it and gives `None`, for the caller to exit with 2 before any work."""
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.max_steps=20")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags anywhere: RECIPE --dry-run key=value
     try:  # a --check (distill.prepare) reads only the data
         return args, load_recipe(args.recipe, args.overrides, data_only=getattr(args, "check", False))
     except RecipeError as error:

@@ -1,6 +1,7 @@
-"""Command line: `accelerate launch distill/run.py RECIPE.yaml [dotted.key=value ...]`.
+"""Command line: `accelerate launch distill/run.py RECIPE.yaml [--dry-run] [dotted.key=value ...]`.
 
-Parses, loads the recipe and runs its stages; the work lives in `distill.pipeline`.
+Parses, loads the recipe and runs its stages; the work lives in `distill.pipeline`. `--dry-run` checks and
+prints what a run would do, find and cost, and trains nothing (`distill.dryrun`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from distill.recipe import parse_recipe_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    _, recipe = parse_recipe_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipe, data and models; print the stages, pairs, costs and disk; train nothing",
+    )
+    args, recipe = parse_recipe_args(parser, argv)
     if recipe is None:
         return 2
+    if args.dry_run:
+        from distill.dryrun import dry_run  # builds both models; only a dry run pays for it
+
+        return dry_run(recipe)
     run = run_recipe(recipe)
     if run.accelerator.is_main_process:
         for name in ("report.md", "report.json", "student.safetensors"):
