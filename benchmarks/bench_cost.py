@@ -78,10 +78,10 @@ def recipe_models(path: Path, overrides: list[str]):
     return recipe, models
 
 
-def original_checkpoint_mb(teacher, folder: Path) -> tuple[float, float]:
-    """MB of the teacher as CLIP4Clip's `pytorch_model.bin` (torch.save of its state dict): all float32, and as
+def original_checkpoint_mb(teacher, folder: Path) -> tuple[float, float, float]:
+    """MB of the teacher as CLIP4Clip's `pytorch_model.bin` (torch.save of its state dict): all float32; as
     CLIP4Clip writes it, its CLIP's Linear and Conv weights, attention projections, `visual.proj` and
-    `text_projection` in fp16 (`convert_weights`), embeddings, norms and the temporal head float32."""
+    `text_projection` in fp16 (`convert_weights`), embeddings, norms and the temporal head float32; all fp16."""
     half = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj", "conv1.", "visual.proj", "text_projection")
     state = {k: v.float() for k, v in teacher.state_dict().items()}
     sizes = []
@@ -95,7 +95,7 @@ def original_checkpoint_mb(teacher, folder: Path) -> tuple[float, float]:
         file = folder / f"pytorch_model_{name}.bin"
         torch.save(tensors, file)
         sizes.append(file.stat().st_size / 1e6)
-    return sizes[0], sizes[1]
+    return sizes[0], sizes[1], sizes[2]
 
 
 def measure(rows: dict[str, dict], rounds: int, round_s: float) -> None:
@@ -173,7 +173,9 @@ def fullsize(args) -> None:
             ids, ids_mask = captions(args.captions, words)
             if key not in teachers:
                 row = teachers[key] = cost_row(models["teacher"], args.videos, ids, ids_mask)
-                row["file_mb"], row["fp16_file_mb"] = original_checkpoint_mb(models["teacher"], Path(tmp))
+                row["file_mb"], row["clip4clip_file_mb"], row["fp16_file_mb"] = original_checkpoint_mb(
+                    models["teacher"], Path(tmp)
+                )
                 row["recipes"], row["frames"], row["words"] = [], *key
             teachers[key]["recipes"].append(recipe.name)
             student = models["student"]
@@ -203,7 +205,8 @@ def fullsize(args) -> None:
     for name, r in rows.items():
         label = "teacher (ViT-B/32 seqTransf)" if name.startswith("teacher") else f"student ({r['backbone']})"
         file = (
-            f"{r['file_mb']:.1f} fp32, {r['fp16_file_mb']:.1f} as CLIP4Clip writes it"
+            f"{r['file_mb']:.1f} fp32, {r['clip4clip_file_mb']:.1f} as CLIP4Clip writes it, "
+            f"{r['fp16_file_mb']:.1f} fp16"
             if "fp16_file_mb" in r
             else f"{r['file_mb']:.1f} {r['dtype']}"
         )
@@ -214,24 +217,24 @@ def fullsize(args) -> None:
             + f" | {r['video_gflops']:.2f} | {r['caption_gflops']:.3f} | {file} "
             + f"| {shown(video, '.2f')} | {shown(caption, '.0f')} |"
         )
-    print("\nEach student against its teacher (the same frames and tokens):\n")
+    print("\nEach student against the teacher of its recipes (its tokens; the student's frames may be fewer):\n")
     print(
         "| student | recipes | GFLOPs / video | videos/s | captions/s | file vs fp32 pytorch_model.bin "
-        "| file vs CLIP4Clip's own (fp16 CLIP) |"
+        "| file vs CLIP4Clip's own (fp16 CLIP) | file vs the teacher in fp16 |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in students.values():
         t = teachers[r["teacher"]]
         (sv, sc), (tv, tc) = speeds(r, args), speeds(t, args)
         print(
             f"| {r['backbone']} | {', '.join(r['recipes'])} | {t['video_gflops'] / r['video_gflops']:.1f}x fewer "
-            f"| {shown(sv / tv, '.1f')}x | {shown(sc / tc, '.1f')}x | {r['file_mb'] / t['file_mb']:.3f} "
-            f"| {r['file_mb'] / t['fp16_file_mb']:.3f} |"
+            f"| {shown(sv / tv, '.1f', 'x')} | {shown(sc / tc, '.1f', 'x')} | {r['file_mb'] / t['file_mb']:.3f} "
+            f"| {r['file_mb'] / t['clip4clip_file_mb']:.3f} | {r['file_mb'] / t['fp16_file_mb']:.3f} |"
         )
 
 
-def shown(value: float, spec: str) -> str:
-    return "-" if math.isnan(value) else format(value, spec)
+def shown(value: float, spec: str, unit: str = "") -> str:
+    return "-" if math.isnan(value) else format(value, spec) + unit
 
 
 def captions(n: int, words: int):
