@@ -23,6 +23,7 @@ import yaml
 from test_formats import clip, place, write_lines  # noqa: F401 (clip: a fixture, one real H.264 clip)
 from test_teacher_loading import original_checkpoint
 
+from distill.context import start_run
 from distill.core.config import RecipeError
 from distill.data.synthetic import write_mp4
 from distill.data.video import read_clip
@@ -30,6 +31,7 @@ from distill.evaluation.metrics import retrieval_metrics
 from distill.prepare import main as prepare_main
 from distill.recipe import load_recipe
 from distill.run import main as run_main
+from distill.training.train import end_training
 from students import load_student
 from teachers import load_teacher, tokenize
 
@@ -365,3 +367,13 @@ def test_a_dry_run_stops_naming_the_file_and_key_that_do_not_fit(msrvtt, tmp_pat
     given = [*paths(msrvtt)[:2], f"teacher.source={broken}", *paths(msrvtt)[3:], *SMALL_TEXT]
     assert run_main([str(RECIPE), "--dry-run", *given]) == 2
     assert str(broken) in capsys.readouterr().err
+
+
+def test_a_run_says_so_when_a_full_size_student_starts_from_random_weights(msrvtt, tmp_path, capsys):
+    given = [*paths(msrvtt)[:3], *SMALL_TEXT, "student.pretrained=null", f"output_dir={tmp_path / 'run'}"]
+    run = start_run(load_recipe(RECIPE, [*given, "log_with=[]"]))
+    out = capsys.readouterr().out
+    assert "warning: the student's frame encoder (mobilenetv4_conv_small at 224 px) starts from random weights" in out
+    end_training(run.accelerator)
+    start_run(load_recipe(RECIPE, [*paths(msrvtt), *SMALL_TEXT, f"output_dir={tmp_path / 'run2'}", "log_with=[]"]))
+    assert "warning" not in capsys.readouterr().out  # its ImageNet file gives it weights
