@@ -43,14 +43,15 @@ def open_clip_name(backbone: str) -> str | None:
 
 
 def check_backbone_name(backbone: str) -> None:
-    """Raises ValueError naming `student.backbone` when it is neither a timm model nor `open_clip:` one."""
+    """Raises ValueError naming `student.backbone` when it is neither a timm model nor an `open_clip:` one."""
     name = open_clip_name(backbone)
-    known, kind = (open_clip.list_models(), "open_clip") if name is not None else (timm.list_models(), "timm")
     if name is None:
-        name = backbone
-    if (kind == "timm" and timm.is_model(name)) or (kind == "open_clip" and open_clip.get_model_config(name)):
+        kind, name, known, found = "timm", backbone, timm.list_models, timm.is_model(backbone)
+    else:
+        kind, known, found = "open_clip", open_clip.list_models, open_clip.get_model_config(name) is not None
+    if found:
         return
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.7)
+    close = difflib.get_close_matches(name, known(), n=3, cutoff=0.7)
     raise ValueError(
         f"student.backbone: no {kind} model {name!r}"
         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
