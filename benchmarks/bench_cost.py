@@ -91,6 +91,7 @@ def original_checkpoint_mb(teacher, folder: Path) -> tuple[float, float, float]:
             "clip4clip",
             {k: v.half() if k.startswith("clip.") and any(h in k for h in half) else v for k, v in state.items()},
         ),
+        ("fp16", {k: v.half() for k, v in state.items()}),
     ):
         file = folder / f"pytorch_model_{name}.bin"
         torch.save(tensors, file)
