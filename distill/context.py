@@ -155,6 +155,29 @@ def build_student(recipe: Recipe, teacher: CLIP4Clip) -> Student:
     return student
 
 
+FULL_SIZE = 224  # frames this wide or wider: CLIP4Clip's, where a frame encoder from random weights learns little
+
+
+def random_start(recipe: Recipe) -> str | None:
+    """The warning for a full-size student about to be distilled from random weights, naming the keys that give
+    it weights (CLIP-KD and MobileViCLIP start every student from pretrained towers; one trained from scratch on a
+    dataset of thousands of videos learns little); None for a student that starts from weights, or is small."""
+    s = recipe.student
+    if "distill" not in recipe.stages or s.init is not None or s.pretrained is not None or s.image_size < FULL_SIZE:
+        return None
+    what = (
+        "an open_clip model's weights file"
+        if s.backbone.startswith("open_clip:")
+        else "ImageNet weights in timm's layout"
+    )
+    text = " and its own text tower" if s.text == "own" else ""
+    return (
+        f"the student's frame encoder ({s.backbone} at {s.image_size} px){text} starts from random weights: set "
+        f"student.pretrained=FILE ({what}) or student.init=EXPORT (a student to start from); trained from scratch "
+        "on a dataset of thousands of videos, a full-size student learns little"
+    )
+
+
 def flat_config(config: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
     """`{"train.lr": 0.001, "stages": '["data", ...]', ...}`: the scalars trackers take as hyperparameters."""
     flat = {}
@@ -203,6 +226,8 @@ def start_run(recipe: Recipe) -> Run:
                 f"teacher.ensemble[{i}]: {source} reads {ensemble[-1].input_size} px frames, the first teacher "
                 f"{size} px; the teachers share one view of each clip"
             )
+    if warning := random_start(recipe):
+        accelerator.print(f"warning: {warning}")
     if accelerator.is_main_process:
         recipe.run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, recipe.run_dir / "recipe.yaml")

@@ -156,7 +156,7 @@ def parse_recipe_args(
     """Adds the `RECIPE.yaml [dotted.key=value ...]` arguments, parses `argv` and loads the recipe; on a
     `RecipeError` prints it and gives `None`, for the caller to exit with 2 before any work."""
     add_recipe_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags anywhere: RECIPE --dry-run key=value
     try:  # a --check (distill.prepare) reads only the data
         return args, load_recipe(args.recipe, args.overrides, data_only=getattr(args, "check", False))
     except RecipeError as error:

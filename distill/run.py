@@ -1,7 +1,8 @@
-"""Command line: `accelerate launch distill/run.py RECIPE.yaml [dotted.key=value ...]` (or `c4cd run ...`).
+"""Command line: `accelerate launch distill/run.py RECIPE.yaml [--dry-run] [dotted.key=value ...]` (or `c4cd run`).
 
 Parses, loads the recipe and runs its stages; the work lives in `distill.pipeline`, imported after parsing so
-that `--help` answers at once.
+that `--help` answers at once. `--dry-run` checks and prints what a run would do, find and cost, and trains
+nothing (`distill.dryrun`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,19 @@ def cpu_threads_hint() -> str | None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`prog`: the name usage lines give (`c4cd run`); by default the script's."""
-    _, recipe = parse_recipe_args(new_parser(prog, __doc__.splitlines()[0]), argv)
+    parser = new_parser(prog, __doc__.splitlines()[0])
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipe, data and models; print the stages, pairs, costs and disk; train nothing",
+    )
+    args, recipe = parse_recipe_args(parser, argv)
     if recipe is None:
         return 2
+    if args.dry_run:
+        from distill.dryrun import dry_run  # builds both models; only a dry run pays for it
+
+        return dry_run(recipe)
     if hint := cpu_threads_hint():
         print(hint, flush=True)
     from distill.pipeline import run_recipe  # torch, timm, open_clip: after parsing

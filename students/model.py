@@ -6,11 +6,10 @@ a dict), so the training loop, evaluation and export treat both alike.
 
 from __future__ import annotations
 
-import difflib
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
-import timm
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -18,6 +17,7 @@ from open_clip.transformer import QuickGELU, TextTransformer, Transformer
 from torch import nn
 
 from distill.core.schema import StudentConfig
+from students.towers import CLIP_MEAN, CLIP_STD, Towers, build_towers, check_backbone_name
 from teachers.clip4clip import key_mask_bias, masked_mean
 from teachers.tokenizer import pad_ids
 
@@ -73,43 +73,51 @@ class Student(nn.Module):
         super().__init__()
         self.config, self.max_words, self.teacher_text = config, max_words, teacher_text
         dim = config.embed_dim
-        weights = config.pretrained
-        self.backbone = timm.create_model(
-            config.backbone,
-            pretrained=weights is not None,
-            num_classes=0,
-            pretrained_cfg_overlay={"file": weights} if weights else None,
-            **config.backbone_kwargs,
-        )
-        # The width of what the backbone returns without a classifier: num_features is the width before a
-        # pre-logits layer, which some families have (MobileNetV3: 960 features, then a 1280-wide conv head).
-        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        towers = build_towers(config)
+        self.backbone, width = towers.frame_encoder, towers.width
+        # The clips arrive normalised with CLIP's mean and std; a tower trained with another normalisation
+        # (MobileCLIP's: none) gets its own back through one affine map per channel.
+        self.renormalise = towers.normalisation != (CLIP_MEAN, CLIP_STD)
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in towers.normalisation)
+        clip_mean, clip_std = (torch.tensor(v).view(3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+        self.register_buffer("input_scale", clip_std / std, persistent=False)
+        self.register_buffer("input_shift", (clip_mean - mean) / std, persistent=False)
         self.frame_proj = nn.Linear(width, dim)
+        if towers.text is not None and width == dim:  # an aligned tower's embeddings pass as they are at first
+            nn.init.eye_(self.frame_proj.weight)
+            nn.init.zeros_(self.frame_proj.bias)
         if config.temporal == "transformer":
             # N(0, 1), the scale of the frame features out of frame_proj and of the teacher's nn.Embedding:
             # much smaller positions do not train within a short distillation (docs/benchmarks-history.md).
             self.frame_position_embeddings = nn.Parameter(torch.randn(config.max_frames, dim))
             self.temporal_transformer = Transformer(dim, config.temporal_layers, max(1, dim // 32))
-        if (config.text == "own") == (teacher_text is not None):
+        if (config.text in ("teacher", "inherit")) != (teacher_text is not None):
             raise ValueError(
                 f"student.text={config.text} needs teacher_text sizes exactly when it is 'teacher' or 'inherit' "
                 "(students.model.teacher_text_tower and inherited_text_tower give them and the weights)"
             )
-        tower = teacher_text or TextTower(config.text_width, config.text_heads, config.text_layers, quick_gelu=False)
-        self.text = TextTransformer(
-            context_length=max_words,
-            vocab_size=VOCAB_SIZE,
-            width=tower.width,
-            heads=tower.heads,
-            layers=tower.layers,
-            output_dim=dim,
-            act_layer=QuickGELU if tower.quick_gelu else nn.GELU,
-        ).requires_grad_(config.text != "teacher")  # the teacher's own tower ships frozen
+        if config.text == "open_clip":
+            self.text = open_clip_text(config, towers)
+        else:
+            tower = teacher_text or TextTower(
+                config.text_width, config.text_heads, config.text_layers, quick_gelu=False
+            )
+            self.text = TextTransformer(
+                context_length=max_words,
+                vocab_size=VOCAB_SIZE,
+                width=tower.width,
+                heads=tower.heads,
+                layers=tower.layers,
+                output_dim=dim,
+                act_layer=QuickGELU if tower.quick_gelu else nn.GELU,
+            ).requires_grad_(config.text != "teacher")  # the teacher's own tower ships frozen
         if config.token_rank:
-            if config.text == "teacher":
-                raise ValueError("student.token_rank: the teacher's text tower keeps its own embedding; set it to 0")
-            self.text.token_embedding = factorised_embedding(VOCAB_SIZE, config.token_rank, tower.width)
-        self.logit_scale_log = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+            if config.text in ("teacher", "open_clip"):
+                tower = "the teacher's text tower" if config.text == "teacher" else "an open_clip text tower"
+                raise ValueError(f"student.token_rank: {tower} keeps its own embedding; set it to 0")
+            self.text.token_embedding = factorised_embedding(VOCAB_SIZE, config.token_rank, self.text.width)
+        scale = math.log(1 / 0.07) if towers.logit_scale_log is None else towers.logit_scale_log
+        self.logit_scale_log = nn.Parameter(torch.tensor(scale))
 
     @property
     def embed_dim(self) -> int:
@@ -136,12 +144,16 @@ class Student(nn.Module):
         return cls(config, max_words=max_words, teacher_text=teacher_text and TextTower(**teacher_text))
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
-        """The parameters loaded from `config.pretrained` (the backbone's), which train at `coef_lr`."""
-        return list(self.backbone.parameters()) if self.config.pretrained else []
+        """The parameters loaded from `config.pretrained` (the backbone's, and an open_clip text tower's), which
+        train at `coef_lr`."""
+        if not self.config.pretrained:
+            return []
+        text = list(self.text.parameters()) if self.config.text == "open_clip" else []
+        return list(self.backbone.parameters()) + text
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings `[N, D]`, L2-normalised (EOT token of a causal transformer; padding never seen)."""
-        ids = pad_ids(input_ids, self.max_words)
+        ids = pad_ids(input_ids, self.text.context_length)  # an open_clip tower reads its own length
         return F.normalize(self.text(ids).float(), dim=-1)
 
     def frame_features(self, video: torch.Tensor) -> torch.Tensor:
@@ -150,7 +162,10 @@ class Student(nn.Module):
         The frames go to the backbone channels-last: on CPU, timm's convolutional families train 1.3x
         (EfficientViT-M) to 2.4x (MobileNetV3) faster that way and infer up to 1.26x faster, and a ViT,
         whose only convolution is its patch embedding, runs as fast (BENCHMARKS.md, bench_layout.py)."""
-        frames = rearrange(video, "b t c h w -> (b t) c h w").contiguous(memory_format=torch.channels_last)
+        frames = rearrange(video, "b t c h w -> (b t) c h w")
+        if self.renormalise:
+            frames = frames * self.input_scale + self.input_shift
+        frames = frames.contiguous(memory_format=torch.channels_last)
         frames = self.backbone(frames)
         return rearrange(self.frame_proj(frames), "(b t) d -> b t d", b=video.shape[0])
 
@@ -182,6 +197,21 @@ class Student(nn.Module):
         }
 
 
+def open_clip_text(config: StudentConfig, towers: Towers) -> TextTransformer:
+    """The text tower of the open_clip model of `student.backbone` (`student.text: open_clip`), trained."""
+    if towers.text is None:
+        raise ValueError(
+            f"student.text: open_clip takes the text tower of an open_clip:NAME backbone; {config.backbone} is "
+            "timm's (use own, inherit or teacher)"
+        )
+    if towers.text.output_dim != config.embed_dim:
+        raise ValueError(
+            f"student.embed_dim: {config.embed_dim}, but the text tower of {config.backbone} embeds captions in "
+            f"{towers.text.output_dim} dimensions; set student.embed_dim={towers.text.output_dim}"
+        )
+    return towers.text
+
+
 def factorised_embedding(vocab: int, rank: int, width: int) -> nn.Sequential:
     """Token ids -> `[..., width]` through `vocab x rank` then `rank x width`, initialised so that the
     product has open_clip's token-embedding scale (std 0.02)."""
@@ -192,25 +222,27 @@ def factorised_embedding(vocab: int, rank: int, width: int) -> nn.Sequential:
 
 
 def check_student(config: StudentConfig, max_words: int) -> None:
-    """Builds the student of `config` on the meta device (no memory, no weights read), so a recipe whose
-    student cannot be built stops before any work, not after the data and the teacher stages.
+    """Builds the student of `config` on the meta device (no memory; a pretrained file is read and held to the
+    architecture, nothing copied), so a recipe whose student cannot be built, or whose pretrained file does not
+    fit it, stops before any work, not after the data and the teacher stages.
 
     Raises:
-        ValueError: names `student.backbone` (with the closest timm names) or the error building it.
+        ValueError: names `student.backbone` (with the closest timm or open_clip names), `student.pretrained`
+            and its file with the keys that do not fit, another `student.*` key, or the error building it.
     """
-    name = config.backbone
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
-        raise ValueError(
-            f"student.backbone: no timm model {name!r}"
-            + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
-        )
+    check_backbone_name(config.backbone)
+    text = "open_clip" if config.text == "open_clip" else "own"  # the teacher's sizes are checked with the teacher
+    token_rank = 0 if config.text == "teacher" else config.token_rank
     try:
-        with torch.device("meta"):
-            Student(replace(config, pretrained=None, text="own"), max_words=max_words)
+        # On the meta device a pretrained file is read and held to the architecture, but nothing is copied.
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+            Student(replace(config, text=text, token_rank=token_rank), max_words=max_words)
     except Exception as error:  # timm and open_clip raise many kinds for arguments that do not fit
+        if isinstance(error, ValueError) and str(error).startswith("student."):
+            raise
         raise ValueError(
-            f"student: {name} with backbone_kwargs {config.backbone_kwargs} cannot be built: "
+            f"student: {config.backbone} with backbone_kwargs {config.backbone_kwargs} cannot be built: "
             f"{type(error).__name__}: {error}"
         ) from None
 

@@ -23,12 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (timm model, kwargs): a ViT, a MobileNetV3 (BatchNorm, depthwise convolutions), an EfficientViT-M,
 # whose BatchNorm'd convolutions and linears timm's reparameterisation fuses before the export, and the
-# narrowed ResNet-10-T of bench_kd's `rn10t` sizes (plain convolutions; its channels a list, as YAML gives it)
+# narrowed ResNet-10-T of bench_kd's `rn10t` sizes (plain convolutions; its channels a list, as YAML gives it),
+# and the full-size recipes' MobileNetV4-conv-small (universal inverted bottlenecks)
 BACKBONES = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}),
     "mobilenet": ("mobilenetv3_small_050", {}),
     "effvit": ("efficientvit_m0", {"img_size": 32, "embed_dim": [16, 32, 48], "num_heads": [2, 2, 2]}),
     "resnet": ("resnet10t", {"channels": [16, 32, 64, 128], "stem_width": 8}),
+    "mobilenetv4": ("mobilenetv4_conv_small", {}),
 }
 
 

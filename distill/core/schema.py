@@ -124,10 +124,15 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    backbone: str = "vit_tiny_patch16_224"  # any timm model name
-    backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model (img_size, depth, ...)
-    # Local timm weights for the backbone (.safetensors, .pth, .bin: e.g. ImageNet ViT-Tiny); timm adapts
-    # them (position embeddings to img_size, classifier dropped). Trained at train.lr * train.coef_lr.
+    # The frame encoder: any timm model name, or open_clip:NAME, the image tower of that open_clip model
+    # (e.g. open_clip:MobileCLIP2-S0), whose output is its CLIP embedding (students.towers)
+    backbone: str = "vit_tiny_patch16_224"
+    backbone_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model or open_clip.create_model
+    # Local weights for the backbone: for timm, its state dict in timm's layout (.safetensors, .pth, .bin: e.g.
+    # ImageNet MobileNetV4); timm adapts them (position embeddings to img_size, classifier dropped) and a file of
+    # another architecture stops the recipe. For open_clip:NAME, the file open_clip.create_model(NAME,
+    # pretrained=FILE) loads (the whole CLIP model: with text: open_clip its text tower is used too). Trained at
+    # train.lr * train.coef_lr.
     pretrained: str | None = None
     # A student export (or its model card folder) whose weights the distill stage starts from instead of
     # random ones, e.g. a shipped student fine-tuned on new data; the keys here must describe its architecture.
@@ -141,8 +146,10 @@ class StudentConfig:
     # teacher's text tower, frozen and shipped in the export (needs embed_dim equal to the teacher's): the
     # student embeds captions exactly as the teacher does, so its videos are searchable with teacher text;
     # inherit: an own tower of text_layers of the teacher's layers, evenly spaced, and its embeddings
-    # (TinyCLIP's weight inheritance; text_width and text_heads the teacher's), trained
-    text: Literal["own", "teacher", "inherit"] = "own"
+    # (TinyCLIP's weight inheritance; text_width and text_heads the teacher's), trained; open_clip: the text
+    # tower of the open_clip:NAME backbone's model, with its weights from student.pretrained (embed_dim its
+    # embedding width), trained, read at open_clip's context length
+    text: Literal["own", "teacher", "inherit", "open_clip"] = "own"
     text_width: int = 96  # width of an own text tower (text: own or inherit)
     text_layers: int = 2  # its depth (inherit: that many of the teacher's layers)
     text_heads: int = 4  # its attention heads

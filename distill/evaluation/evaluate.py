@@ -141,12 +141,24 @@ def parameter_parts(model: nn.Module) -> dict[str, float]:
 
 
 def efficiency(model: nn.Module, dataset: VideoTextDataset, view: str) -> dict:
+    """`model_cost` on the first item of `dataset`, read as `view`."""
+    item = dataset[0]
+    return model_cost(
+        model,
+        item[f"{view}_video"][None],
+        item[f"{view}_mask"][None],
+        item["input_ids"][None],
+        item["attention_mask"][None],
+    )
+
+
+def model_cost(
+    model: nn.Module, video: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, ids_mask: torch.Tensor
+) -> dict:
     """Parameter counts (millions, in all and by part) and GFLOPs for one video and one caption: what the
     scorer keeps of each (a cross encoder's features only: it then runs once per caption-video pair)."""
-    item = dataset[0]
     device = next(model.parameters()).device
-    video, mask = item[f"{view}_video"][None].to(device), item[f"{view}_mask"][None].to(device)
-    ids, ids_mask = item["input_ids"][None].to(device), item["attention_mask"][None].to(device)
+    video, mask, ids, ids_mask = (t.to(device) for t in (video, mask, ids, ids_mask))
     scorer = scorer_for(model)
     video_cost = count_gflops(lambda v, m: scorer.videos(model.frame_features(v), m), video, mask)
     text_cost = count_gflops(scorer.texts, ids, ids_mask)
