@@ -378,10 +378,12 @@ def test_a_dry_run_stops_naming_the_file_and_key_that_do_not_fit(msrvtt, tmp_pat
 
 
 def test_a_run_says_so_when_a_full_size_student_starts_from_random_weights(msrvtt, tmp_path, capsys):
+    # mixed_precision=no: the process's Accelerator state, which earlier tests made without mixed precision
+    plain = ["log_with=[]", "mixed_precision='no'"]
     given = [*paths(msrvtt)[:3], *SMALL_TEXT, "student.pretrained=null", f"output_dir={tmp_path / 'run'}"]
-    run = start_run(load_recipe(RECIPE, [*given, "log_with=[]"]))
+    run = start_run(load_recipe(RECIPE, [*given, *plain]))
     out = capsys.readouterr().out
     assert "warning: the student's frame encoder (mobilenetv4_conv_small at 224 px) starts from random weights" in out
     end_training(run.accelerator)
-    start_run(load_recipe(RECIPE, [*paths(msrvtt), *SMALL_TEXT, f"output_dir={tmp_path / 'run2'}", "log_with=[]"]))
+    start_run(load_recipe(RECIPE, [*paths(msrvtt), *SMALL_TEXT, f"output_dir={tmp_path / 'run2'}", *plain]))
     assert "warning" not in capsys.readouterr().out  # its ImageNet file gives it weights
