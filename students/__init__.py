@@ -1,25 +1,28 @@
-"""Compact students: a timm frame encoder, a temporal head, a small text transformer; export and reload."""
+"""Compact students: a timm frame encoder, a temporal head, a small text transformer; export and reload.
 
-from students.export import export_file, export_student, load_student, read_metadata, round_weights
-from students.model import (
-    Student,
-    check_inheritance,
-    check_student,
-    inherited_text_tower,
-    teacher_text_sizes,
-    teacher_text_tower,
-)
+The names below load their modules (torch, timm, open_clip) on first use, so that `python -m students.onnx
+--help` answers before any of them is imported.
+"""
 
-__all__ = [
-    "Student",
-    "check_inheritance",
-    "check_student",
-    "export_file",
-    "export_student",
-    "inherited_text_tower",
-    "load_student",
-    "read_metadata",
-    "round_weights",
-    "teacher_text_sizes",
-    "teacher_text_tower",
-]
+import importlib
+
+_HOMES = {
+    "export_file": "students.export",
+    "export_student": "students.export",
+    "load_student": "students.export",
+    "read_metadata": "students.export",
+    "round_weights": "students.export",
+    "Student": "students.model",
+    "check_inheritance": "students.model",
+    "check_student": "students.model",
+    "inherited_text_tower": "students.model",
+    "teacher_text_sizes": "students.model",
+    "teacher_text_tower": "students.model",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'students' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -22,13 +22,17 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from distill.core.commands import command_parser, onnx_out
-from distill.core.files import file_sha256
-from students.export import export_file, load_student, read_metadata
-from students.model import preprocessing_of
+
+if __name__ == "__main__":  # --help, --version and bad arguments answered before torch loads
+    onnx_out(parser := command_parser("export-onnx"), parser.parse_args())
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from distill.core.files import file_sha256  # noqa: E402
+from students.export import export_file, load_student, read_metadata  # noqa: E402
+from students.model import preprocessing_of  # noqa: E402
 
 ONNX_FORMAT = "clip4clip-distill/onnx"
 

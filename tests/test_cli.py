@@ -129,6 +129,8 @@ HELP_CALLS = {
     "run_name='__main__')",
     "python -m distill.prepare --help": "import runpy; sys.argv = ['x', '--help']; "
     "runpy.run_module('distill.prepare', run_name='__main__')",
+    "python -m students.onnx --help": "import runpy; sys.argv = ['x', '--help']; "
+    "runpy.run_module('students.onnx', run_name='__main__')",
 }
 
 
